@@ -1,0 +1,43 @@
+# Two commands for a newcomer (README): `make run` (the app on the embedded synthetic dataset) and
+# `make test` (the whole test suite). Both create the virtualenv and install everything on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 8501
+
+.PHONY: run test test-all chromium install clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The app (binds 127.0.0.1; see README to expose it). A demo run starts by itself when there are none.
+run: $(STAMP)
+	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+
+## The default test suite (slow tests excluded; `make test-all` includes them).
+test: $(STAMP) chromium
+	$(PY) -m pytest
+
+test-all: $(STAMP) chromium
+	$(PY) -m pytest -m ""
+
+## Debian's Chromium for the browser test; installed with apt-get when missing and we may.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is not installed: the browser test will be skipped (apt-get install chromium)"; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

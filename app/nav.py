@@ -1,0 +1,43 @@
+"""Run selection shared by the pages, kept in the URL so every view is a shareable link.
+
+``?run=ID`` selects a run (``?run=A&run2=B`` a second one for side-by-side views). Ids from the URL
+are validated by :func:`app.safety.safe_run`; an invalid id is reported and ignored, never used as a path.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cpl.runs.rundir import RunDir, list_runs
+
+from . import settings
+from .safety import safe_run
+
+
+def run_ids() -> list[str]:
+    return [r.id for r in list_runs(settings.runs_root())]
+
+
+def select_run(param: str = "run", label: str = "Run", *, sidebar: bool = True,
+               filter_fn=None, key: str | None = None) -> RunDir | None:
+    """A run picker synced with the query parameter ``param``; returns the chosen run (or None).
+
+    ``filter_fn(run) -> bool`` narrows the choices (e.g. runs that have GAN samples).
+    """
+    root = settings.runs_root()
+    runs = list_runs(root)
+    if filter_fn is not None:
+        runs = [r for r in runs if filter_fn(r)]
+    ids = [r.id for r in runs]
+    wanted = st.query_params.get(param)
+    if wanted is not None and safe_run(root, wanted) is None:
+        st.warning(f"Ignoring `?{param}=`: no run with that id.")
+        wanted = None
+    if not ids:
+        return None
+    index = ids.index(wanted) if wanted in ids else 0
+    where = st.sidebar if sidebar else st
+    choice = where.selectbox(label, ids, index=index, key=key or f"select-{param}")
+    if st.query_params.get(param) != choice:
+        st.query_params[param] = choice
+    return safe_run(root, choice)

@@ -1,0 +1,7 @@
+"""``python -m cpl`` (also what ``torchrun -m cpl`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

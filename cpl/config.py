@@ -1,0 +1,392 @@
+"""The one configuration object of a run: dataclasses, YAML loading, overrides and validation.
+
+Every number the pipeline uses lives here (or in a YAML file under ``configs/``), never in code.
+Loading is strict: an unknown key, a value of the wrong type or one out of range raises
+:class:`ConfigError` naming the offending key, e.g. ``train.center_weight: must be >= 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can act on; the message names the key."""
+
+
+METHODS = ("baseline", "center", "cpl", "fapl", "lsro", "onehot", "allinone", "mprl1", "mprl2")
+UNLABELED_SOURCES = ("gan", "folder", "holdout", "none")
+BACKBONES = ("resnet50", "resnet18", "resnet34")
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the built-in synthetic dataset (used when ``data.kind == 'synthetic'``)."""
+
+    ids: int = 120  # identities per split (train and test get disjoint sets of this size)
+    seed: int = 0
+    cameras: int = 4
+
+
+@dataclass
+class DataConfig:
+    kind: str = "market"  # market: a Market-1501-layout folder; synthetic: generated into root on first use
+    root: str = ""
+    height: int = 256  # re-ID input size, pixels
+    width: int = 128
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    max_train_images: int = 0  # 0 = all; caps keep --fast-dev-run small
+    max_query_images: int = 0
+    max_gallery_images: int = 0
+
+
+@dataclass
+class UnlabeledConfig:
+    source: str = "gan"  # gan | folder | holdout | none
+    num_images: int = 24000  # GAN samples to draw (source gan) or cap on folder images
+    folder: str = ""  # source folder: any folder of images
+    holdout_fraction: float = 0.5  # source holdout: share of each identity's train images hidden
+
+
+@dataclass
+class GanConfig:
+    """DCGAN settings (Radford et al. 2015 as used by LSRO/CPL)."""
+
+    image_size: int = 128  # 64 or 128 (the papers: 128)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999  # the LSRO code's value; the LSRO/MpRL text says 0.99
+    z_dim: int = 100
+    g_steps: int = 2  # generator updates per discriminator update (LSRO code)
+    base_channels: int = 64  # gf_dim = df_dim
+    max_steps_per_epoch: int = 0  # 0 = a full pass over the training images
+    seed: int = 0  # GAN training/sampling seed, apart from the run seed so runs of a sweep share one GAN
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    pretrained: str = "auto"  # auto: torchvision cache if present | none | download | path to a .pth file
+    dropout: float = 0.75
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    pad: int = 10  # pixels of zero padding before the random crop back to height x width
+    random_erasing: float = 0.0  # probability per image
+
+
+@dataclass
+class TrainConfig:
+    method: str = "cpl"
+    epochs: int = 50
+    batch_size: int = 64  # global batch (split across ranks under torchrun)
+    lr: float = 0.001  # backbone learning rate
+    classifier_lr_mult: float = 10.0  # new classifier layer learns at lr * this
+    lr_milestones: list[int] = field(default_factory=lambda: [40])
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    center_weight: float = 1e-4  # lambda of L = CE + lambda * 1/2 sum ||x - c||^2
+    center_alpha: float = 0.5  # alpha of the Wen center update
+    center_on_unlabeled: bool = False  # FAPL's (c): the center term back-propagates from labeled images only
+    unlabeled_weight: float = -1.0  # loss weight of an unlabeled image; -1 = the method's published default
+    warmup_epochs: int = 20  # onehot / mprl2: unlabeled images count only from this epoch (0-based)
+    fapl_temperature: float = 1.0  # FAPL-d softmax temperature over cosines (published: 1)
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
+    channels_last: bool = True
+    compile: bool = False
+    max_iters_per_epoch: int = 0  # 0 = full epochs
+    log_every: int = 20  # iterations between metrics records
+    sync_bn: bool = False  # SyncBatchNorm under torchrun
+
+
+@dataclass
+class EvalConfig:
+    flip: bool = False  # average the feature of the image and its mirror
+    rerank: bool = True
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    topk: int = 50  # gallery entries kept per query in the retrieval lists
+    umap: bool = True
+    umap_neighbors: int = 15
+    umap_min_dist: float = 0.1
+    umap_max_points: int = 60000  # subsample beyond this many train + unlabeled points
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        return self.train.method not in ("baseline", "center") and self.unlabeled.source != "none"
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _from_dict(tp, value, key + ".")
+    if origin in (list,):
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported union type")  # not used by the schema
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            close = [n for n in names if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise ConfigError(f"{prefix}{key}: unknown setting{hint}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict of ``cfg`` (YAML/JSON serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a :class:`Config` from a nested dict (missing keys take defaults)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    cfg = _from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _check(cond: bool, key: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks; raises :class:`ConfigError` naming the first bad key."""
+    c = cfg
+    _check(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
+           "must be auto, cpu, cuda or cuda:N", c.device)
+    _check(c.data.kind in ("market", "synthetic"), "data.kind", "must be market or synthetic", c.data.kind)
+    _check(bool(c.data.root), "data.root", "must name a dataset folder (set it with --set data.root=PATH)",
+           c.data.root)
+    for k in ("height", "width"):
+        v = getattr(c.data, k)
+        _check(16 <= v <= 1024, f"data.{k}", "must be between 16 and 1024 pixels", v)
+    for k in ("max_train_images", "max_query_images", "max_gallery_images"):
+        _check(getattr(c.data, k) >= 0, f"data.{k}", "must be >= 0 (0 = no cap)", getattr(c.data, k))
+    _check(2 <= c.data.synthetic.ids <= 5000, "data.synthetic.ids", "must be between 2 and 5000",
+           c.data.synthetic.ids)
+    _check(2 <= c.data.synthetic.cameras <= 8, "data.synthetic.cameras", "must be between 2 and 8",
+           c.data.synthetic.cameras)
+
+    u = c.unlabeled
+    _check(u.source in UNLABELED_SOURCES, "unlabeled.source", f"must be one of {', '.join(UNLABELED_SOURCES)}",
+           u.source)
+    _check(0 <= u.num_images <= 1_000_000, "unlabeled.num_images", "must be between 0 and 1,000,000",
+           u.num_images)
+    _check(0.0 < u.holdout_fraction < 1.0, "unlabeled.holdout_fraction", "must be strictly between 0 and 1",
+           u.holdout_fraction)
+    if u.source == "folder":
+        _check(bool(u.folder), "unlabeled.folder", "must name a folder of images when unlabeled.source is folder",
+               u.folder)
+
+    g = c.gan
+    _check(g.image_size in (64, 128), "gan.image_size", "must be 64 or 128", g.image_size)
+    _check(g.epochs >= 1, "gan.epochs", "must be >= 1", g.epochs)
+    _check(g.batch_size >= 2, "gan.batch_size", "must be >= 2", g.batch_size)
+    _check(g.lr > 0, "gan.lr", "must be > 0", g.lr)
+    _check(0 <= g.beta1 < 1, "gan.beta1", "must be in [0, 1)", g.beta1)
+    _check(0 <= g.beta2 < 1, "gan.beta2", "must be in [0, 1)", g.beta2)
+    _check(g.z_dim >= 1, "gan.z_dim", "must be >= 1", g.z_dim)
+    _check(g.g_steps >= 1, "gan.g_steps", "must be >= 1", g.g_steps)
+    _check(g.base_channels >= 4, "gan.base_channels", "must be >= 4", g.base_channels)
+    _check(g.seed >= 0, "gan.seed", "must be >= 0", g.seed)
+    _check(g.max_steps_per_epoch >= 0, "gan.max_steps_per_epoch", "must be >= 0", g.max_steps_per_epoch)
+
+    m = c.model
+    _check(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}", m.backbone)
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
+    _check(bool(m.pretrained), "model.pretrained", "must be auto, none, download or a weights file", m.pretrained)
+
+    a = c.augment
+    _check(a.pad >= 0, "augment.pad", "must be >= 0", a.pad)
+    _check(0.0 <= a.random_erasing <= 1.0, "augment.random_erasing", "must be a probability in [0, 1]",
+           a.random_erasing)
+
+    t = c.train
+    _check(t.method in METHODS, "train.method", f"must be one of {', '.join(METHODS)}", t.method)
+    _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
+    _check(t.batch_size >= 2, "train.batch_size", "must be >= 2", t.batch_size)
+    _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    _check(t.classifier_lr_mult > 0, "train.classifier_lr_mult", "must be > 0", t.classifier_lr_mult)
+    _check(all(ms >= 1 for ms in t.lr_milestones) and t.lr_milestones == sorted(t.lr_milestones),
+           "train.lr_milestones", "must be increasing epoch numbers >= 1", t.lr_milestones)
+    _check(0 < t.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]", t.lr_gamma)
+    _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)", t.momentum)
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    _check(t.center_weight >= 0, "train.center_weight", "must be >= 0", t.center_weight)
+    _check(0 < t.center_alpha <= 1, "train.center_alpha", "must be in (0, 1]", t.center_alpha)
+    _check(t.unlabeled_weight == -1.0 or t.unlabeled_weight >= 0, "train.unlabeled_weight",
+           "must be >= 0 (or -1 for the method's default)", t.unlabeled_weight)
+    _check(t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0", t.warmup_epochs)
+    _check(t.fapl_temperature > 0, "train.fapl_temperature", "must be > 0", t.fapl_temperature)
+    _check(t.amp in ("auto", "bf16", "fp16", "off"), "train.amp", "must be auto, bf16, fp16 or off", t.amp)
+    _check(t.max_iters_per_epoch >= 0, "train.max_iters_per_epoch", "must be >= 0", t.max_iters_per_epoch)
+    _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)
+
+    e = c.eval
+    _check(e.k1 >= 1, "eval.k1", "must be >= 1", e.k1)
+    _check(e.k2 >= 1, "eval.k2", "must be >= 1", e.k2)
+    _check(0 <= e.lambda_value <= 1, "eval.lambda_value", "must be in [0, 1]", e.lambda_value)
+    _check(e.topk >= 1, "eval.topk", "must be >= 1", e.topk)
+    _check(e.umap_neighbors >= 2, "eval.umap_neighbors", "must be >= 2", e.umap_neighbors)
+    _check(0 <= e.umap_min_dist <= 1, "eval.umap_min_dist", "must be in [0, 1]", e.umap_min_dist)
+    _check(e.umap_max_points >= 100, "eval.umap_max_points", "must be >= 100", e.umap_max_points)
+    _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1", e.batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML files and overrides
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``'train.epochs=5'`` -> (['train', 'epochs'], 5); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"{item}: an override must look like key=value (e.g. train.epochs=5)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"{item}: missing key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of the nested dict ``data`` with ``key=value`` overrides applied."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{'.'.join(path[: i + 1])}: is a value, not a group of settings")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults), apply ``key=value`` overrides, validate."""
+    data = read_yaml(path) if path else {}
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def fast_dev_run(cfg: Config) -> Config:
+    """Shrink any config to a ~1 minute CPU run that still passes through every stage.
+
+    Keeps the method, backbone and image size; caps images, epochs and iterations.
+    """
+    c = copy.deepcopy(cfg)
+    c.name = f"{cfg.name}-fast-dev-run"
+    c.data.max_train_images = min(c.data.max_train_images or 10**9, 192)
+    c.data.max_query_images = min(c.data.max_query_images or 10**9, 48)
+    c.data.max_gallery_images = min(c.data.max_gallery_images or 10**9, 160)
+    c.unlabeled.num_images = min(c.unlabeled.num_images, 64)
+    c.gan.epochs = 1
+    c.gan.max_steps_per_epoch = 2
+    c.gan.batch_size = min(c.gan.batch_size, 16)
+    c.train.epochs = 2
+    c.train.lr_milestones = [1]
+    c.train.warmup_epochs = min(c.train.warmup_epochs, 1)
+    c.train.max_iters_per_epoch = 3
+    c.train.batch_size = min(c.train.batch_size, 16)
+    c.train.log_every = 1
+    c.eval.umap_max_points = min(c.eval.umap_max_points, 2000)
+    validate(c)
+    return c

@@ -1,0 +1,349 @@
+"""The re-ID training loop: softmax + λ·center loss on labeled images, pseudo-labeled unlabeled images.
+
+One iteration (CPL Algorithm 1, with the sign of the center update corrected):
+  1. draw the next global mini-batch from the shuffled union L ∪ U (this rank takes its slice);
+  2. augment on the device, forward → pool5 features x and logits;
+  3. the strategy labels the unlabeled members from the *current* centers and logits;
+  4. loss = [Σ_labeled CE + Σ_unlabeled w·softCE + λ·½ Σ_labeled ||x − c_y||²] / m;
+  5. centers move toward this batch's labeled features (Wen's rule, statistics all-reduced across ranks);
+  6. backward, SGD step.
+Centers start at zero and only labeled images move them. They are maintained for every method (they
+cost nothing) so that every run can show its class centers and a center-based assignment; only
+methods with ``center_loss`` put them into the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config
+from ..data.transforms import augment, draw_params
+from ..losses import apply_center_update, center_loss, center_update_stats, cross_entropy, soft_cross_entropy
+from ..pseudo import Strategy, cosine_to_centers, top2
+from . import dist
+from .dist import DistInfo
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; the run stops and nothing trained on it is saved."""
+
+
+class Stopped(Exception):
+    """A stop was requested (cancel); the last completed epoch's checkpoint is the resume point."""
+
+
+@dataclass
+class TrainData:
+    """Everything the loop trains on, decoded once and held in memory."""
+
+    images: torch.Tensor  # [N_l + N_u, 3, H, W] uint8: labeled images first, then unlabeled
+    labels: torch.Tensor  # [N_l] int64 in 0..K-1
+    num_labeled: int
+    num_classes: int  # K real identities
+    unlabeled_truth: torch.Tensor | None = None  # [N_u] int64 hidden class (holdout source) or None
+
+    @property
+    def num_unlabeled(self) -> int:
+        return self.images.shape[0] - self.num_labeled
+
+
+@dataclass
+class Hooks:
+    """Callbacks into the run directory (all optional)."""
+
+    on_record: Callable[[dict], None] = lambda rec: None  # a metrics record (iter / epoch)
+    on_epoch_end: Callable[[int, dict], None] = lambda epoch, state: None  # checkpoint + history
+    on_progress: Callable[[int, int, int], None] = lambda epoch, it, iters: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides model/optimizer weights."""
+
+    epoch: int = 0  # next epoch to run
+    centers: torch.Tensor | None = None  # [K, D] float32
+    center_valid: torch.Tensor | None = None  # [K] bool: touched by at least one labeled image
+    history_labels: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] int32
+    history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
+
+
+def _mix(*parts: int) -> int:
+    """Deterministic 63-bit seed from integers (seed, epoch, ...)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0x7FFFFFFFFFFFFFFF
+    return h
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Backbone learning rate of ``epoch`` under the step schedule."""
+    t = cfg.train
+    return t.lr * t.lr_gamma ** sum(epoch >= m for m in t.lr_milestones)
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CUDA devices that support it (``auto``), never on CPU unless asked."""
+    mode = cfg.train.amp
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16 if mode == "auto" else None
+    return torch.bfloat16
+
+
+class Trainer:
+    """Runs epochs of the CPL loop on one rank. ``model`` is the bare network (DDP wrapping happens here)."""
+
+    def __init__(self, cfg: Config, data: TrainData, model: nn.Module, strategy: Strategy, device: torch.device,
+                 info: DistInfo = DistInfo(), hooks: Hooks | None = None):
+        self.cfg, self.data, self.strategy, self.device, self.info = cfg, data, strategy, device, info
+        self.hooks = hooks or Hooks()
+        t = cfg.train
+        if t.batch_size % info.world_size:
+            raise ValueError(f"train.batch_size: {t.batch_size} is not divisible by the {info.world_size} ranks")
+        self.model = model.to(device)
+        if t.channels_last and device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(model.param_groups(t.lr, t.classifier_lr_mult), lr=t.lr,
+                                         momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+        self.dtype = amp_dtype(cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+        net: nn.Module = self.model
+        if info.enabled:
+            if t.sync_bn:
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = torch.compile(net) if t.compile else net
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        k, d = data.num_classes, model.feat_dim
+        self.state = TrainState(centers=torch.zeros(k, d, device=device),
+                                center_valid=torch.zeros(k, dtype=torch.bool, device=device))
+
+    # ---------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict:
+        s = self.state
+        return {
+            "epoch": s.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "scheduler": {"milestones": list(self.cfg.train.lr_milestones), "gamma": self.cfg.train.lr_gamma,
+                          "last_epoch": s.epoch - 1},
+            "centers": s.centers.cpu(),
+            "center_valid": s.center_valid.cpu(),
+            "history_labels": torch.from_numpy(np.stack(s.history_labels)) if s.history_labels else torch.zeros(0),
+            "history_conf": torch.from_numpy(np.stack(s.history_conf).astype(np.float32)) if s.history_conf
+            else torch.zeros(0),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0),
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        s = self.state
+        s.epoch = int(ckpt["epoch"])
+        s.centers = ckpt["centers"].to(self.device, torch.float32)
+        s.center_valid = ckpt["center_valid"].to(self.device, torch.bool)
+        hl, hc = ckpt["history_labels"], ckpt["history_conf"]
+        s.history_labels = [r.numpy().astype(np.int32) for r in hl] if hl.numel() else []
+        s.history_conf = [r.numpy().astype(np.float16) for r in hc] if hc.numel() else []
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if self.device.type == "cuda" and ckpt["rng_cuda"].numel():
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
+
+    # ---------------------------------------------------------------- the loop
+    def iters_per_epoch(self) -> int:
+        n = self.num_train_images()
+        iters = max(1, n // self.cfg.train.batch_size)
+        cap = self.cfg.train.max_iters_per_epoch
+        return min(iters, cap) if cap else iters
+
+    def num_train_images(self) -> int:
+        return self.data.images.shape[0] if self.strategy.uses_unlabeled else self.data.num_labeled
+
+    def fit(self) -> TrainState:
+        """Train from ``state.epoch`` to ``train.epochs``; returns the final state."""
+        while self.state.epoch < self.cfg.train.epochs:
+            self.train_epoch(self.state.epoch)
+        return self.state
+
+    def _set_lr(self, epoch: int) -> float:
+        lr = lr_at(self.cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * (self.cfg.train.classifier_lr_mult if group.get("name") == "classifier" else 1.0)
+        return lr
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, data, info, dev = self.cfg, self.data, self.info, self.device
+        t = cfg.train
+        st = self.state
+        lr = self._set_lr(epoch)
+        self.net.train()
+        # Every random choice of the epoch derives from (seed, epoch): a resumed run replays it exactly.
+        torch.manual_seed(_mix(cfg.seed, epoch, info.rank, 1))
+        gen = torch.Generator().manual_seed(_mix(cfg.seed, epoch))
+        n_total = self.num_train_images()
+        perm = torch.randperm(n_total, generator=gen)
+        iters = self.iters_per_epoch()
+        b_global = t.batch_size
+        b_local = b_global // info.world_size
+        lo, hi = info.rank * b_local, (info.rank + 1) * b_local
+        n_l, n_u, k = data.num_labeled, data.num_unlabeled, data.num_classes
+        h, w = data.images.shape[2:]
+        ep_labels = torch.full((n_u,), -1, dtype=torch.int32, device=dev)
+        ep_conf = torch.zeros(n_u, dtype=torch.float32, device=dev)
+        ep_margin = torch.zeros(n_u, dtype=torch.float32, device=dev)
+        ep_true_mass = torch.zeros(n_u, dtype=torch.float32, device=dev)
+        truth = data.unlabeled_truth.to(dev) if data.unlabeled_truth is not None else None
+        # Running sums, read back every log_every iterations (device syncs are rare on GPU).
+        sums = torch.zeros(7, dtype=torch.float64, device=dev)  # loss, ce, center, unl (× m), correct, n_lab, n
+        window = torch.zeros_like(sums)
+        bad_iter = torch.full((), -1, dtype=torch.long, device=dev)
+        check_every = 1 if dev.type == "cpu" else t.log_every
+        ctx = torch.autocast(dev.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        t0 = time.time()
+        tw = t0
+        for it in range(iters):
+            if self.hooks.should_stop():
+                raise Stopped(f"stopped at epoch {epoch + 1}, iteration {it}")
+            idx = perm[it * b_global:(it + 1) * b_global]
+            params = draw_params(len(idx), h, w, flip=cfg.augment.flip, pad=cfg.augment.pad,
+                                 erasing=cfg.augment.random_erasing, generator=gen)
+            idx, params = idx[lo:hi], params.slice(lo, hi)
+            idx_d = idx.to(dev, non_blocking=True)
+            x = augment(self.images[idx_d], params, cfg.augment.pad)
+            if t.channels_last and dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            lab = idx_d < n_l
+            unl = ~lab
+            y = torch.where(lab, self.labels[idx_d.clamp(max=n_l - 1)], torch.full_like(idx_d, -1))
+            with ctx:
+                feats, logits = self.net(x)
+            feats = feats.float()
+            logits = logits.float()
+            m = len(idx)
+            ce_lab = cross_entropy(logits[lab], y[lab])
+            loss_ce = ce_lab.sum() / m
+            loss_unl = feats.new_zeros(())
+            center_labels = y.clone()
+            center_mask = lab.clone()
+            if self.strategy.uses_unlabeled and n_u:
+                u_pos = unl.nonzero().squeeze(1)
+                if len(u_pos):
+                    fu, lu = feats[u_pos].detach(), logits[u_pos].detach()
+                    tg = self.strategy.targets(fu, lu, st.centers, st.center_valid, epoch)
+                    loss_unl = (soft_cross_entropy(logits[u_pos], tg.probs) * tg.weight).sum() / m
+                    # Statistics of this batch's labels, stored per unlabeled image.
+                    u_idx = idx_d[u_pos] - n_l
+                    ep_labels[u_idx] = tg.label.to(torch.int32)
+                    ep_conf[u_idx] = tg.confidence.float()
+                    _, c1, _, c2 = top2(cosine_to_centers(fu, st.centers, st.center_valid))
+                    ep_margin[u_idx] = torch.nan_to_num(c1 - c2, nan=0.0, posinf=0.0, neginf=0.0)
+                    if truth is not None:
+                        ep_true_mass[u_idx] = tg.probs.gather(1, truth[u_idx, None]).squeeze(1)
+                    if t.center_on_unlabeled:
+                        use = (tg.label >= 0) & (tg.label < k) & (tg.weight > 0)
+                        center_labels[u_pos] = torch.where(use, tg.label, center_labels[u_pos])
+                        center_mask[u_pos] = use
+            loss_center = feats.new_zeros(())
+            if self.strategy.center_loss and t.center_weight > 0:
+                loss_center = center_loss(feats, st.centers, center_labels.clamp(min=0), center_mask, m)
+            loss = loss_ce + loss_unl + t.center_weight * loss_center
+            # Centers: Wen's update from this batch's labeled features only (identical on every rank).
+            c_sums, c_counts = center_update_stats(feats, y.clamp(min=0), lab, k)
+            dist.all_reduce_sum(c_sums, c_counts)
+            apply_center_update(st.centers, c_sums, c_counts, t.center_alpha)
+            st.center_valid |= c_counts > 0
+
+            self.optimizer.zero_grad(set_to_none=True)
+            finite = torch.isfinite(loss)
+            bad_iter = torch.where((bad_iter < 0) & ~finite, torch.tensor(it, device=dev), bad_iter)
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            with torch.no_grad():
+                correct = (logits[lab, :k].argmax(1) == y[lab]).sum()
+                step = torch.stack([loss.detach() * m, loss_ce.detach() * m, loss_center.detach() * m,
+                                    loss_unl.detach() * m, correct.float(), lab.sum().float(),
+                                    torch.tensor(float(m), device=dev)]).double()
+                window += step
+            if (it + 1) % check_every == 0 or it + 1 == iters:
+                dist.all_reduce_max(bad_iter)  # every rank stops together
+                if int(bad_iter) >= 0:
+                    raise NonFiniteLoss(
+                        f"non-finite loss at epoch {epoch + 1}, iteration {int(bad_iter) + 1}: lower train.lr, "
+                        f"check the data, or set train.amp=off; the last checkpoint is intact")
+            if (it + 1) % t.log_every == 0 or it + 1 == iters:
+                dist.all_reduce_sum(window)
+                wv = window.tolist()
+                now = time.time()
+                rec = _means(wv)
+                rec.update(type="iter", epoch=epoch, iter=it, global_iter=epoch * iters + it, lr=lr,
+                           imgs_per_s=wv[6] / max(now - tw, 1e-9), time=now)
+                self.hooks.on_record(rec)
+                sums += window
+                window.zero_()
+                tw = now
+                self.hooks.on_progress(epoch, it + 1, iters)
+
+        # ---- end of epoch: gather per-image pseudo-label records from all ranks (each image is on one rank)
+        dist.all_reduce_max(ep_labels)
+        dist.all_reduce_sum(ep_conf, ep_margin, ep_true_mass)
+        rec = _means(sums.tolist())
+        rec.update(type="epoch", epoch=epoch, lr=lr, epoch_time_s=time.time() - t0, time=time.time())
+        if n_u and self.strategy.uses_unlabeled:
+            rec.update(self._pseudo_stats(ep_labels, ep_conf, ep_margin, ep_true_mass, truth))
+        st.history_labels.append(ep_labels.cpu().numpy().astype(np.int32))
+        st.history_conf.append(ep_conf.cpu().numpy().astype(np.float16))
+        st.epoch = epoch + 1
+        self.hooks.on_record(rec)
+        self.hooks.on_epoch_end(epoch, self.state_dict())
+        return rec
+
+    def _pseudo_stats(self, labels, conf, margin, true_mass, truth) -> dict:
+        st = self.state
+        seen = labels >= 0
+        n_seen = int(seen.sum())
+        out: dict = {"pl_seen": n_seen, "centers_valid": int(st.center_valid.sum())}
+        if n_seen == 0:
+            return out
+        out["pl_mean_conf"] = float(conf[seen].mean())
+        out["pl_mean_margin"] = float(margin[seen].mean())
+        out["pl_classes_used"] = int(torch.unique(labels[seen]).numel())
+        if st.history_labels:
+            prev = torch.from_numpy(st.history_labels[-1]).to(labels.device)
+            both = seen & (prev >= 0)
+            changed = int((labels[both] != prev[both]).sum())
+            out["pl_changed"] = changed
+            out["pl_changed_frac"] = changed / max(1, int(both.sum()))
+        if truth is not None:
+            out["pl_acc"] = float((labels[seen].long() == truth[seen]).float().mean())
+            out["pl_true_mass"] = float(true_mass[seen].mean())
+        return out
+
+
+def _means(v: list[float]) -> dict:
+    """Mean per-image losses and labeled accuracy from the summed [loss, ce, center, unl (× m), correct,
+    n_labeled, n_images] of a window of iterations."""
+    n = max(1.0, v[6])
+    return {"loss": v[0] / n, "loss_ce": v[1] / n, "loss_center": v[2] / n, "loss_unlabeled": v[3] / n,
+            "acc": v[4] / max(1.0, v[5])}

@@ -1,0 +1,1 @@
+"""Re-ID networks."""

@@ -1,0 +1,72 @@
+"""The pseudo-labeling strategy interface: what target an unlabeled image is trained towards.
+
+A strategy sees the current mini-batch's unlabeled features and logits (detached), the class centers
+and the epoch, and returns a target distribution, a loss weight, a hard label and a confidence per
+image. The engine does the rest (loss, center term, statistics), so a strategy is a few lines and can
+be tested on a hand-made case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Targets:
+    """Per unlabeled image of a batch (B images, C classifier outputs)."""
+
+    probs: torch.Tensor  # [B, C] float32, rows sum to 1 (rows of ignored images may be anything)
+    weight: torch.Tensor  # [B] float32 loss weight; 0 = not trained on this step
+    label: torch.Tensor  # [B] int64 the class the target favours (center of the center term); -1 = none
+    confidence: torch.Tensor  # [B] float32 score behind `label` (cosine for center-based methods, p otherwise)
+
+
+class Strategy:
+    """Base class. Subclasses set the class attributes and implement :meth:`targets`."""
+
+    name: str = ""
+    uses_unlabeled: bool = True  # False: the method trains on labeled images only
+    extra_class: bool = False  # True: the classifier has K + 1 outputs, the last one for unlabeled images
+    center_loss: bool = False  # True: L = CE + λ·center term on labeled images
+    default_weight: float = 1.0  # loss weight of an unlabeled image (published value)
+    warmup: bool = False  # True: unlabeled images count only from train.warmup_epochs on
+
+    def __init__(self, weight: float = -1.0, warmup_epochs: int = 0, temperature: float = 1.0):
+        self.weight = self.default_weight if weight < 0 else weight
+        self.start_epoch = warmup_epochs if self.warmup else 0
+        self.temperature = temperature
+
+    def active(self, epoch: int) -> bool:
+        """Whether unlabeled images contribute to the loss in ``epoch`` (0-based)."""
+        return self.uses_unlabeled and epoch >= self.start_epoch
+
+    def targets(self, feats: torch.Tensor, logits: torch.Tensor, centers: torch.Tensor,
+                center_valid: torch.Tensor, epoch: int) -> Targets:
+        """feats [B, D], logits [B, C], centers [K, D] float32, center_valid [K] bool → :class:`Targets`."""
+        raise NotImplementedError
+
+    def _weights(self, n: int, epoch: int, device: torch.device) -> torch.Tensor:
+        w = self.weight if self.active(epoch) else 0.0
+        return torch.full((n,), w, dtype=torch.float32, device=device)
+
+
+def cosine_to_centers(feats: torch.Tensor, centers: torch.Tensor, center_valid: torch.Tensor) -> torch.Tensor:
+    """cos(x_i, c_k) [B, K] float32, with -inf for centers no labeled image has touched yet.
+
+    Centers start at zero, where the cosine is undefined; a zero center carries no information, so it is
+    excluded from the argmax rather than given an arbitrary score.
+    """
+    sims = F.normalize(feats.float(), dim=1) @ F.normalize(centers.float(), dim=1).T
+    return sims.masked_fill(~center_valid[None, :], float("-inf"))
+
+
+def top2(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best and runner-up of each row of scores [B, K]: (label, value, runner_label, runner_value)."""
+    k = min(2, scores.shape[1])
+    vals, idx = scores.topk(k, dim=1)
+    if k == 1:
+        return idx[:, 0], vals[:, 0], idx[:, 0], vals[:, 0]
+    return idx[:, 0], vals[:, 0], idx[:, 1], vals[:, 1]

@@ -1,0 +1,1 @@
+"""Run directories: layout, status, queue, launching."""

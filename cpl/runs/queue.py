@@ -1,0 +1,67 @@
+"""The run queue: one run per device at a time, by an exclusive lock file per device.
+
+A run takes ``<runs root>/_locks/<device>.lock`` with ``fcntl.flock`` before its heavy stages and holds
+it until it ends; a second run for the same device blocks (its status says ``queued``). The kernel
+drops the lock when the process dies, however it dies, so a crashed run never blocks the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .rundir import LOCKS_DIR
+
+
+def lock_name(device: str) -> str:
+    return device.replace(":", "-").replace("/", "-") + ".lock"
+
+
+@contextlib.contextmanager
+def device_slot(runs_root: Path, device: str, *, on_wait: Callable[[], None] = lambda: None,
+                should_stop: Callable[[], bool] = lambda: False, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold the device's lock for the duration of the block; calls ``on_wait`` once if it must wait.
+
+    Raises ``InterruptedError`` if ``should_stop()`` turns true while waiting (a cancelled queued run).
+    """
+    folder = runs_root / LOCKS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / lock_name(device), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    on_wait()
+                    waited = True
+                if should_stop():
+                    raise InterruptedError("cancelled while queued") from None
+                time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def device_busy(runs_root: Path, device: str) -> bool:
+    """Whether some process holds the device's lock right now."""
+    path = runs_root / LOCKS_DIR / lock_name(device)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -1,0 +1,120 @@
+"""Run directory layout (docs/run-directory.md): paths, ids, creation and listing.
+
+Torch-free: the Streamlit app imports this to find and read runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import write_json, write_text
+
+CACHE_DIR = "_cache"
+LOCKS_DIR = "_locks"
+SWEEPS_DIR = "sweeps"
+RESERVED = {CACHE_DIR, LOCKS_DIR, SWEEPS_DIR}
+_ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def default_runs_root() -> Path:
+    """``$CPL_RUNS_ROOT`` or ``./runs``."""
+    return Path(os.environ.get("CPL_RUNS_ROOT", "runs"))
+
+
+def valid_id(run_id: str) -> bool:
+    """A run/sweep id is a single safe path component (no separators, no '..', not a reserved folder)."""
+    return bool(_ID_OK.match(run_id)) and ".." not in run_id and run_id not in RESERVED
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
+
+
+def new_run_id(name: str, method: str, seed: int, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+    return f"{stamp}-{slug(name)}-{slug(method)}-s{seed}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def runs_root(self) -> Path:
+        return self.path.parent
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    config = property(lambda self: self.path / "config.yaml")
+    run_json = property(lambda self: self.path / "run.json")
+    status = property(lambda self: self.path / "status.json")
+    log = property(lambda self: self.path / "log.txt")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    dataset = property(lambda self: self.path / "dataset.json")
+    results = property(lambda self: self.path / "results.json")
+    unlabeled = property(lambda self: self.path / "unlabeled.csv")
+    pseudo_labels = property(lambda self: self.path / "pseudo_labels.csv")
+    pseudo_history = property(lambda self: self.path / "pseudo_history.npz")
+    retrieval = property(lambda self: self.path / "retrieval.npz")
+    embedding = property(lambda self: self.path / "embedding.npz")
+    features = property(lambda self: self.path / "features")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    @property
+    def cache_root(self) -> Path:
+        return self.runs_root / CACHE_DIR
+
+    def rel(self, file: str | Path) -> str:
+        """How a file path is stored in the run's CSV files: relative to the run when under the runs root."""
+        p = Path(file).resolve()
+        root = self.runs_root.resolve()
+        if p.is_relative_to(root):
+            return os.path.relpath(p, self.path.resolve())
+        return str(p)
+
+    def resolve(self, stored: str) -> Path:
+        """Inverse of :meth:`rel`."""
+        p = Path(stored)
+        return p if p.is_absolute() else (self.path / p)
+
+    def read_json(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.path / name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+
+def create_run(runs_root: Path, run_id: str | None, config_yaml: str, facts: dict) -> RunDir:
+    """Make a fresh run directory with its config and ``run.json``; refuses an existing non-empty one."""
+    if run_id is not None and not valid_id(run_id):
+        raise ValueError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    run = RunDir(runs_root / run_id) if run_id else None
+    if run is None:
+        raise ValueError("a run id is required")
+    if run.path.exists() and any(run.path.iterdir()):
+        raise FileExistsError(f"{run.path}: run directory exists and is not empty (use `cpl resume` to continue it)")
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_text(run.config, config_yaml)
+    write_json(run.run_json, {"id": run.id, "created": time.time(), **facts})
+    return run
+
+
+def list_runs(runs_root: Path) -> list[RunDir]:
+    """Run directories under ``runs_root`` (folders holding a run.json), newest first."""
+    if not runs_root.is_dir():
+        return []
+    runs = [RunDir(p) for p in runs_root.iterdir()
+            if p.is_dir() and p.name not in RESERVED and (p / "run.json").is_file()]
+    return sorted(runs, key=lambda r: r.run_json.stat().st_mtime, reverse=True)

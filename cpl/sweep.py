@@ -1,0 +1,343 @@
+"""``cpl sweep``: the CPL paper's Table 1 as a grid of ordinary runs, and its results table.
+
+A sweep is a folder ``<runs root>/sweeps/<id>/`` (``sweep.json``, ``status.json``, ``results.csv``,
+``results.md``, ``log.txt``) plus one ordinary run directory per cell, named
+``<id>--<method>-g<N>-s<seed>`` in the runs root. Cells run one after the other as ``cpl resume``
+subprocesses (a crash of one cell does not take the sweep down); finished cells are skipped, so a
+sweep is resumed by running the same command again. All cells share one trained GAN (the GAN cache is
+keyed by dataset + GAN settings, and ``gan.seed`` is separate from the run seed).
+
+Table layout: rows are GAN-image counts (0 = the baseline row, shared by every column), columns are
+methods, each cell ``rank-1 / mAP`` as mean ± std over seeds, and an "improvement" row (best count
+minus the baseline), as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .atomic import write_json, write_text
+from .config import METHODS, ConfigError, dump_yaml, fast_dev_run, from_dict, load_config, to_dict
+from .runs.rundir import SWEEPS_DIR, RunDir, create_run, new_run_id, slug, valid_id
+from .runs.status import StatusWriter, read_status
+
+NO_UNLABELED = ("baseline", "center")
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    gan_images: int
+    seed: int
+
+    def run_id(self, sweep_id: str) -> str:
+        return f"{sweep_id}--{self.method}-g{self.gan_images}-s{self.seed}"
+
+
+def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int]) -> list[Cell]:
+    """Grid cells: baseline/center once per seed (0 GAN images); the others per count > 0 and seed.
+
+    A count of 0 for a pseudo-labeling method *is* the baseline, so it is not run again; the baseline row
+    comes from ``baseline`` (added to the grid when 0 is among the counts).
+    """
+    cells: list[Cell] = []
+    want_baseline = 0 in gan_images or "baseline" in methods
+    for seed in seeds:
+        if want_baseline:
+            cells.append(Cell("baseline", 0, seed))
+        if "center" in methods:
+            cells.append(Cell("center", 0, seed))
+        for g in sorted(set(gan_images) - {0}):
+            for m in methods:
+                if m not in NO_UNLABELED:
+                    cells.append(Cell(m, g, seed))
+    return cells
+
+
+def _parse_list(text: str, kind: type, name: str) -> list:
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name}: expected a comma-separated list, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"--{name}: empty list")
+    return values
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True)
+    p.add_argument("--methods", default="baseline,cpl", help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--gan-images", default="0,12000", help="comma-separated unlabeled-image counts")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--sweep-id", help="sweep folder name (default: a new one); reuse it to resume a sweep")
+    p.add_argument("--fast-dev-run", action="store_true", help="shrink every cell to a ~1 minute CPU run")
+    p.add_argument("--detach", action="store_true", help="run the sweep in the background")
+
+
+def sweep_dir(runs_root: Path, sweep_id: str) -> Path:
+    return runs_root / SWEEPS_DIR / sweep_id
+
+
+def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_images: list[int], seeds: list[int],
+                 overrides: list[str], sweep_id: str | None = None, fast: bool = False) -> Path:
+    """Validate the grid and write ``sweep.json`` (torch-free; the app calls it). Returns the sweep folder."""
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"--methods: unknown method {m!r} (choose from {', '.join(METHODS)})")
+    for g in gan_images:
+        if g < 0:
+            raise ConfigError(f"--gan-images: counts must be >= 0, got {g}")
+    base = load_config(config_path, overrides)
+    if fast:
+        base = fast_dev_run(base)
+    sweep_id = sweep_id or new_run_id(f"sweep-{base.name}", "grid", seeds[0])
+    if not valid_id(sweep_id):
+        raise ConfigError(f"--sweep-id: {sweep_id!r} is not a valid folder name")
+    folder = sweep_dir(runs_root, sweep_id)
+    spec = {"id": sweep_id, "config": to_dict(base), "config_path": str(config_path), "overrides": overrides,
+            "methods": methods, "gan_images": gan_images, "seeds": seeds, "fast_dev_run": fast,
+            "cells": [dict(c.__dict__, run_id=c.run_id(sweep_id))
+                      for c in plan_cells(methods, gan_images, seeds)]}
+    existing = folder / "sweep.json"
+    if existing.is_file():
+        old = yaml.safe_load(existing.read_text())
+        if {k: old.get(k) for k in ("methods", "gan_images", "seeds")} != {k: spec[k] for k in
+                                                                         ("methods", "gan_images", "seeds")}:
+            raise ConfigError(f"--sweep-id: {sweep_id} exists with a different grid; pick another id")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(existing, spec)
+    return folder
+
+
+def cell_config(spec: dict, cell: Cell):
+    data = to_dict(from_dict(spec["config"]))
+    data["name"] = slug(f"{spec['id']}")
+    data["seed"] = cell.seed
+    data["train"]["method"] = cell.method
+    if cell.method in NO_UNLABELED:
+        data["unlabeled"]["source"] = "none"
+    elif data["unlabeled"]["source"] in ("gan", "folder"):
+        data["unlabeled"]["num_images"] = cell.gan_images
+    return from_dict(data)
+
+
+def run_sweep(folder: Path, runs_root: Path) -> int:
+    """Run every unfinished cell in order, then write the tables. Returns the number of failed cells."""
+    spec = yaml.safe_load((folder / "sweep.json").read_text())
+    sweep_run = RunDir(folder)  # reuses the status writer: a sweep has a status.json like a run
+    status = StatusWriter(sweep_run)
+    status.update(state="running", stage="train", epoch=0, epochs=len(spec["cells"]), message="starting")
+    status.start_heartbeat()
+    failed = 0
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        # The running cell (same process group) gets the same signal and stops cleanly; then so do we.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        for i, c in enumerate(spec["cells"]):
+            if stop.is_set():
+                break
+            cell = Cell(c["method"], c["gan_images"], c["seed"])
+            run = RunDir(runs_root / c["run_id"])
+            state = read_status(run).get("state") if run.run_json.is_file() else None
+            status.update(epoch=i, progress=i / len(spec["cells"]), message=f"cell {i + 1}/{len(spec['cells'])}: "
+                          f"{cell.method}, {cell.gan_images} unlabeled, seed {cell.seed}")
+            if state == "finished":
+                continue
+            if not run.run_json.is_file():
+                cfg = cell_config(spec, cell)
+                create_run(runs_root, c["run_id"], dump_yaml(cfg),
+                           {"argv": ["cpl", "sweep"], "method": cell.method, "name": cfg.name, "sweep": spec["id"],
+                            "dataset": {"kind": cfg.data.kind, "root": str(Path(cfg.data.root).resolve())}})
+            with open(folder / "log.txt", "ab") as logf:
+                logf.write(f"--- {c['run_id']}\n".encode())
+                logf.flush()
+                rc = subprocess.call([sys.executable, "-m", "cpl", "--runs-root", str(runs_root), "resume",
+                                      str(run.path)], stdout=logf, stderr=subprocess.STDOUT)
+            if rc == 130 or stop.is_set():
+                status.update(state="cancelled", finished=time.time(), message="cancelled")
+                return failed
+            failed += rc != 0
+            write_tables(folder, runs_root)
+        write_tables(folder, runs_root)
+        if stop.is_set():
+            status.update(state="cancelled", finished=time.time(), message="cancelled")
+            return failed
+        status.update(state="finished" if not failed else "failed", stage="done", progress=1.0,
+                      finished=time.time(), epoch=len(spec["cells"]),
+                      error=f"{failed} cell(s) failed" if failed else None,
+                      message=f"{len(spec['cells']) - failed}/{len(spec['cells'])} cells finished")
+        return failed
+    except BaseException as exc:
+        status.update(state="failed", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        status.stop_heartbeat()
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def collect(folder: Path, runs_root: Path) -> list[dict]:
+    """One row per cell with its finished results (or its state)."""
+    spec = yaml.safe_load((folder / "sweep.json").read_text())
+    rows = []
+    for c in spec["cells"]:
+        run = RunDir(runs_root / c["run_id"])
+        res = run.read_json("results.json") or {}
+        st = read_status(run).get("state") if run.run_json.is_file() else "pending"
+        row = {"method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"], "run_id": c["run_id"],
+               "state": st}
+        if "rank1" in res and st == "finished":
+            row.update(rank1=res["rank1"], mAP=res["mAP"])
+            if res.get("rerank"):
+                row.update(rr_rank1=res["rerank"]["rank1"], rr_mAP=res["rerank"]["mAP"])
+            last = _last_epoch_record(run)
+            if "pl_acc" in last:
+                row.update(pl_acc=100 * last["pl_acc"], pl_true_mass=100 * last.get("pl_true_mass", math.nan))
+        rows.append(row)
+    return rows
+
+
+def _last_epoch_record(run: RunDir) -> dict:
+    from .atomic import read_jsonl
+
+    epochs = [r for r in read_jsonl(run.metrics) if r.get("type") == "epoch"]
+    return epochs[-1] if epochs else {}
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean ± std over seeds per (method, gan_images)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        if "rank1" in r:
+            groups.setdefault((r["method"], r["gan_images"]), []).append(r)
+    out = []
+    for (method, g), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        agg = {"method": method, "gan_images": g, "n": len(rs)}
+        for key in ("rank1", "mAP", "rr_rank1", "rr_mAP", "pl_acc", "pl_true_mass"):
+            vals = [r[key] for r in rs if key in r and not math.isnan(r[key])]
+            if vals:
+                agg[key], agg[key + "_std"] = _mean_std(vals)
+        out.append(agg)
+    return out
+
+
+def _fmt(a: dict, key: str) -> str:
+    if key not in a:
+        return "–"
+    return f"{a[key]:.2f} ± {a[key + '_std']:.2f}" if a["n"] > 1 else f"{a[key]:.2f}"
+
+
+def markdown_table(agg: list[dict], methods: list[str], rerank: bool = False) -> str:
+    """Table 1 layout: rows = GAN-image counts (0 = baseline), columns = methods (rank-1 | mAP)."""
+    r1, mp = ("rr_rank1", "rr_mAP") if rerank else ("rank1", "mAP")
+    cols = [m for m in methods if m != "baseline"] or ["baseline"]
+    by = {(a["method"], a["gan_images"]): a for a in agg}
+    counts = sorted({a["gan_images"] for a in agg})
+    head = "| #unlabeled | " + " | ".join(f"{m} rank-1 | {m} mAP" for m in cols) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(cols))]
+    base = by.get(("baseline", 0))
+    for g in counts:
+        cells = []
+        for m in cols:
+            a = by.get((m, g)) or (base if g == 0 and m not in ("center",) else None)
+            cells += [_fmt(a, r1), _fmt(a, mp)] if a else ["", ""]
+        label = "0 (baseline)" if g == 0 else str(g)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if base and r1 in base:
+        imp = []
+        for m in cols:
+            cand = [a for (mm, g), a in by.items() if mm == m and (g > 0 or m == "center") and r1 in a]
+            if cand:
+                best1 = max(a[r1] for a in cand)
+                bestm = max(a[mp] for a in cand)
+                imp += [f"{best1 - base[r1]:+.2f}", f"{bestm - base[mp]:+.2f}"]
+            else:
+                imp += ["", ""]
+        lines.append("| improvement | " + " | ".join(imp) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(folder: Path, runs_root: Path) -> list[dict]:
+    spec = yaml.safe_load((folder / "sweep.json").read_text())
+    rows = collect(folder, runs_root)
+    agg = aggregate(rows)
+    keys = ["method", "gan_images", "n", "rank1", "rank1_std", "mAP", "mAP_std", "rr_rank1", "rr_rank1_std",
+            "rr_mAP", "rr_mAP_std", "pl_acc", "pl_acc_std", "pl_true_mass", "pl_true_mass_std"]
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    wr.writeheader()
+    for a in agg:
+        wr.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in a.items()})
+    write_text(folder / "results.csv", buf.getvalue())
+    runs_buf = io.StringIO()
+    wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "gan_images", "seed", "state", "rank1", "mAP",
+                                              "rr_rank1", "rr_mAP", "pl_acc", "pl_true_mass"],
+                        extrasaction="ignore")
+    wr.writeheader()
+    wr.writerows(rows)
+    write_text(folder / "runs.csv", runs_buf.getvalue())
+    done = sum("rank1" in r for r in rows)
+    md = [f"# Sweep {spec['id']}\n", f"{done}/{len(rows)} cells finished; mean ± std over seeds "
+          f"{','.join(map(str, spec['seeds']))}; rank-1 and mAP in percent.\n",
+          "## Without re-ranking\n", markdown_table(agg, spec["methods"])]
+    if any("rr_rank1" in a for a in agg):
+        md += ["\n## With k-reciprocal re-ranking\n", markdown_table(agg, spec["methods"], rerank=True)]
+    if any("pl_acc" in a for a in agg):
+        md.append("\n## Pseudo-label accuracy on held-out labeled images (last epoch)\n")
+        md.append("| method | #unlabeled | accuracy | mass on true class |\n|---|---|---|---|\n")
+        for a in agg:
+            if "pl_acc" in a:
+                md.append(f"| {a['method']} | {a['gan_images']} | {_fmt(a, 'pl_acc')} | {_fmt(a, 'pl_true_mass')} |\n")
+    write_text(folder / "results.md", "".join(md))
+    return agg
+
+
+def sweep_main(args: argparse.Namespace) -> int:
+    runs_root = Path(args.runs_root)
+    try:
+        folder = create_sweep(runs_root, args.config, _parse_list(args.methods, str, "methods"),
+                              _parse_list(args.gan_images, int, "gan-images"), _parse_list(args.seeds, int, "seeds"),
+                              args.set, args.sweep_id, args.fast_dev_run)
+    except ConfigError as exc:
+        print(f"cpl: error: {exc}", file=sys.stderr)
+        return 2
+    if args.detach:
+        from .runs.launch import spawn
+
+        argv = [sys.executable, "-m", "cpl", "--runs-root", str(runs_root), "sweep", "--config", args.config,
+                "--methods", args.methods, "--gan-images", args.gan_images, "--seeds", args.seeds,
+                "--sweep-id", folder.name] + sum((["--set", s] for s in args.set), [])
+        if args.fast_dev_run:
+            argv.append("--fast-dev-run")
+        print(f"{folder} (pid {spawn(argv, folder / 'log.txt')})")
+        return 0
+    print(f"sweep folder: {folder}", file=sys.stderr)
+    failed = run_sweep(folder, runs_root)
+    print((folder / "results.md").read_text())
+    return 1 if failed else 0

@@ -1,0 +1,26 @@
+"""Shared test fixtures.
+
+Real research data is read from ``../shared/data`` next to the repository (or ``$CPL_SHARED_DATA``);
+tests that need it skip cleanly when it is absent. It is never copied into the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("CPL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"real data not available at {root}")
+    return root
