@@ -34,6 +34,8 @@ from .runs.status import StatusWriter
 
 log = logging.getLogger("cpl")
 
+CKPT_PREFIX = "train"  # checkpoints/train-eNNNN-s000000-<sha>.pt
+
 # Share of the whole run's progress bar per stage (when the stage runs).
 _STAGE_WEIGHT = {"data": 0.05, "gan": 0.25, "train": 0.6, "eval": 0.1}
 
@@ -70,7 +72,7 @@ class _Stop:
 
 def _setup_logging(run: RunDir, is_main: bool) -> logging.Handler | None:
     """Log to stderr, and to the run's log.txt unless stdout already goes there (a detached launch)."""
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if is_main else logging.ERROR)  # one voice under torchrun
     if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_cpl", False) for h in log.handlers):
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -117,7 +119,7 @@ def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = Fals
             status.update(state="running", message="started")
             results = _Pipeline(run, cfg, device, info, status, stop, progress_bar).stages()
         status.update(state="finished", stage="done", progress=1.0, eta_s=0, finished=time.time(),
-                      message=_summary(results))
+                      message=_summary(results) if results else "")
         return results
     except (InterruptedError, *_stopped_types()) as exc:
         status.update(state="cancelled", finished=time.time(), message=f"cancelled: {exc}")
@@ -209,9 +211,10 @@ class _Pipeline:
         strategy = get_strategy(cfg.train)
         trainer = self._train(data, strategy)
         results = self._evaluate(data, trainer, strategy)
+        if not self.info.is_main:  # rank 0 evaluates and writes; the others are done after training
+            return {}
         results["total_time_s"] = time.time() - t_start
-        if self.info.is_main:
-            write_json(self.run.results, results)
+        write_json(self.run.results, results)
         return results
 
     def _load_data(self):
@@ -323,7 +326,7 @@ class _Pipeline:
         write_text(self.run.unlabeled, buf.getvalue())
 
     def _train(self, d: _Data, strategy):
-        from .engine.checkpoint import load_latest, save_checkpoint
+        from .checkpoints import load_latest, save_checkpoint
         from .engine.trainer import Hooks, Trainer, TrainData
         from .models.reid import build_model
 
@@ -355,7 +358,7 @@ class _Pipeline:
         def on_epoch_end(epoch: int, state: dict) -> None:
             if self.info.is_main:
                 self._check_disk(_state_bytes(state), "a checkpoint")
-                save_checkpoint(self.run.checkpoints, epoch + 1, state)
+                save_checkpoint(self.run.checkpoints, CKPT_PREFIX, state, epoch + 1)
                 hl = trainer.state.history_labels
                 if hl:
                     write_npz(self.run.pseudo_history, labels=np.stack(hl),
@@ -364,7 +367,7 @@ class _Pipeline:
         trainer = Trainer(cfg, data, model, strategy, self.device, self.info,
                           Hooks(on_record=self._record, on_epoch_end=on_epoch_end, on_progress=on_progress,
                                 should_stop=self.stop))
-        found = load_latest(self.run.checkpoints, map_location=self.device)
+        found = load_latest(self.run.checkpoints, CKPT_PREFIX, map_location=self.device)
         if found:
             state, path = found
             trainer.load_state_dict(state)

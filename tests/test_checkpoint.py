@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpl.engine.checkpoint import CheckpointError, list_checkpoints, load_latest, read_checkpoint, save_checkpoint
+from cpl.checkpoints import CheckpointError, list_checkpoints, load_latest, read_checkpoint, save_checkpoint
 
 
 def _state(v: float) -> dict:
@@ -14,17 +14,17 @@ def _state(v: float) -> dict:
 
 def test_save_keeps_last_two_and_loads_newest(tmp_path):
     for e in (1, 2, 3):
-        save_checkpoint(tmp_path, e, _state(e))
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch-0002.pt", "epoch-0003.pt"]
-    state, path = load_latest(tmp_path)
-    assert path.name == "epoch-0003.pt" and torch.equal(state["w"], torch.full((4,), 3.0))
+        save_checkpoint(tmp_path, "t", _state(e), e)
+    assert [p.name[:14] for p in list_checkpoints(tmp_path, "t")] == ["t-e0002-s00000", "t-e0003-s00000"]
+    state, path = load_latest(tmp_path, "t")
+    assert path.name.startswith("t-e0003") and torch.equal(state["w"], torch.full((4,), 3.0))
     assert not list(tmp_path.glob("*.tmp"))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
 def test_corrupt_newest_falls_back_to_previous(tmp_path, damage):
-    save_checkpoint(tmp_path, 1, _state(1))
-    newest = save_checkpoint(tmp_path, 2, _state(2))
+    save_checkpoint(tmp_path, "t", _state(1), 1)
+    newest = save_checkpoint(tmp_path, "t", _state(2), 2)
     data = newest.read_bytes()
     if damage == "truncate":
         newest.write_bytes(data[: len(data) // 2])
@@ -34,17 +34,17 @@ def test_corrupt_newest_falls_back_to_previous(tmp_path, damage):
     else:
         newest.write_bytes(b"")
     with pytest.raises(CheckpointError):
-        read_checkpoint(newest)
-    state, path = load_latest(tmp_path)
-    assert path.name == "epoch-0001.pt" and state["epoch"] == 1
+        read_checkpoint(newest, "t")
+    state, path = load_latest(tmp_path, "t")
+    assert path.name.startswith("t-e0001") and state["epoch"] == 1
 
 
 def test_all_corrupt_is_an_error_and_none_is_none(tmp_path):
-    assert load_latest(tmp_path) is None
-    p = save_checkpoint(tmp_path, 1, _state(1))
+    assert load_latest(tmp_path, "t") is None
+    p = save_checkpoint(tmp_path, "t", _state(1), 1)
     p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
-        load_latest(tmp_path)
+        load_latest(tmp_path, "t")
 
 
 def test_checkpoint_cannot_carry_code(tmp_path):
@@ -52,6 +52,6 @@ def test_checkpoint_cannot_carry_code(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    save_checkpoint(tmp_path, 1, {"x": Evil()})
+    save_checkpoint(tmp_path, "t", {"x": Evil()}, 1)
     with pytest.raises(CheckpointError):
-        load_latest(tmp_path)  # weights_only=True refuses arbitrary objects
+        load_latest(tmp_path, "t")  # weights_only=True refuses arbitrary objects

@@ -10,7 +10,7 @@ from torch import nn
 
 from cpl.config import GanConfig
 from cpl.gan.dcgan import Discriminator, Generator, build_models
-from cpl.gan.rng import make_generator
+from cpl.seeding import make_generator
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from cpl.config import GanConfig
-from cpl.gan.checkpoint import list_checkpoints, load_latest_checkpoint
+from cpl.checkpoints import list_checkpoints as _list, load_latest
+from cpl.gan.train import PREFIX
 from cpl.gan.dcgan import build_models
 from cpl.gan.errors import NonFiniteLoss, Stopped
-from cpl.gan.rng import make_generator
+from cpl.seeding import make_generator
 from cpl.gan.train import prepare_images, train_gan
 
 CPU = torch.device("cpu")
@@ -45,7 +46,7 @@ def images() -> torch.Tensor:
 
 
 def _final_state(work_dir: Path) -> dict:
-    loaded = load_latest_checkpoint(work_dir)
+    loaded = load_latest(work_dir, PREFIX)
     assert loaded is not None
     return loaded[0]
 
@@ -121,7 +122,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, images: torch.Te
 
     with pytest.raises(Killed):
         train_gan(images, cfg, tmp_path / "run", seed=0, device=CPU, on_progress=die_in_epoch_1, log_every=1)
-    assert [p.name.split("-")[1] for p in list_checkpoints(tmp_path / "run")] == ["e0001"]
+    assert [p.name.split("-")[1] for p in _list(tmp_path / "run", PREFIX)] == ["e0001"]
     records: list[dict] = []
     g = train_gan(images, cfg, tmp_path / "run", seed=0, device=CPU, on_progress=records.append, log_every=1)
     assert [(r["epoch"], r["step"]) for r in records] == [(1, 1), (1, 2), (1, 3)]
@@ -145,7 +146,7 @@ def test_stop_mid_epoch_saves_and_resumes_exactly(tmp_path: Path, images: torch.
 def test_finished_training_returns_without_steps(tmp_path: Path, images: torch.Tensor) -> None:
     cfg = tiny_cfg(epochs=3, max_steps_per_epoch=1)
     g1 = train_gan(images, cfg, tmp_path, seed=0, device=CPU)
-    assert len(list_checkpoints(tmp_path)) == 2  # the last two of three
+    assert len(_list(tmp_path, PREFIX)) == 2  # the last two of three
     records: list[dict] = []
     g2 = train_gan(images, cfg, tmp_path, seed=0, device=CPU, on_progress=records.append)
     assert records == []
@@ -157,19 +158,19 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path: Path, images
     train_gan(images, cfg, tmp_path / "ref", seed=0, device=CPU)
     run = tmp_path / "run"
     train_gan(images, cfg, run, seed=0, device=CPU)
-    older, newest = list_checkpoints(run)
+    older, newest = _list(run, PREFIX)
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte deep inside the tensor data
     newest.write_bytes(bytes(data))
-    state, path = load_latest_checkpoint(run)  # type: ignore[misc]
+    state, path = load_latest(run, PREFIX)  # type: ignore[misc]
     assert path == older and state["epoch"] == 1
     newest.write_bytes(bytes(data[:1000]))  # a truncated file too
-    assert load_latest_checkpoint(run)[1] == older  # type: ignore[index]
+    assert load_latest(run, PREFIX)[1] == older  # type: ignore[index]
     records: list[dict] = []
     train_gan(images, cfg, run, seed=0, device=CPU, on_progress=records.append)
     assert {r["epoch"] for r in records} == {1}  # epoch 1 was re-trained
     _assert_same_state(_final_state(tmp_path / "ref"), _final_state(run))
-    assert len(list_checkpoints(run)) == 2
+    assert len(_list(run, PREFIX)) == 2
 
 
 def test_checkpoint_of_other_settings_is_refused(tmp_path: Path, images: torch.Tensor) -> None:
@@ -182,7 +183,7 @@ def test_non_finite_loss_names_epoch_and_step(tmp_path: Path, images: torch.Tens
     # An infinite learning rate turns G's weights into NaN at its first update.
     with pytest.raises(NonFiniteLoss, match=r"epoch 1/2, step 1/3"):
         train_gan(images, tiny_cfg(lr=float("inf")), tmp_path, seed=0, device=CPU)
-    assert list_checkpoints(tmp_path) == []  # nothing diverged was saved
+    assert _list(tmp_path, PREFIX) == []  # nothing diverged was saved
 
 
 def test_too_few_images_is_a_clear_error(tmp_path: Path, images: torch.Tensor) -> None:

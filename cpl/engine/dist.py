@@ -57,7 +57,9 @@ def init(info: DistInfo, device: torch.device) -> None:
     """Join the process group (NCCL on GPU, gloo on CPU) when running under torchrun."""
     if info.enabled and not tdist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
+        # Long timeout: the other ranks wait at a barrier while rank 0 trains the GAN.
+        minutes = float(os.environ.get("CPL_DIST_TIMEOUT_MIN", "240"))
+        tdist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes),
                                  device_id=device if device.type == "cuda" else None)
 
 

@@ -28,6 +28,7 @@ from ..config import Config
 from ..data.transforms import augment, draw_params
 from ..losses import apply_center_update, center_loss, center_update_stats, cross_entropy, soft_cross_entropy
 from ..pseudo import Strategy, cosine_to_centers, top2
+from ..seeding import derive_seed, make_generator
 from . import dist
 from .dist import DistInfo
 
@@ -74,14 +75,6 @@ class TrainState:
     center_valid: torch.Tensor | None = None  # [K] bool: touched by at least one labeled image
     history_labels: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] int32
     history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
-
-
-def _mix(*parts: int) -> int:
-    """Deterministic 63-bit seed from integers (seed, epoch, ...)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0x7FFFFFFFFFFFFFFF
-    return h
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -195,8 +188,8 @@ class Trainer:
         lr = self._set_lr(epoch)
         self.net.train()
         # Every random choice of the epoch derives from (seed, epoch): a resumed run replays it exactly.
-        torch.manual_seed(_mix(cfg.seed, epoch, info.rank, 1))
-        gen = torch.Generator().manual_seed(_mix(cfg.seed, epoch))
+        torch.manual_seed(derive_seed(cfg.seed, "dropout", epoch, info.rank))
+        gen = make_generator(cfg.seed, "epoch", epoch)
         n_total = self.num_train_images()
         perm = torch.randperm(n_total, generator=gen)
         iters = self.iters_per_epoch()
@@ -312,6 +305,10 @@ class Trainer:
         rec.update(type="epoch", epoch=epoch, lr=lr, epoch_time_s=time.time() - t0, time=time.time())
         if n_u and self.strategy.uses_unlabeled:
             rec.update(self._pseudo_stats(ep_labels, ep_conf, ep_margin, ep_true_mass, truth))
+        if info.enabled:  # the centers must be identical on every rank: record the largest difference
+            hi_c, lo_c = st.centers.clone(), -st.centers
+            dist.all_reduce_max(hi_c, lo_c)
+            rec["centers_rank_diff"] = float((hi_c + lo_c).abs().max())
         st.history_labels.append(ep_labels.cpu().numpy().astype(np.int32))
         st.history_conf.append(ep_conf.cpu().numpy().astype(np.float16))
         st.epoch = epoch + 1

@@ -27,7 +27,7 @@ from PIL import Image
 from cpl import atomic
 from cpl.gan.dcgan import Generator
 from cpl.gan.errors import Stopped
-from cpl.gan.rng import make_generator
+from cpl.seeding import make_generator
 
 MANIFEST = "manifest.csv"
 SETTINGS = "sampling.json"  # what the existing files were drawn with; a mismatch invalidates them

@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from cpl.config import GanConfig
-from cpl.gan.checkpoint import load_latest_checkpoint, save_checkpoint
+from cpl.checkpoints import load_latest, save_checkpoint
 from cpl.gan.dcgan import Discriminator, Generator, build_models
 from cpl.gan.errors import NonFiniteLoss, Stopped
-from cpl.gan.rng import make_generator
+from cpl.seeding import make_generator
 
 __all__ = ["NonFiniteLoss", "Stopped", "prepare_images", "train_gan"]
 
 CHECKPOINT_FORMAT = 1
+PREFIX = "gan"  # checkpoint file prefix in the work folder
 
 
 def prepare_images(images: torch.Tensor, size: int, device: torch.device, chunk: int = 256) -> torch.Tensor:
@@ -155,7 +156,7 @@ def train_gan(
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "epochs"}
     identity = {"config": settings, "seed": seed, "num_images": n}
     start_epoch, start_step, rng_state = 0, 0, None
-    loaded = load_latest_checkpoint(work_dir)
+    loaded = load_latest(work_dir, PREFIX)
     if loaded is not None:
         state, path = loaded
         if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
@@ -185,7 +186,7 @@ def train_gan(
             "G": g.state_dict(), "D": d.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "rng": None if rng is None else rng.get_state(),
         }
-        save_checkpoint(work_dir, state, epoch, step)
+        save_checkpoint(work_dir, PREFIX, state, epoch, step)
 
     def report(epoch: int, step: int, stats: list[float]) -> None:
         if on_progress is not None:

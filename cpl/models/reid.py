@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpl")
 
 # torchvision's published ImageNet checkpoints (file names as they land in the torch hub cache).
 _WEIGHTS = {
