@@ -48,6 +48,11 @@ def test_bad_values_name_the_key(override, key):
     assert str(exc.value).startswith(key)
 
 
+def test_scientific_notation_without_a_dot():
+    cfg = load_config(Path("configs/synthetic.yaml"), ["train.center_weight=1e-4", "train.lr=3e-2"])
+    assert cfg.train.center_weight == 1e-4 and cfg.train.lr == 0.03
+
+
 def test_overrides_parse_yaml_values():
     data = apply_overrides({"train": {"epochs": 3}}, ["train.epochs=5", "train.lr_milestones=[2, 4]",
                                                      "model.backbone=resnet50"])

@@ -1,0 +1,63 @@
+"""`cpl sweep`: grid planning, the Table-1 layout with mean ± std and the improvement row, and a real tiny
+sweep on the synthetic dataset that is resumable (finished cells are skipped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cpl.sweep import Cell, aggregate, markdown_table, plan_cells
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_plan_runs_references_once_per_seed():
+    cells = plan_cells(["baseline", "center", "cpl", "lsro"], [0, 12000, 24000], [0, 1])
+    assert Cell("baseline", 0, 0) in cells and Cell("center", 0, 1) in cells
+    assert Cell("cpl", 0, 0) not in cells  # 0 GAN images for a pseudo-label method is the baseline itself
+    assert sum(c.method == "lsro" for c in cells) == 4 and len(cells) == 2 * (2 + 2 * 2)
+
+
+def test_table_mean_std_and_improvement():
+    rows = [{"method": "baseline", "gan_images": 0, "rank1": r, "mAP": m} for r, m in ((50, 30), (52, 32))]
+    rows += [{"method": "cpl", "gan_images": 100, "rank1": r, "mAP": m} for r, m in ((55, 33), (57, 35))]
+    rows += [{"method": "cpl", "gan_images": 200, "rank1": 60.0, "mAP": 34.0}]
+    agg = aggregate(rows)
+    by = {(a["method"], a["gan_images"]): a for a in agg}
+    assert by[("baseline", 0)]["rank1"] == 51 and by[("baseline", 0)]["rank1_std"] == pytest.approx(2 ** 0.5)
+    md = markdown_table(agg, ["baseline", "cpl"])
+    lines = md.strip().splitlines()
+    assert lines[0] == "| #unlabeled | cpl rank-1 | cpl mAP |"
+    assert lines[2].startswith("| 0 (baseline) | 51.00 ± 1.41 | 31.00 ± 1.41 |")
+    assert lines[3].startswith("| 100 | 56.00 ± 1.41 | 34.00 ± 1.41 |")
+    assert lines[4] == "| 200 | 60.00 | 34.00 |"
+    assert lines[5] == "| improvement | +9.00 | +3.00 |"  # best count minus the baseline, as in the paper
+
+
+@pytest.mark.timeout(900)
+def test_tiny_sweep_end_to_end_and_resumable(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "sweep", "--config", "configs/synthetic.yaml",
+           "--methods", "baseline,cpl", "--gan-images", "0,24", "--seeds", "0", "--sweep-id", "tiny",
+           "--fast-dev-run", "--set", "eval.umap=false", "--set", f"data.root={tmp_path / 'synthetic'}",
+           "--set", "data.synthetic.ids=12"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "sweeps" / "tiny"
+    status = json.loads((folder / "status.json").read_text())
+    assert status["state"] == "finished"
+    md = (folder / "results.md").read_text()
+    assert "2/2 cells finished" in md and "| 0 (baseline) |" in md and "| 24 |" in md and "| improvement |" in md
+    csv_lines = (folder / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,gan_images,n,rank1") and len(csv_lines) == 3
+    cpl_run = tmp_path / "tiny--cpl-g24-s0"
+    assert json.loads((cpl_run / "results.json").read_text())["num_unlabeled"] == 24
+    assert json.loads((tmp_path / "tiny--baseline-g0-s0" / "results.json").read_text())["num_unlabeled"] == 0
+    before = (cpl_run / "results.json").stat().st_mtime
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and (cpl_run / "results.json").stat().st_mtime == before  # skipped
