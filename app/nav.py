@@ -37,7 +37,11 @@ def select_run(param: str = "run", label: str = "Run", *, sidebar: bool = True,
         return None
     index = ids.index(wanted) if wanted in ids else 0
     where = st.sidebar if sidebar else st
-    choice = where.selectbox(label, ids, index=index, key=key or f"select-{param}")
+    wkey = key or f"select-{param}"
+    if wanted in ids and wanted != st.session_state.get(f"{wkey}-synced"):
+        st.session_state.pop(wkey, None)  # the URL changed (a link was followed): it wins over the old pick
+    choice = where.selectbox(label, ids, index=index, key=wkey)
+    st.session_state[f"{wkey}-synced"] = choice
     if st.query_params.get(param) != choice:
         st.query_params[param] = choice
     return safe_run(root, choice)

@@ -18,14 +18,18 @@ import yaml
 from PIL import Image
 
 from cpl.atomic import read_jsonl
-from cpl.runs.rundir import RunDir, list_runs
+from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
 from cpl.runs.status import read_status
 
 from .safety import safe_file
 
 
 def stamp(path: Path) -> tuple[float, int]:
-    """(mtime, size) of a file, (0, 0) when absent: the cache key of its content."""
+    """(mtime, size) of a file, (0, 0) when absent: the cache key of its content.
+
+    The cached functions take it as ``version``: a parameter named with a leading underscore would be left
+    out of ``st.cache_data``'s key, and a file's first version would be served forever.
+    """
     try:
         s = path.stat()
         return s.st_mtime, s.st_size
@@ -34,7 +38,7 @@ def stamp(path: Path) -> tuple[float, int]:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _json(path: str, _stamp: tuple) -> dict | None:
+def _json(path: str, version: tuple) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
@@ -58,7 +62,7 @@ def run_facts(run: RunDir) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _yaml(path: str, _stamp: tuple) -> dict:
+def _yaml(path: str, version: tuple) -> dict:
     try:
         return yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -70,7 +74,7 @@ def config(run: RunDir) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _metrics(path: str, _stamp: tuple) -> pd.DataFrame:
+def _metrics(path: str, version: tuple) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(path))
 
 
@@ -83,7 +87,7 @@ def metrics(run: RunDir, kind: str | None = None) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _csv(path: str, _stamp: tuple) -> pd.DataFrame:
+def _csv(path: str, version: tuple) -> pd.DataFrame:
     try:
         return pd.read_csv(path, keep_default_na=True)
     except (OSError, pd.errors.EmptyDataError):
@@ -108,7 +112,7 @@ def split(run: RunDir, name: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _npz(path: str, _stamp: tuple) -> dict[str, np.ndarray]:
+def _npz(path: str, version: tuple) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -133,7 +137,7 @@ def pseudo_history(run: RunDir) -> dict[str, np.ndarray]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _npy(path: str, _stamp: tuple) -> np.ndarray | None:
+def _npy(path: str, version: tuple) -> np.ndarray | None:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError):
@@ -147,7 +151,7 @@ def features(run: RunDir, name: str) -> np.ndarray | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
-def _thumb(path: str, _stamp: tuple, max_side: int) -> bytes | None:
+def _thumb(path: str, version: tuple, max_side: int) -> bytes | None:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -182,4 +186,33 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
             "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
             "message": st_.get("error") or st_.get("message"),
         })
+    return pd.DataFrame(rows)
+
+
+def sweep_folders(runs_root: Path) -> list[Path]:
+    """Sweep folders (``<runs root>/sweeps/<id>/`` holding a sweep.json), newest first."""
+    folder = runs_root / SWEEPS_DIR
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and (p / "sweep.json").is_file()]
+    return sorted(found, key=lambda p: (p / "sweep.json").stat().st_mtime, reverse=True)
+
+
+def sweep_spec(folder: Path) -> dict:
+    return read_json(folder / "sweep.json") or {}
+
+
+def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
+    """One row per cell of a sweep: method, GAN images, seed, run id, live state, and its metrics when finished."""
+    rows = []
+    for c in sweep_spec(folder).get("cells", []):
+        run = RunDir(runs_root / c["run_id"])
+        present = run.run_json.is_file()
+        st_ = read_status(run) if present else {"state": "pending"}
+        res = (results(run) or {}) if present else {}
+        rows.append({"run": c["run_id"], "method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"],
+                     "state": st_.get("state"), "progress": float(st_.get("progress") or 0.0),
+                     "rank1": res.get("rank1"), "mAP": res.get("mAP"),
+                     "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
+                     "error": st_.get("error")})
     return pd.DataFrame(rows)

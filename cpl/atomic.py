@@ -93,10 +93,16 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line. A crash can at worst leave a truncated last line, which readers skip."""
+    """Append one JSON line. A crash can at worst leave a truncated last line, which readers skip; the
+    next append starts on a fresh line so the torn one does not swallow it."""
     line = json.dumps(record, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
+    with open(path, "ab") as fh:
+        if fh.tell() > 0:
+            with open(path, "rb") as rd:
+                rd.seek(-1, os.SEEK_END)
+                if rd.read(1) != b"\n":
+                    line = "\n" + line
+        fh.write(line.encode("utf-8"))
         fh.flush()
 
 

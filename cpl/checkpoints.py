@@ -23,6 +23,7 @@ from . import atomic
 log = logging.getLogger("cpl")
 
 KEEP = 2
+TRAIN_PREFIX = "train"  # re-ID training checkpoints: <run>/checkpoints/train-eNNNN-s000000-<sha>.pt
 
 
 class CheckpointError(RuntimeError):

@@ -34,8 +34,6 @@ from .runs.status import StatusWriter
 
 log = logging.getLogger("cpl")
 
-CKPT_PREFIX = "train"  # checkpoints/train-eNNNN-s000000-<sha>.pt
-
 # Share of the whole run's progress bar per stage (when the stage runs).
 _STAGE_WEIGHT = {"data": 0.05, "gan": 0.25, "train": 0.6, "eval": 0.1}
 
@@ -326,7 +324,7 @@ class _Pipeline:
         write_text(self.run.unlabeled, buf.getvalue())
 
     def _train(self, d: _Data, strategy):
-        from .checkpoints import load_latest, save_checkpoint
+        from .checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
         from .engine.trainer import Hooks, Trainer, TrainData
         from .models.reid import build_model
 
@@ -358,7 +356,7 @@ class _Pipeline:
         def on_epoch_end(epoch: int, state: dict) -> None:
             if self.info.is_main:
                 self._check_disk(_state_bytes(state), "a checkpoint")
-                save_checkpoint(self.run.checkpoints, CKPT_PREFIX, state, epoch + 1)
+                save_checkpoint(self.run.checkpoints, TRAIN_PREFIX, state, epoch + 1)
                 hl = trainer.state.history_labels
                 if hl:
                     write_npz(self.run.pseudo_history, labels=np.stack(hl),
@@ -367,7 +365,7 @@ class _Pipeline:
         trainer = Trainer(cfg, data, model, strategy, self.device, self.info,
                           Hooks(on_record=self._record, on_epoch_end=on_epoch_end, on_progress=on_progress,
                                 should_stop=self.stop))
-        found = load_latest(self.run.checkpoints, CKPT_PREFIX, map_location=self.device)
+        found = load_latest(self.run.checkpoints, TRAIN_PREFIX, map_location=self.device)
         if found:
             state, path = found
             trainer.load_state_dict(state)
@@ -430,7 +428,8 @@ class _Pipeline:
         write_json(run.results, results)
         write_npz(run.retrieval, **retrieval)
         self._stage("eval", 0.5, message="writing features")
-        tf, _ = extract(model, d.train_imgs, **ex)
+        # Labeled training images only: in holdout mode the hidden ones are the unlabeled set.
+        tf, _ = extract(model, d.train_imgs[d.keep], **ex)
         uf, ul = (extract(model, d.unl_imgs, with_logits=True, **ex) if len(d.unl_imgs)
                   else (torch.zeros(0, tf.shape[1]), None))
         centers = trainer.state.centers.float().cpu()
@@ -440,7 +439,7 @@ class _Pipeline:
         for name, f in (("train", tf), ("query", qf), ("gallery", gf), ("unlabeled", uf)):
             write_npy(feat_dir / f"{name}.npy", f.numpy().astype(np.float16))
         write_npy(feat_dir / "centers.npy", centers.numpy())
-        self._write_split_csv("train", ds.train, labels=d.labels)
+        self._write_split_csv("train", ds.train.subset(d.keep), labels=d.labels[d.keep])
         self._write_split_csv("query", ds.query)
         self._write_split_csv("gallery", ds.gallery)
         unl_labels = np.zeros(0, dtype=np.int64)
@@ -450,7 +449,7 @@ class _Pipeline:
             self._stage("eval", 0.75, message="UMAP of train + unlabeled features and centers")
             from .embedding import umap_layout
 
-            emb = umap_layout(tf.numpy(), d.labels, uf.numpy(), unl_labels, centers.numpy(),
+            emb = umap_layout(tf.numpy(), d.labels[d.keep], uf.numpy(), unl_labels, centers.numpy(),
                               neighbors=cfg.eval.umap_neighbors, min_dist=cfg.eval.umap_min_dist,
                               max_points=cfg.eval.umap_max_points, seed=cfg.seed,
                               cache_dir=str(run.cache_root / "numba"))

@@ -14,14 +14,13 @@ trivial nor random. Run ``python -m cpl.data.synth_difficulty DIR`` to print the
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-_NAME = re.compile(r"([-\d]+)_c(\d+)")
+from .market import parse_name
 
 
 def load_folder(folder: str | Path, size: tuple[int, int] = (64, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,10 +31,8 @@ def load_folder(folder: str | Path, size: tuple[int, int] = (64, 128)) -> tuple[
     """
     files = sorted(Path(folder).glob("*.jpg"))
     images = np.stack([np.asarray(Image.open(f).convert("RGB").resize(size, Image.BILINEAR)) for f in files])
-    labels = [_NAME.match(f.name) for f in files]
-    pids = np.array([int(m.group(1)) for m in labels], dtype=np.int64)
-    cams = np.array([int(m.group(2)) for m in labels], dtype=np.int64)
-    return images, pids, cams
+    labels = np.array([parse_name(f.name) for f in files], dtype=np.int64)
+    return images, labels[:, 0], labels[:, 1]
 
 
 def pixel_features(images: np.ndarray) -> np.ndarray:
@@ -65,28 +62,22 @@ def centre_histogram_features(images: np.ndarray, bins: int = 8) -> np.ndarray:
 
 def market_rank1_map(qf: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, gf: np.ndarray, g_pids: np.ndarray,
                      g_cams: np.ndarray) -> dict[str, float]:
-    """Rank-1, mAP and their chance levels (percent) of Euclidean retrieval, Market-1501 protocol.
+    """Rank-1, mAP (via :func:`cpl.evaluation.evaluate`, Market-1501 protocol) and the chance rank-1, in
+    percent, of Euclidean retrieval with ``qf [Q, D]`` and ``gf [G, D]``.
 
-    ``qf [Q, D]`` and ``gf [G, D]`` features. For each query, gallery images of the same pid and
-    camera and pid -1 junk are removed; pid 0 distractors stay as negatives. Queries without a
-    valid match are skipped. ``chance_rank1`` is the expected rank-1 of a random ranking.
+    ``chance_rank1`` is the expected rank-1 of a random ranking: per query, the share of valid gallery
+    images (not junk, not same identity and camera) that match, averaged over queries with a match.
     """
+    from cpl.evaluation import evaluate
+
     d = (qf ** 2).sum(1)[:, None] + (gf ** 2).sum(1)[None, :] - 2.0 * qf @ gf.T
-    order = np.argsort(d, axis=1, kind="stable")
-    g_p, g_c = g_pids[order], g_cams[order]
-    valid = ~((g_p == q_pids[:, None]) & (g_c == q_cams[:, None])) & (g_p != -1)
-    match = (g_p == q_pids[:, None]) & valid
-    rank1, aps, chance = [], [], []
-    for v, m in zip(valid, match):
-        hits = m[v]
-        if not hits.any():
-            continue
-        rank1.append(float(hits[0]))
-        where = np.flatnonzero(hits)
-        aps.append(float(np.mean(np.arange(1, len(where) + 1) / (where + 1))))
-        chance.append(hits.mean())
-    return {"rank1": 100 * float(np.mean(rank1)), "mAP": 100 * float(np.mean(aps)),
-            "chance_rank1": 100 * float(np.mean(chance)), "queries": len(rank1)}
+    res = evaluate(d.astype(np.float32), q_pids, g_pids, q_cams, g_cams)
+    valid = ~((g_pids[None, :] == q_pids[:, None]) & (g_cams[None, :] == q_cams[:, None])) & (g_pids[None, :] != -1)
+    match = (g_pids[None, :] == q_pids[:, None]) & valid
+    has = match.any(1)
+    chance = match[has].sum(1) / valid[has].sum(1)
+    return {"rank1": 100 * float(res["cmc"][0]), "mAP": 100 * float(res["mAP"]),
+            "chance_rank1": 100 * float(chance.mean()), "queries": int(has.sum())}
 
 
 def difficulty(root: str | Path) -> dict[str, dict[str, float]]:

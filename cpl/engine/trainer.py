@@ -108,8 +108,12 @@ class Trainer:
         self.model = model.to(device)
         if t.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(model.param_groups(t.lr, t.classifier_lr_mult), lr=t.lr,
-                                         momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+        groups = model.param_groups(t.lr, t.classifier_lr_mult)
+        if t.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                             nesterov=t.nesterov)
         self.dtype = amp_dtype(cfg, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         net: nn.Module = self.model

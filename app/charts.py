@@ -1,0 +1,251 @@
+"""Plotly figures of a run's metrics (metrics.jsonl records, see docs/run-directory.md) and sweep tables.
+
+Pure functions from data frames to figures: no Streamlit, no file reading, so pages stay thin and the
+figures are testable. Epochs are 0-based in the files and shown 1-based. Metrics stored as fractions
+(accuracy, pseudo-label accuracy) are shown in percent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+HEIGHT = 360
+# The fixed colour of each method across every chart (Plotly's qualitative "D3" palette).
+METHOD_COLORS = {"baseline": "#7f7f7f", "center": "#8c564b", "cpl": "#d62728", "fapl": "#ff7f0e",
+                 "lsro": "#1f77b4", "onehot": "#2ca02c", "allinone": "#9467bd", "mprl1": "#17becf",
+                 "mprl2": "#bcbd22"}
+
+
+def _layout(fig: go.Figure, title: str, height: int = HEIGHT) -> go.Figure:
+    fig.update_layout(title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}}, height=height,
+                      margin={"l": 10, "r": 10, "t": 36, "b": 10}, hovermode="x unified",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0})
+    return fig
+
+
+def _has(df: pd.DataFrame, col: str) -> bool:
+    return col in df.columns and df[col].notna().any()
+
+
+def _epoch_x(df: pd.DataFrame) -> pd.Series:
+    return df["epoch"].astype(int) + 1
+
+
+def _epoch_ticks(frames) -> dict:
+    """Whole-epoch ticks when there are few epochs (no "epoch 1.5" on a 2-epoch run)."""
+    last = max((int(df["epoch"].max()) + 1 for df in frames if not df.empty and "epoch" in df), default=0)
+    return {"dtick": 1} if 0 < last <= 20 else {}
+
+
+def iteration_x(iters: pd.DataFrame) -> pd.Series:
+    """Fractional epoch (1-based) of each iteration record, e.g. 2.5 = halfway through epoch 2."""
+    per_epoch = iters.groupby("epoch")["iter"].transform("max") + 1
+    return iters["epoch"].astype(int) + (iters["iter"] + 1) / per_epoch
+
+
+def loss_figure(iters: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
+    """Training loss per logged iteration (thin) and per epoch (markers): total, softmax CE, unlabeled term,
+    and the raw center-loss term ½Σ‖x−c‖² on the right axis (it enters the total multiplied by λ)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    series = [("loss", "total", "#1f77b4"), ("loss_ce", "cross-entropy", "#2ca02c"),
+              ("loss_unlabeled", "unlabeled term", "#ff7f0e")]
+    if not iters.empty and "iter" in iters:
+        x = iteration_x(iters)
+        for col, name, color in series:
+            if _has(iters, col):
+                fig.add_trace(go.Scatter(x=x, y=iters[col], name=name, mode="lines", line={"color": color, "width": 1},
+                                         legendgroup=col), secondary_y=False)
+        if _has(iters, "loss_center"):
+            fig.add_trace(go.Scatter(x=x, y=iters["loss_center"], name="center ½Σ‖x−c‖² (right)", mode="lines",
+                                     line={"color": "#9467bd", "width": 1, "dash": "dot"}), secondary_y=True)
+    if not epochs.empty:
+        for col, name, color in series:
+            if _has(epochs, col):
+                fig.add_trace(go.Scatter(x=_epoch_x(epochs), y=epochs[col], name=f"{name}, epoch mean", mode="markers",
+                                         marker={"color": color, "size": 8}, legendgroup=col, showlegend=False),
+                              secondary_y=False)
+    fig.update_xaxes(title_text="epoch", **_epoch_ticks([epochs]))
+    fig.update_yaxes(title_text="loss", secondary_y=False)
+    fig.update_yaxes(title_text="center term", secondary_y=True, showgrid=False)
+    return _layout(fig, "Training loss")
+
+
+def accuracy_figure(iters: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
+    """Training accuracy on the labeled images of each batch (%), and the backbone learning rate."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if not iters.empty and _has(iters, "acc"):
+        fig.add_trace(go.Scatter(x=iteration_x(iters), y=100 * iters["acc"], name="batch accuracy", mode="lines",
+                                 line={"color": "#2ca02c", "width": 1}))
+    if not epochs.empty and _has(epochs, "acc"):
+        fig.add_trace(go.Scatter(x=_epoch_x(epochs), y=100 * epochs["acc"], name="epoch accuracy",
+                                 mode="lines+markers", line={"color": "#006d2c", "width": 2}))
+    if not epochs.empty and _has(epochs, "lr"):
+        fig.add_trace(go.Scatter(x=_epoch_x(epochs), y=epochs["lr"], name="learning rate (right)", mode="lines",
+                                 line={"color": "#7f7f7f", "shape": "hv", "dash": "dot"}), secondary_y=True)
+    fig.update_xaxes(title_text="epoch", **_epoch_ticks([epochs]))
+    fig.update_yaxes(title_text="accuracy (%)", secondary_y=False)
+    fig.update_yaxes(title_text="lr", type="log", dtick=1, tickformat=".0e", secondary_y=True, showgrid=False)
+    return _layout(fig, "Training accuracy (labeled images)")
+
+
+def pseudo_label_figure(epochs: pd.DataFrame) -> go.Figure:
+    """Per epoch: unlabeled images whose label changed (bars, left), mean confidence and margin to the
+    runner-up (lines, right), and for the holdout source the pseudo-label accuracy and true-class mass."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = _epoch_x(epochs) if not epochs.empty else []
+    if _has(epochs, "pl_changed"):
+        fig.add_trace(go.Bar(x=x, y=epochs["pl_changed"], name="labels changed", marker_color="#c7c7c7",
+                             opacity=0.8, hovertemplate="%{y:,} labels changed<extra></extra>"))
+    lines = [("pl_mean_conf", "mean confidence", "#d62728", None), ("pl_mean_margin", "mean margin", "#ff7f0e", None),
+             ("pl_acc", "pseudo-label accuracy", "#2ca02c", "dash"),
+             ("pl_true_mass", "mass on true class", "#17becf", "dot")]
+    for col, name, color, dash in lines:
+        if _has(epochs, col):
+            fig.add_trace(go.Scatter(x=x, y=epochs[col], name=name, mode="lines+markers",
+                                     line={"color": color, "dash": dash}), secondary_y=True)
+    fig.update_xaxes(title_text="epoch", **_epoch_ticks([epochs]))
+    fig.update_yaxes(title_text="images", secondary_y=False, rangemode="tozero")
+    fig.update_yaxes(title_text="fraction", secondary_y=True, range=[0, 1.02], showgrid=False, tickmode="linear",
+                     tick0=0, dtick=0.25)
+    return _layout(fig, "Pseudo-labels per epoch")
+
+
+def gan_figure(gan: pd.DataFrame) -> go.Figure:
+    """DCGAN training: discriminator and generator losses (left) and D's mean output on real and
+    generated images (right), against the fractional GAN epoch."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("losses", "discriminator output"))
+    if not gan.empty and "step" in gan:
+        steps = gan["steps"] if "steps" in gan else gan.groupby("epoch")["step"].transform("max")
+        x = gan["epoch"].astype(int) + gan["step"] / steps.clip(lower=1)
+        for col, name, color, c in [("loss_d", "loss D", "#1f77b4", 1), ("loss_g", "loss G", "#d62728", 1),
+                                    ("d_real", "D(real)", "#2ca02c", 2), ("d_fake", "D(G(z))", "#ff7f0e", 2)]:
+            if _has(gan, col):
+                fig.add_trace(go.Scatter(x=x, y=gan[col], name=name, mode="lines", line={"color": color}),
+                              row=1, col=c)
+    fig.update_xaxes(title_text="GAN epoch")
+    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    return _layout(fig, "DCGAN training")
+
+
+def overlay_figure(series: dict[str, pd.DataFrame], y: str, title: str, *, percent: bool = False,
+                   x: str = "epoch") -> go.Figure:
+    """One line per run: column ``y`` of each run's epoch records against the (1-based) epoch."""
+    fig = go.Figure()
+    for label, df in series.items():
+        if df.empty or not _has(df, y):
+            continue
+        xs = _epoch_x(df) if x == "epoch" else df[x]
+        fig.add_trace(go.Scatter(x=xs, y=df[y] * (100 if percent else 1), name=label, mode="lines+markers"))
+    fig.update_xaxes(title_text="epoch" if x == "epoch" else x, **_epoch_ticks(series.values()))
+    fig.update_yaxes(title_text=f"{title} (%)" if percent else title)
+    return _layout(fig, title)
+
+
+def table1_figure(agg: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """A sweep's Table 1 as lines: ``metric`` (mean ± std over seeds) against the unlabeled-image count,
+    one line per method; the baseline (0 images) as a dashed horizontal line."""
+    fig = go.Figure()
+    std = f"{metric}_std"
+    if not agg.empty and metric in agg:
+        base = agg[(agg["method"] == "baseline") & agg[metric].notna()]
+        for method, rows in agg[agg["method"] != "baseline"].groupby("method", sort=False):
+            rows = rows.sort_values("gan_images")
+            rows = rows[rows[metric].notna()]
+            if rows.empty:
+                continue
+            if not base.empty and method != "center" and 0 not in set(rows["gan_images"]):
+                rows = pd.concat([base.iloc[:1], rows])  # each curve starts at the shared baseline (0 images)
+            err = rows[std] if std in rows and bool((rows["n"] > 1).any()) else None
+            fig.add_trace(go.Scatter(
+                x=rows["gan_images"], y=rows[metric], name=method, mode="lines+markers",
+                line={"color": METHOD_COLORS.get(method)},
+                error_y={"type": "data", "array": err, "visible": err is not None}))
+        if not base.empty:
+            value = float(base[metric].iloc[0])
+            fig.add_hline(y=value, line_dash="dash", line_color=METHOD_COLORS["baseline"],
+                          annotation_text=f"baseline {value:.2f}", annotation_position="bottom right")
+    fig.update_xaxes(title_text="unlabeled images")
+    fig.update_yaxes(title_text=f"{metric} (%)")
+    return _layout(fig, title)
+
+
+def mean_std(mean: float, std: float | None) -> str:
+    """``"81.38 ± 0.42"`` (or just the mean when no spread is known); en dash for a missing value."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+# st.badge colour and Material icon of each run state.
+STATE_BADGES = {"running": ("blue", ":material/progress_activity:"), "queued": ("orange", ":material/schedule:"),
+                "finished": ("green", ":material/check_circle:"), "failed": ("red", ":material/error:"),
+                "cancelled": ("gray", ":material/stop_circle:"), "pending": ("gray", ":material/more_horiz:")}
+
+
+def state_label(status: dict) -> str:
+    """``"running"``; a queued run says whether it waits for its device or is still starting."""
+    state = str(status.get("state") or "unknown")
+    if state == "queued":
+        return "queued (waiting for device)" if "waiting for" in str(status.get("message") or "") else "starting"
+    return state
+
+
+def state_badge(status: dict) -> tuple[str, str, str]:
+    """(label, colour, icon) for ``st.badge``."""
+    color, icon = STATE_BADGES.get(str(status.get("state")), ("gray", ":material/help:"))
+    return state_label(status), color, icon
+
+
+def duration(seconds: float | None) -> str:
+    """``"3 min 05 s"``, ``"1 h 12 min"``; en dash when unknown."""
+    if seconds is None or (isinstance(seconds, float) and not math.isfinite(seconds)) or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False) -> pd.DataFrame:
+    """A sweep's results.csv in the CPL paper's Table 1 layout: one row per unlabeled-image count (0 = the
+    baseline row, repeated under every method as in the paper), a rank-1 and an mAP column per method
+    (mean ± std over seeds when there are several), and an "improvement" row: best count minus baseline."""
+    r1, mp = ("rr_rank1", "rr_mAP") if rerank else ("rank1", "mAP")
+    records = agg.to_dict("records") if not agg.empty else []
+    by = {(r["method"], int(r["gan_images"])): r for r in records}
+    cols = [m for m in methods if m != "baseline"] or ["baseline"]
+    base = by.get(("baseline", 0))
+
+    def cell(rec: dict | None, key: str) -> str:
+        if rec is None or rec.get(key) is None or pd.isna(rec.get(key)):
+            return ""
+        return mean_std(float(rec[key]), float(rec[f"{key}_std"]) if int(rec.get("n") or 1) > 1 else None)
+
+    rows = []
+    for g in sorted({k[1] for k in by}):
+        row = {"unlabeled images": "0 (baseline)" if g == 0 else f"{g:,}"}
+        for m in cols:
+            rec = by.get((m, g)) or (base if g == 0 and m != "center" else None)
+            row[f"{m} rank-1"], row[f"{m} mAP"] = cell(rec, r1), cell(rec, mp)
+        rows.append(row)
+    if base is not None and pd.notna(base.get(r1)):
+        row = {"unlabeled images": "improvement"}
+        for m in cols:
+            cand = [r for (mm, g), r in by.items() if mm == m and (g > 0 or m == "center") and pd.notna(r.get(r1))]
+            row[f"{m} rank-1"] = f"{max(r[r1] for r in cand) - base[r1]:+.2f}" if cand else ""
+            row[f"{m} mAP"] = f"{max(r[mp] for r in cand) - base[mp]:+.2f}" if cand else ""
+        rows.append(row)
+    return pd.DataFrame(rows)

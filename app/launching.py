@@ -1,0 +1,375 @@
+"""What the Launch page needs besides widgets: datasets, devices, form choices → config, starting runs.
+
+Everything here is torch-free and Streamlit-free, so it is testable on its own: devices are found with
+``nvidia-smi -L`` (or ``/proc/driver/nvidia/gpus``), datasets by listing the data roots, and a config
+is always built by :func:`cpl.config.load_config` so a bad value is reported with its key named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cpl.atomic import write_json
+from cpl.config import Config, ConfigError, fast_dev_run, load_config, read_yaml
+from cpl.data.check import CheckReport
+from cpl.data.market import SPLIT_FOLDERS
+from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
+from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
+from cpl.sweep import create_sweep
+
+from .safety import safe_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO / "configs"
+DEMO_CONFIG = CONFIGS_DIR / "demo.yaml"
+DEMO_MARKER = ".studio-demo.json"
+
+# One line per method, for the method picker (sources: method-notes §3.5 and cpl/pseudo/methods.py).
+METHOD_INFO = {
+    "baseline": "Softmax on the labeled images only: the papers' baseline, no unlabeled images.",
+    "center": "Softmax + center loss on the labeled images only (the CPL paper's Table 4 ablation).",
+    "cpl": "CPL: one-hot label of the nearest class center by cosine, recomputed every mini-batch, "
+           "+ center loss (Ding et al. 2018).",
+    "fapl": "FAPL-d: soft label = softmax of the cosines to every class center, + center loss "
+            "(Ding et al. TMM 2019).",
+    "lsro": "LSRO: a uniform 1/K label over all identities for every unlabeled image (Zheng et al. ICCV 2017).",
+    "onehot": "One-hot pseudo-label = argmax of the classifier's softmax, weight 0.1, after a warm-up (Lee 2013).",
+    "allinone": "All-in-one: every unlabeled image goes to one extra class K+1 (Odena 2016; Salimans et al. 2016).",
+    "mprl1": "dMpRL-I: a label weighted by the ranks of the current softmax, from the first epoch "
+             "(Huang et al. TIP 2019).",
+    "mprl2": "dMpRL-II: dMpRL-I switched on after the warm-up, unlabeled weight 0.1 (Huang et al. TIP 2019).",
+}
+NO_UNLABELED = ("baseline", "center")
+CENTER_LOSS = ("center", "cpl", "fapl")  # the methods whose loss has the λ-weighted center term
+SOURCE_INFO = {
+    "gan": "images drawn from a DCGAN trained on the labeled training images (the papers' setting)",
+    "holdout": "real training images with their labels hidden: pseudo-labels can be scored right or wrong",
+    "folder": "any folder of person images under a data root",
+}
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    label: str
+    device: str  # the config's ``device`` value
+    nproc: int = 1  # processes under torchrun (one per GPU)
+
+
+def _visible(indices: list[int]) -> list[int]:
+    """Apply ``CUDA_VISIBLE_DEVICES`` (integer form) to physical GPU indices; a run renumbers them from 0."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return indices
+    wanted = [p.strip() for p in raw.split(",") if p.strip()]
+    if not all(re.fullmatch(r"\d+", w) for w in wanted):  # UUID form: keep the count only
+        return indices[: len(wanted)]
+    return [int(w) for w in wanted if int(w) in indices]
+
+
+def detect_gpus(timeout_s: float = 5.0) -> list[str]:
+    """Names of the CUDA GPUs a run can use, in the order a run numbers them (cuda:0, cuda:1, ...).
+
+    Asks ``nvidia-smi -L``; without it, reads the driver's ``/proc/driver/nvidia/gpus``. No torch import.
+    """
+    names: dict[int, str] = {}
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=timeout_s, check=False)
+        for line in out.stdout.splitlines():
+            m = re.match(r"GPU (\d+): (.+?)(?: \(UUID:.*)?$", line.strip())
+            if m:
+                names[int(m.group(1))] = m.group(2)
+    except (OSError, subprocess.TimeoutExpired):
+        proc = Path("/proc/driver/nvidia/gpus")
+        if proc.is_dir():
+            for i, gpu in enumerate(sorted(proc.iterdir())):
+                try:
+                    info = (gpu / "information").read_text()
+                except OSError:
+                    continue
+                m = re.search(r"^Model:\s*(.+)$", info, flags=re.M)
+                names[i] = m.group(1).strip() if m else gpu.name
+    return [names[i] for i in _visible(sorted(names))]
+
+
+def device_choices(gpus: list[str]) -> list[DeviceChoice]:
+    """CPU, each GPU, and all GPUs under torchrun when there are several; the best one first."""
+    each = [DeviceChoice(f"GPU {i}: {name}", f"cuda:{i}") for i, name in enumerate(gpus)]
+    multi = [DeviceChoice(f"All {len(gpus)} GPUs (torchrun, one process per GPU)", "cuda", len(gpus))] \
+        if len(gpus) > 1 else []
+    return [*each, *multi, DeviceChoice("CPU", "cpu")]
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    """The embedded synthetic dataset (``name`` empty) or a Market-layout folder ``root/name``."""
+
+    label: str
+    root_index: int = -1  # index into the data roots; -1 = the embedded synthetic dataset
+    name: str = ""
+
+    @property
+    def synthetic(self) -> bool:
+        return self.root_index < 0
+
+
+SYNTHETIC = DatasetChoice("Embedded synthetic dataset (generated by the run on first use)")
+
+
+def discover_datasets(roots: list[Path], synthetic_root: Path) -> list[DatasetChoice]:
+    """The embedded synthetic dataset, then every direct sub-folder of a data root holding a split folder."""
+    found = [SYNTHETIC]
+    for i, root in enumerate(roots):
+        try:
+            entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            continue
+        for folder in entries:
+            if folder.resolve() == synthetic_root.resolve():
+                continue
+            if any((folder / split).is_dir() for split in SPLIT_FOLDERS.values()):
+                where = f" — {root}" if len(roots) > 1 else ""
+                found.append(DatasetChoice(f"{folder.name}{where}", i, folder.name))
+    return found
+
+
+def dataset_path(choice: DatasetChoice, roots: list[Path], synthetic_root: Path) -> Path | None:
+    """The validated folder of a choice (through :func:`app.safety.safe_data_dir`); None when refused."""
+    if choice.synthetic:
+        return synthetic_root
+    if not 0 <= choice.root_index < len(roots):
+        return None
+    return safe_data_dir(choice.name, [roots[choice.root_index]])
+
+
+def split_table(report: CheckReport) -> pd.DataFrame:
+    """The split statistics of a dataset check, one row per split (what ``cpl check`` prints)."""
+    rows = [{"split": s.name, "folder": Path(s.folder).name, "images": s.images, "identities": s.identities,
+             "cameras": s.cameras, "junk (-1)": s.junk, "distractors (0)": s.distractors, "ignored files": s.ignored,
+             "unparsed names": s.unparsed} for s in report.splits.values()]
+    return pd.DataFrame(rows)
+
+
+def folder_stamp(path: Path) -> tuple:
+    """Modification times of a dataset folder and its split folders: a check result's cache key."""
+    stamps = []
+    for p in [path, *(path / s for s in SPLIT_FOLDERS.values())]:
+        try:
+            stamps.append(p.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return tuple(stamps)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def config_files(folder: Path = CONFIGS_DIR) -> list[Path]:
+    """The YAML configs a run can start from (``configs/*.yaml``), sorted by name."""
+    return sorted(p for p in folder.glob("*.yaml") if p.is_file())
+
+
+def base_defaults(path: Path) -> Config:
+    """The base config's values, to pre-fill the form (validated; the form always sets the dataset,
+    so a config without ``data.root`` is fine here)."""
+    return load_config(path, ["data.root=dataset-chosen-on-the-form"])
+
+
+def _quote(value: str) -> str:
+    """A string as a YAML scalar that survives ``key=value`` parsing (paths with ':' or '#')."""
+    return json.dumps(value)
+
+
+def scaled_epochs(base: Config, epochs: int) -> tuple[list[int], int]:
+    """LR milestones and warm-up of ``base`` rescaled to ``epochs`` (they are fractions of the schedule)."""
+    if epochs == base.train.epochs:
+        return list(base.train.lr_milestones), base.train.warmup_epochs
+    ratio = epochs / base.train.epochs
+    milestones = sorted({min(max(1, round(m * ratio)), max(1, epochs - 1)) for m in base.train.lr_milestones})
+    return milestones, min(round(base.train.warmup_epochs * ratio), max(0, epochs - 1))
+
+
+@dataclass
+class RunChoices:
+    """The Launch form's values. ``extra`` holds free ``key=value`` overrides applied last."""
+
+    data_root: Path  # resolved dataset folder (for the synthetic one: where it is generated)
+    synthetic: bool
+    method: str
+    source: str = "gan"
+    num_images: int = 1500
+    holdout_fraction: float = 0.5
+    folder: Path | None = None
+    center_weight: float = 1e-4
+    center_alpha: float = 0.5
+    epochs: int = 12
+    backbone: str = "resnet18"
+    pretrained: str = "auto"
+    seed: int = 0
+    device: str = "cpu"
+    name: str = ""
+    extra: list[str] = field(default_factory=list)
+
+
+def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> list[str]:
+    """``key=value`` overrides turning the base config into the chosen run.
+
+    For a sweep, method, seed and unlabeled-image count are left out: every cell sets its own.
+    """
+    c = choices
+    out = [f"data.kind={'synthetic' if c.synthetic else 'market'}", f"data.root={_quote(str(c.data_root))}"]
+    if c.name:
+        out.append(f"name={_quote(c.name)}")
+    if not sweep:
+        out += [f"train.method={c.method}", f"seed={c.seed}"]
+    if sweep or c.method not in NO_UNLABELED:
+        out.append(f"unlabeled.source={c.source}")
+        if c.source == "gan" and not sweep:
+            out.append(f"unlabeled.num_images={c.num_images}")
+        if c.source == "holdout":
+            out.append(f"unlabeled.holdout_fraction={c.holdout_fraction}")
+        if c.source == "folder":
+            out.append(f"unlabeled.folder={_quote(str(c.folder or ''))}")
+    out += [f"train.center_weight={c.center_weight}", f"train.center_alpha={c.center_alpha}",
+            f"train.epochs={c.epochs}"]
+    milestones, warmup = scaled_epochs(base, c.epochs)
+    if c.epochs != base.train.epochs:
+        out += [f"train.lr_milestones={milestones}", f"train.warmup_epochs={warmup}"]
+    out += [f"model.backbone={c.backbone}", f"model.pretrained={_quote(c.pretrained)}", f"device={c.device}"]
+    return out + [x.strip() for x in c.extra if x.strip()]
+
+
+def parse_extra(text: str) -> list[str]:
+    """Free-form overrides, one ``key=value`` per line (blank lines and ``#`` comments skipped)."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def resolve(base_path: Path, overrides: list[str], fast: bool) -> Config:
+    """The config a launch would run; raises :class:`ConfigError` naming the bad key."""
+    cfg = load_config(base_path, overrides)
+    return fast_dev_run(cfg) if fast else cfg
+
+
+def cli_args(base_path: Path, overrides: list[str], fast: bool) -> list[str]:
+    """The ``cpl run`` arguments equivalent to a launch (recorded in run.json, shown on the page)."""
+    args = ["--config", str(base_path)]
+    for o in overrides:
+        args += ["--set", o]
+    return args + (["--fast-dev-run"] if fast else [])
+
+
+def launch_run(cfg: Config, runs_root: Path, nproc: int, argv: list[str]) -> tuple[RunDir, int]:
+    """Create the run directory and start it detached; returns the run and the launcher's pid."""
+    run = prepare_run(cfg, runs_root, argv=argv)
+    return run, launch_resume(run, nproc=nproc)
+
+
+def sweep_argv(runs_root: Path, spec: dict) -> list[str]:
+    """``cpl sweep`` for a sweep folder's ``sweep.json``: starts it, or resumes it (finished cells are skipped)."""
+    args = ["--runs-root", str(runs_root), "sweep", "--config", str(spec["config_path"]),
+            "--methods", ",".join(spec["methods"]), "--gan-images", ",".join(map(str, spec["gan_images"])),
+            "--seeds", ",".join(map(str, spec["seeds"])), "--sweep-id", str(spec["id"])]
+    for o in spec.get("overrides") or []:
+        args += ["--set", str(o)]
+    return cpl_command(*args, *(["--fast-dev-run"] if spec.get("fast_dev_run") else []))
+
+
+def start_sweep(runs_root: Path, folder: Path) -> int:
+    """Run (or resume) the sweep in ``folder`` detached, logging to its log.txt; returns the pid."""
+    spec = json.loads((folder / "sweep.json").read_text())
+    argv = sweep_argv(runs_root, spec)
+    pid = spawn(argv, folder / "log.txt")
+    # read_status reads this pid until the sweep process writes its own status.json
+    write_json(folder / "launch.json", {"argv": argv, "launched": time.time(), "pid": pid, "nproc": 1})
+    return pid
+
+
+def launch_sweep(runs_root: Path, base_path: Path, methods: list[str], gan_images: list[int], seeds: list[int],
+                 overrides: list[str], fast: bool) -> Path:
+    """Validate the grid (``create_sweep``) and start it detached; returns the sweep folder."""
+    folder = create_sweep(runs_root, str(base_path), methods, gan_images, seeds, overrides, None, fast)
+    start_sweep(runs_root, folder)
+    return folder
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """``"0, 12000,24000"`` → [0, 12000, 24000]; raises :class:`ConfigError` naming ``what``."""
+    try:
+        values = [int(v.strip().replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated whole numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{what}: give at least one value")
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{what}: values must be >= 0, got {text!r}")
+    return sorted(set(values))
+
+
+# ---------------------------------------------------------------------------------------------- demo run
+
+
+def demo_enabled() -> bool:
+    """``CPL_DEMO=0`` (or off/false/no) turns off the demo run of a first start."""
+    return os.environ.get("CPL_DEMO", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def demo_marker(runs_root: Path) -> dict | None:
+    try:
+        return json.loads((runs_root / DEMO_MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _has_anything(runs_root: Path) -> bool:
+    sweeps = runs_root / SWEEPS_DIR
+    return bool(list_runs(runs_root)) or (sweeps.is_dir() and any(sweeps.iterdir()))
+
+
+def demo_config() -> Path:
+    """The demo run's config: ``$CPL_DEMO_CONFIG`` or ``configs/demo.yaml``."""
+    return Path(os.environ.get("CPL_DEMO_CONFIG") or DEMO_CONFIG)
+
+
+def ensure_demo(runs_root: Path, synthetic_root: Path, config_path: Path | None = None) -> RunDir | None:
+    """Start the demo run the first time the app sees ``runs_root`` with no runs at all; None otherwise.
+
+    The first look at a runs root leaves a marker file, so a demo starts at most once per runs root:
+    a user who later deletes every run does not get a new one. Creating the marker with O_EXCL makes
+    two sessions opening a fresh app at once start one demo, not two.
+    """
+    if not demo_enabled() or (runs_root / DEMO_MARKER).exists():
+        return None
+    config_path = config_path or demo_config()
+    runs_root.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(runs_root / DEMO_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    os.close(fd)
+    if _has_anything(runs_root):
+        write_json(runs_root / DEMO_MARKER, {"demo_run": None, "time": time.time(),
+                                             "note": "the runs root already held runs: no demo"})
+        return None
+    try:
+        overrides = [f"data.root={_quote(str(synthetic_root))}"] \
+            if read_yaml(config_path).get("data", {}).get("kind") == "synthetic" else []
+        cfg = load_config(config_path, overrides)
+        run, _ = launch_run(cfg, runs_root, 1, ["cpl", "run", *cli_args(config_path, overrides, False)])
+    except BaseException:
+        (runs_root / DEMO_MARKER).unlink(missing_ok=True)  # let the next start try again
+        raise
+    write_json(runs_root / DEMO_MARKER, {"demo_run": run.id, "time": time.time(), "config": str(config_path)})
+    return run

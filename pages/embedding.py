@@ -1,0 +1,216 @@
+"""Embedding: the run's UMAP of training and unlabeled features with the class centers.
+
+Reads ``embedding.npz`` (computed by the run process; nothing is embedded here), ``features/train.csv``
+and ``pseudo_labels.csv``. One WebGL trace per kind of point, coloured through a numeric colour scale,
+so 37k points stay responsive; selecting points (click, box or lasso) shows their images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.colors import qualitative
+
+from app import readers
+from app.gallery import AMBER, BLUE, GREEN, NEUTRAL, RED, Card, grid, reset_on_run_change
+from app.nav import select_run
+from cpl.runs.status import ACTIVE, read_status
+
+TRAIN, UNLABELED, CENTER = 0, 1, 2
+KINDS = {TRAIN: ("training images", "circle", 5), UNLABELED: ("unlabeled (GAN) images", "diamond", 6),
+         CENTER: ("class centers", "star", 15)}
+SHOW = {"training": TRAIN, "unlabeled": UNLABELED, "centers": CENTER}
+PALETTE = qualitative.Dark24  # identities share its colours cyclically; hover names the identity
+NO_LABEL_COLOUR = "#bdbdbd"
+CAPS = (10_000, 20_000, 40_000, 80_000)
+MAX_SHOWN = 32  # thumbnails of a selection
+
+
+def _colourscale() -> list:
+    """A stepped scale: value i + 0.5 → PALETTE[i]; the last band is grey, for points without a label."""
+    colours = [*PALETTE, NO_LABEL_COLOUR]
+    n = len(colours)
+    scale = []
+    for i, c in enumerate(colours):
+        scale += [(i / n, c), ((i + 1) / n, c)]
+    return scale
+
+
+def _colour_values(codes: np.ndarray) -> np.ndarray:
+    """Colour codes (-1 = none) → values of :func:`_colourscale`."""
+    return np.where(codes >= 0, codes % len(PALETTE), len(PALETTE)) + 0.5
+
+
+def _pids(labels: np.ndarray, train: pd.DataFrame) -> np.ndarray:
+    """Class labels [N] int (-1 = none) → original identities [N] int (-1 = none), via features/train.csv."""
+    pid_of = train.groupby("label")["pid"].first()
+    top = max(int(labels.max(initial=-1)), int(pid_of.index.max()) if len(pid_of) else -1)
+    lut = np.full(top + 2, -1)
+    lut[pid_of.index.to_numpy()] = pid_of.to_numpy()
+    return np.where(labels >= 0, lut[np.maximum(labels, 0)], -1)
+
+
+def _subsample(idx: np.ndarray, kind: np.ndarray, cap: int) -> tuple[np.ndarray, bool]:
+    """At most ``cap`` train + unlabeled points (a seeded random subset of each kind, same share); centers all."""
+    points = idx[kind[idx] != CENTER]
+    if len(points) <= cap:
+        return idx, False
+    keep = np.sort(np.random.default_rng(0).choice(points, cap, replace=False))
+    return np.concatenate([keep, idx[kind[idx] == CENTER]]), True
+
+
+def _figure(emb: dict, pid: np.ndarray, idx: np.ndarray, colour_code: np.ndarray, context: np.ndarray) -> tuple[
+        go.Figure, list[np.ndarray]]:
+    """The scatter and, per trace, the embedding rows of its points (to map a selection back)."""
+    xy, kind, row = emb["xy"], emb["kind"], emb["row"]
+    fig = go.Figure()
+    traces: list[np.ndarray] = []
+    if len(context):
+        fig.add_trace(go.Scattergl(x=xy[context, 0], y=xy[context, 1], mode="markers", name="other identities",
+                                   marker=dict(size=4, color="#d9d9d9"), hoverinfo="skip"))
+        traces.append(context)
+    scale = _colourscale()
+    crowded = len(idx) > 10_000  # smaller markers keep dense Market-scale clouds readable
+    for k, (name, symbol, size) in KINDS.items():
+        sel = idx[kind[idx] == k]
+        size = max(3, round(size * 0.6)) if crowded else size
+        if not len(sel):
+            continue
+        what = {TRAIN: "training image %{customdata[0]}", UNLABELED: "unlabeled image #%{customdata[0]}",
+                CENTER: "class center"}[k]
+        line = dict(width=1, color="#222222") if k == CENTER else dict(width=0)
+        fig.add_trace(go.Scattergl(
+            x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=name,
+            customdata=np.stack([row[sel], pid[sel]], axis=1),
+            hovertemplate=what + "<br>" + ("pseudo-label " if k == UNLABELED else "") +
+            "pid %{customdata[1]}<extra></extra>",
+            marker=dict(symbol=symbol, size=size, color=_colour_values(colour_code[sel]), colorscale=scale,
+                        cmin=0, cmax=len(PALETTE) + 1, line=line, opacity=0.95 if k == CENTER else 0.75)))
+        traces.append(sel)
+    fig.update_layout(height=640, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso",
+                      legend=dict(orientation="h", y=1.0, yanchor="bottom"),
+                      xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
+    return fig, traces
+
+
+def _selection(event, traces: list[np.ndarray]) -> np.ndarray:
+    """Embedding rows of the selected points."""
+    rows = []
+    for p in ((event or {}).get("selection") or {}).get("points") or []:
+        c, i = p.get("curve_number", -1), p.get("point_index", -1)
+        if 0 <= c < len(traces) and 0 <= i < len(traces[c]):  # a stale event may name points that moved
+            rows.append(int(traces[c][i]))
+    return np.unique(np.asarray(rows, dtype=np.int64))
+
+
+def _cards(emb: dict, sel: np.ndarray, pid: np.ndarray, train: pd.DataFrame, labels: pd.DataFrame) -> list[Card]:
+    kind, row = emb["kind"], emb["row"]
+    holdout = "correct" in labels and labels["correct"].notna().any()
+    cards = []
+    for e in sel[:MAX_SHOWN]:
+        k, r = int(kind[e]), int(row[e])
+        if k == TRAIN and r < len(train):
+            t = train.iloc[r]
+            cards.append(Card(t.path, f"train {r} · pid {t.pid} · cam {t.camid}", NEUTRAL))
+        elif k == UNLABELED and r < len(labels):
+            u = labels.iloc[r]
+            mark, colour = "", AMBER
+            if holdout:
+                mark, colour = (" :green[✓]", GREEN) if u.correct == 1 else (" :red[✗]", RED)
+            cos = f" · cos {u.cos:.3f}" if not np.isnan(u.cos) else ""
+            cards.append(Card(u.path, f"#{r} → pid {pid[e]}{mark}{cos}", colour))
+        elif k == CENTER:
+            first = train[train["label"] == r].head(1)
+            if len(first):
+                cards.append(Card(first.iloc[0].path, f"center of pid {pid[e]} (a training image of it)", BLUE))
+    return cards
+
+
+def _legend(chosen: list[int]) -> None:
+    chips = " ".join(f"<span style='color:{PALETTE[i % len(PALETTE)]}'>■</span> pid {p}"
+                     for i, p in enumerate(chosen))
+    st.markdown(chips, unsafe_allow_html=True)
+
+
+def main() -> None:
+    st.title("Embedding")
+    run = select_run()
+    if run is None:
+        st.info("No runs yet: launch one on the Launch page.")
+        return
+    reset_on_run_change("emb-", run.id)
+    emb = readers.embedding(run)
+    if not emb or "xy" not in emb:
+        umap_on = (readers.config(run).get("eval") or {}).get("umap", True)
+        status = read_status(run)
+        if not umap_on:
+            st.info("This run was configured without a UMAP (eval.umap: false).")
+        elif status.get("state") in ACTIVE:
+            st.info("The UMAP is computed at the end of the run, after evaluation "
+                    f"(now: {status.get('message') or status.get('stage')}).")
+        else:
+            st.info(f"This run has no embedding.npz (state: {status.get('state')}).")
+        return
+    train = readers.split(run, "train")
+    labels = readers.pseudo_labels(run)
+    pid = _pids(emb["label"], train)
+    kind = emb["kind"]
+    counts = np.bincount(kind, minlength=3)
+    note = (f"UMAP of the run's L2-normalised pool5 features: {counts[TRAIN]:,} training and {counts[UNLABELED]:,} "
+            f"unlabeled images and {counts[CENTER]:,} class centers (normalised onto the same sphere). "
+            "Colour = identity (pseudo-label for unlabeled images); colours repeat every "
+            f"{len(PALETTE)} identities, hover for the pid.")
+    if len(train) and counts[TRAIN] < len(train):
+        note += (f" The run embedded a random subset ({counts[TRAIN]:,} of {len(train):,} training images; "
+                 "eval.umap_max_points).")
+    st.caption(note)
+
+    c1, c2, c3 = st.columns([4, 3, 2], vertical_alignment="bottom")
+    all_pids = sorted(int(p) for p in np.unique(pid[pid >= 0]))
+    chosen = c1.multiselect("Only these identities (pid)", all_pids, key="emb-ids", placeholder="all identities",
+                            max_selections=len(PALETTE))
+    shown = c2.pills("Show", list(SHOW), selection_mode="multi", default=list(SHOW), key="emb-kinds")
+    cap = c3.selectbox("Max points drawn", CAPS, index=2, key="emb-cap", format_func=lambda n: f"{n:,}")
+    context = st.toggle("Show the other identities in grey", value=True, key="emb-context",
+                        disabled=not chosen)
+    wanted = np.isin(kind, [SHOW[name] for name in shown])
+    idx = np.flatnonzero(wanted)
+    other = np.zeros(0, dtype=np.int64)
+    if chosen:
+        mine = np.isin(pid, chosen)
+        other = np.flatnonzero(wanted & ~mine & (kind != CENTER)) if context else other
+        idx = np.flatnonzero(wanted & mine)
+        order = {p: i for i, p in enumerate(chosen)}
+        colour_code = np.array([order.get(int(p), -1) for p in pid])
+        _legend(chosen)
+    else:
+        colour_code = np.where(emb["label"] >= 0, emb["label"], -1)
+    idx, cut = _subsample(idx, kind, cap)
+    other, cut_other = _subsample(other, kind, max(0, cap - len(idx)))
+    if cut or cut_other:
+        st.caption(f"Showing a random subset of {cap:,} points (seed 0) for responsiveness; "
+                   "class centers are always drawn. Raise 'Max points drawn' to see more.")
+    fig, traces = _figure(emb, pid, idx, colour_code, other)
+    event = st.plotly_chart(fig, key="emb-chart", on_select="rerun", selection_mode=("points", "box", "lasso"))
+
+    sel = _selection(event, traces)
+    if not len(sel):
+        st.caption("Select points (click, box or lasso) to see their images.")
+        return
+    n = np.bincount(kind[sel], minlength=3)
+    ids = pd.Series(pid[sel][pid[sel] >= 0]).value_counts()
+    st.subheader(f"{len(sel):,} selected points")
+    st.caption(f"{n[TRAIN]} training images, {n[UNLABELED]} unlabeled images, {n[CENTER]} centers; identities: "
+               + ", ".join(f"pid {p} ({c})" for p, c in ids.head(10).items())
+               + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""))
+    cards = _cards(emb, sel, pid, train, labels)
+    shown = grid(run, cards, columns=8)
+    if len(sel) > MAX_SHOWN:
+        st.caption(f"Showing the first {MAX_SHOWN} of {len(sel):,} selected points.")
+    if shown < len(cards):
+        st.warning(f"{len(cards) - shown} images could not be shown (missing, or outside the allowed folders).")
+
+
+main()

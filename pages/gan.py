@@ -1,0 +1,341 @@
+"""GAN samples & pseudo-labels: which identity each unlabeled image was assigned, how confidently, and why.
+
+Reads ``pseudo_labels.csv``, ``unlabeled.csv``, ``pseudo_history.npz``, ``features/train.csv`` and the
+epoch records of ``metrics.jsonl`` (docs/run-directory.md). While a run is still training only the
+unlabeled images and the training-time labels exist; the page shows those and says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from app import charts, readers
+from app.gallery import AMBER, GREEN, NEUTRAL, RED, Card, card_image, grid, page_bounds, reset_on_run_change
+from app.nav import select_run
+from cpl.runs.rundir import RunDir
+from cpl.runs.status import ACTIVE, read_status
+
+SORTS = {
+    "Sample index": ("index", True),
+    "Confidence, highest first": ("cos", False),
+    "Confidence, lowest first": ("cos", True),
+    "Margin to runner-up, smallest first": ("margin", True),
+    "Margin to runner-up, largest first": ("margin", False),
+    "Identity": ("pid", True),
+    "Last label change, latest first": ("last_change_epoch", False),
+}
+PER_PAGE = (24, 48, 96)
+COLUMNS = 8
+EXAMPLES = 8  # real training images shown per identity in "why this label"
+EXTRA_CLASS = -2  # method_label of all-in-one's extra "generated" class (-1: no label, a uniform target)
+
+
+def _pid_of(train: pd.DataFrame) -> dict[int, int]:
+    """class (0..K-1) -> original identity, from features/train.csv."""
+    return {int(k): int(p) for k, p in train.groupby("label")["pid"].first().items()}
+
+
+def _late_from(epochs: int) -> int:
+    """First 0-based epoch of the last third of training: a label that changed then is still moving."""
+    return math.floor(2 * epochs / 3)
+
+
+def _epochs(run: RunDir, history: dict) -> int:
+    cfg_epochs = (readers.config(run).get("train") or {}).get("epochs")
+    return int(cfg_epochs or history.get("labels", np.zeros((0, 0))).shape[0])
+
+
+def _pid_text(label: int, pid_of: dict[int, int]) -> str:
+    if label == EXTRA_CLASS:
+        return "the extra 'generated' class"
+    if label < 0 or label not in pid_of:
+        return "no label (uniform target)"
+    return f"pid {pid_of[label]}"
+
+
+def _caption(r, holdout: bool, pid_of: dict[int, int], differs: bool) -> str:
+    if r.label < 0:
+        return f"#{r.index} · no valid center"
+    head = f"**#{r.index}** → **pid {int(r.pid)}**"
+    if holdout:
+        head += " :green[✓]" if r.correct == 1 else f" :red[✗ true {int(r.true_pid)}]"
+    text = f"{head}  \ncos {r.cos:.3f} · Δ {r.margin:.3f}" if not np.isnan(r.margin) else f"{head}  \ncos {r.cos:.3f}"
+    if differs:
+        text += f"  \nmethod: {_pid_text(int(r.method_label), pid_of)}"
+    return text
+
+
+def _table(run: RunDir, pid_of: dict[int, int], late_from: int) -> pd.DataFrame:
+    """pseudo_labels.csv plus true_pid, a 'late' flag and whether the method's own label differs."""
+    df = readers.pseudo_labels(run)
+    unl = readers.unlabeled(run)
+    if "true_pid" in unl and len(unl) == len(df):
+        df["true_pid"] = unl["true_pid"].to_numpy()
+    df["late"] = df["last_change_epoch"] >= late_from
+    df["method_differs"] = df["method_label"] != df["label"]
+    return df
+
+
+def _pick(key: str) -> None:
+    st.session_state["gan-img"] = int(key.removeprefix("pick-"))
+
+
+def _filters(df: pd.DataFrame, holdout: bool, epochs: int, late_from: int) -> tuple[pd.DataFrame, int]:
+    """The rows the grid shows, sorted, and the page size."""
+    c1, c2, c3, c4 = st.columns([2, 3, 3, 2])
+    sort = c1.selectbox("Sort by", list(SORTS), key="gan-sort")
+    assigned = sorted(int(p) for p in df["pid"].dropna().unique())
+    ids = c2.multiselect("Identities (pid)", assigned, key="gan-ids", placeholder="all identities")
+    lo, hi = float(np.floor(df["cos"].min() * 100) / 100), float(np.ceil(df["cos"].max() * 100) / 100)
+    conf = c3.slider("Cosine to the assigned center", lo, max(hi, lo + 0.01), (lo, max(hi, lo + 0.01)),
+                     step=0.01, key="gan-conf") if df["cos"].notna().any() else None
+    late = c4.toggle("Changed late", key="gan-late",
+                     help=f"Only images whose training-time label last changed in epoch ≥ {late_from + 1} of "
+                          f"{epochs} (the last third of training)")
+    c5, c6, c7 = st.columns([3, 3, 4])
+    differs = c5.toggle("Method's label differs", key="gan-differs",
+                        help="Rows where the run's own method (method_label) disagrees with the center-based label")
+    verdict = c6.radio("Assignments", ["all", "✓ correct", "✗ wrong"], horizontal=True, key="gan-verdict",
+                       disabled=not holdout, help=None if holdout else "Needs the holdout source (a hidden truth)")
+    per_page = c7.selectbox("Images per page", PER_PAGE, index=1, key="gan-per-page")
+    view = df
+    if ids:
+        view = view[view["pid"].isin(ids)]
+    if conf is not None:
+        view = view[view["cos"].between(conf[0] - 1e-9, conf[1] + 1e-9)]
+    if late:
+        view = view[view["late"]]
+    if differs:
+        view = view[view["method_differs"]]
+    if holdout and verdict != "all":
+        view = view[view["correct"] == (1 if verdict.startswith("✓") else 0)]
+    col, asc = SORTS[sort]
+    view = view.sort_values([col, "index"], ascending=[asc, True], na_position="last", kind="stable")
+    return view, per_page
+
+
+def _grid(run: RunDir, view: pd.DataFrame, per_page: int, holdout: bool, pid_of: dict[int, int]) -> None:
+    start, stop = page_bounds(len(view), per_page, key="gan-page")
+    cards = []
+    for r in view.iloc[start:stop].itertuples(index=False):
+        colour = (GREEN if r.correct == 1 else RED) if holdout else (AMBER if r.late else NEUTRAL)
+        cards.append(Card(r.path, _caption(r, holdout, pid_of, bool(r.method_differs)), colour, f"pick-{r.index}"))
+    shown = grid(run, cards, columns=COLUMNS, button="Why?", on_pick=_pick)
+    if shown < len(cards):
+        st.warning(f"{len(cards) - shown} of {len(cards)} images on this page could not be shown "
+                   "(missing, or outside the allowed folders).")
+    st.caption("Border: " + ("green = assigned identity is the hidden true one, red = wrong."
+                             if holdout else "amber = label still changed in the last third of training."))
+
+
+def _examples(run: RunDir, real: pd.DataFrame, label: int, title: str) -> None:
+    rows = real[real["label"] == label].head(EXAMPLES)
+    st.markdown(title)
+    if rows.empty:
+        st.caption("no labeled training image of this identity")
+        return
+    cards = [Card(r.path, f"pid {r.pid} · cam {r.camid}") for r in rows.itertuples(index=False)]
+    grid(run, cards, columns=EXAMPLES, max_side=128)
+
+
+def _history_figure(history: dict, i: int, pid_of: dict[int, int]) -> go.Figure | None:
+    labels, conf = history.get("labels"), history.get("confidence")
+    if labels is None or conf is None or i >= labels.shape[1]:
+        return None
+    seen = labels[:, i] >= 0
+    if not seen.any():
+        return None
+    epochs = np.arange(1, labels.shape[0] + 1)[seen]
+    pids = [f"pid {pid_of.get(int(k), k)}" for k in labels[seen, i]]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45])
+    fig.add_trace(go.Scatter(x=epochs, y=pids, mode="lines+markers", name="label", line_shape="hv"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=epochs, y=conf[seen, i].astype(np.float32), mode="lines+markers",
+                             name="confidence"), row=2, col=1)
+    fig.update_yaxes(title_text="label", type="category", row=1, col=1)
+    fig.update_yaxes(title_text="confidence", row=2, col=1)
+    fig.update_xaxes(title_text="epoch", dtick=max(1, len(labels) // 12), row=2, col=1)
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), showlegend=False)
+    return fig
+
+
+def _selected(run: RunDir, df: pd.DataFrame, real: pd.DataFrame, history: dict, pid_of: dict[int, int],
+              holdout: bool, method: str) -> None:
+    n = len(df)
+    if "gan-img" not in st.session_state:
+        wanted = st.query_params.get("img", "0")
+        st.session_state["gan-img"] = int(wanted) if wanted.isdigit() and int(wanted) < n else 0
+    st.subheader("Why this label?")
+    i = int(st.number_input("Unlabeled image #", 0, n - 1, key="gan-img",
+                            help="Or press 'Why?' under an image of the grid"))
+    if st.query_params.get("img") != str(i):
+        st.query_params["img"] = str(i)
+    r = df.set_index("index").loc[i]
+    left, right = st.columns([1, 4])
+    with left:
+        data = card_image(run, Card(r.path, "", GREEN if holdout and r.correct == 1 else
+                                    RED if holdout else NEUTRAL), max_side=192)
+        if data is None:
+            st.warning("This image cannot be shown (missing, or outside the allowed folders).")
+        else:
+            st.image(data, caption=f"unlabeled image #{i}", width="stretch")
+        if r.label >= 0:
+            st.metric("cosine to assigned center", f"{r.cos:.3f}")
+            if not np.isnan(r.runner_up_cos):
+                st.metric("runner-up cosine", f"{r.runner_up_cos:.3f}")
+                st.metric("margin", f"{r.margin:.3f}")
+        last = int(r.last_change_epoch)
+        st.caption("Training-time label never changed." if last < 0 else
+                   f"Training-time label last changed in epoch {last + 1}.")
+    with right:
+        if r.label < 0:
+            st.info("No class center was valid when this image was labeled, so it has no center-based label.")
+        else:
+            verdict = ""
+            if holdout:
+                verdict = " ✓ (the hidden true identity)" if r.correct == 1 else " ✗ (not the hidden true identity)"
+            _examples(run, real, int(r.label), f"**Assigned: pid {int(r.pid)}** · cos {r.cos:.3f}{verdict}")
+            if r.runner_up >= 0:
+                _examples(run, real, int(r.runner_up),
+                          f"**Runner-up: pid {int(r.runner_up_pid)}** · cos {r.runner_up_cos:.3f} "
+                          f"(margin {r.margin:.3f})")
+            if holdout and r.correct == 0 and not np.isnan(r.true_label):
+                _examples(run, real, int(r.true_label), f"**Hidden true identity: pid {int(r.true_pid)}**")
+        if r.method_label != r.label:
+            st.caption(f"The run's own method ({method}) gives {_pid_text(int(r.method_label), pid_of)} "
+                       f"(target probability {r.method_conf:.3f}); the center-based label is the one above.")
+        fig = _history_figure(history, i, pid_of)
+        if fig is None:
+            st.caption("This image was never drawn in a training batch, so it has no per-epoch history.")
+        else:
+            st.markdown("**Its label as training went on** (the label it got each epoch it was drawn)")
+            st.plotly_chart(fig, key="gan-history")
+
+
+def _histogram(df: pd.DataFrame, pid_of: dict[int, int], holdout: bool) -> None:
+    counts = df[df["label"] >= 0]["pid"].astype(int).value_counts()
+    all_pids = sorted(pid_of.values())
+    counts = counts.reindex(all_pids, fill_value=0).sort_values(ascending=False, kind="stable")
+    st.subheader("GAN images per identity")
+    fig = go.Figure(go.Bar(x=[str(p) for p in counts.index], y=counts.to_numpy(), name="assigned",
+                           marker_color="#7b8fa6"))
+    if holdout:
+        right = df[df["correct"] == 1]["pid"].astype(int).value_counts().reindex(counts.index, fill_value=0)
+        fig.add_trace(go.Bar(x=[str(p) for p in right.index], y=right.to_numpy(), name="of which correct",
+                             marker_color=GREEN))
+    fig.update_layout(barmode="overlay", height=300, margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis=dict(title="identity (pid), most assigned first", type="category"),
+                      yaxis=dict(title="images"), legend=dict(orientation="h"))
+    st.plotly_chart(fig, key="gan-histogram")
+    total = int(counts.sum())
+    top = counts.head(max(1, math.ceil(len(counts) / 10))).sum()
+    st.caption(f"{int((counts == 0).sum())} of {len(counts)} identities received no image; the top 10% of "
+               f"identities received {100 * top / max(total, 1):.0f}% of the {total:,} assigned images.")
+
+
+def _curves(run: RunDir) -> None:
+    ep = readers.metrics(run, "epoch")
+    if ep.empty or "pl_mean_conf" not in ep:
+        return
+    st.plotly_chart(charts.pseudo_label_figure(ep), key="gan-curves")
+    acc = ep["pl_acc"].dropna() if "pl_acc" in ep else ()
+    if len(acc):
+        st.caption(f"Pseudo-label accuracy (share of the images trained on in an epoch whose label is their "
+                   f"hidden true identity): {100 * acc.iloc[0]:.1f}% in epoch {int(ep.epoch[acc.index[0]]) + 1}, "
+                   f"{100 * acc.iloc[-1]:.1f}% in epoch {int(ep.epoch[acc.index[-1]]) + 1}.")
+
+
+def _provisional(run: RunDir, unl: pd.DataFrame, history: dict, status: dict) -> None:
+    """Before the final pass: the unlabeled images with the class each got when last trained on."""
+    if status.get("state") in ACTIVE:
+        st.info("Final pseudo-labels are written when the run finishes "
+                f"(now: {status.get('message') or status.get('stage')}). Below: each image's training-time class "
+                "the last time it was drawn.")
+    else:
+        st.info(f"This run ended ({status.get('state')}) before its final pseudo-labels. Below: each image's "
+                "training-time class the last time it was drawn.")
+    labels, conf = history.get("labels"), history.get("confidence")
+    start, stop = page_bounds(len(unl), 48, key="gan-page")
+    cards = []
+    for r in unl.iloc[start:stop].itertuples(index=False):
+        caption = f"#{r.index} · not trained on yet"
+        if labels is not None and r.index < labels.shape[1]:
+            seen = np.flatnonzero(labels[:, r.index] >= 0)
+            if len(seen):
+                e = seen[-1]
+                caption = (f"#{r.index} · class {labels[e, r.index]} · conf {float(conf[e, r.index]):.3f} "
+                           f"(epoch {e + 1})")
+        cards.append(Card(r.path, caption))
+    grid(run, cards, columns=COLUMNS)
+
+
+def main() -> None:
+    st.title("GAN samples & pseudo-labels")
+    run = select_run()
+    if run is None:
+        st.info("No runs yet: launch one on the Launch page.")
+        return
+    if reset_on_run_change("gan-", run.id):
+        st.query_params.pop("img", None)  # an image number of the previous run
+    status = read_status(run)
+    method = readers.run_facts(run).get("method") or "?"
+    history = readers.pseudo_history(run)
+    if not run.pseudo_labels.is_file():
+        unlabeled = readers.unlabeled(run) if run.unlabeled.is_file() else None
+        state = status.get("state")
+        if unlabeled is not None and len(unlabeled):
+            _curves(run)
+            _provisional(run, unlabeled, history, status)
+        elif unlabeled is not None:
+            source = (readers.config(run).get("unlabeled") or {}).get("source", "?")
+            st.info(f"This run has no unlabeled images (method {method}, unlabeled source {source}).")
+        elif state in ACTIVE:
+            st.info("The unlabeled images appear once the run has loaded its data and drawn its GAN samples "
+                    f"(now: {status.get('message') or status.get('stage') or state}).")
+        else:
+            st.info(f"This run ended ({state}) before it wrote its unlabeled images.")
+        return
+    train = readers.split(run, "train")
+    pid_of = _pid_of(train)
+    epochs = _epochs(run, history)
+    late_from = _late_from(epochs)
+    df = _table(run, pid_of, late_from)
+    if df.empty:
+        st.info("This run assigned no pseudo-labels.")
+        return
+    holdout = df["correct"].notna().any()
+    real = train[~train["path"].isin(set(readers.unlabeled(run)["path"]))]
+
+    assigned = df[df["label"] >= 0]
+    m = st.columns(6 if holdout else 5)
+    m[0].metric("unlabeled images", f"{len(df):,}")
+    m[1].metric("identities used", f"{assigned['pid'].nunique()} / {len(pid_of)}")
+    m[2].metric("median cosine", f"{assigned['cos'].median():.3f}" if len(assigned) else "–")
+    m[3].metric("median margin", f"{assigned['margin'].median():.3f}" if assigned["margin"].notna().any() else "–")
+    m[4].metric("changed late", f"{int(df['late'].sum()):,}", help=f"last label change in epoch ≥ {late_from + 1}")
+    if holdout:
+        m[5].metric("label accuracy", f"{100 * df['correct'].mean():.1f}%",
+                    help="share of assignments equal to the hidden true identity (holdout source)")
+    if df["method_differs"].any():
+        st.caption(f"The run's method ({method}) labels {int(df['method_differs'].sum()):,} images differently "
+                   "from the center-based rule (argmax cosine to the class centers).")
+
+    view, per_page = _filters(df, holdout, epochs, late_from)
+    _grid(run, view, per_page, holdout, pid_of)
+    st.download_button("Download the assignment table (CSV)",
+                       data=run.pseudo_labels.read_bytes,
+                       file_name=f"{run.id}-pseudo_labels.csv", mime="text/csv", on_click="ignore",
+                       key="gan-download")
+    st.divider()
+    _selected(run, df, real, history, pid_of, holdout, method)
+    st.divider()
+    _histogram(df, pid_of, holdout)
+    _curves(run)
+
+
+main()

@@ -1,0 +1,283 @@
+"""Launch: pick a dataset (checked before anything starts), a method and its settings, and start a run or
+a sweep as a detached ``cpl`` process. The config goes through :func:`cpl.config.load_config`, so a bad
+value is named by its key before launch, exactly as the CLI would report it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import streamlit as st
+
+from app import launching, settings
+from app.launching import CENTER_LOSS, METHOD_INFO, NO_UNLABELED, SOURCE_INFO, RunChoices
+from app.safety import safe_data_dir
+from cpl.config import BACKBONES, METHODS, Config, ConfigError, dump_yaml
+from cpl.data.check import CheckReport, check_dataset
+from cpl.sweep import plan_cells
+
+
+@st.cache_data(show_spinner="Checking the dataset…", max_entries=32)
+def check(path: str, version: tuple) -> CheckReport:
+    """``cpl check --no-decode`` of a dataset folder, cached until a split folder changes."""
+    return check_dataset(path, decode=False)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def gpus() -> list[str]:
+    return launching.detect_gpus()
+
+
+def show_report(report: CheckReport) -> None:
+    st.dataframe(launching.split_table(report), hide_index=True)
+    for w in report.warnings:
+        st.warning(w, icon=":material/warning:")
+    for e in report.errors:
+        st.error(e, icon=":material/error:")
+
+
+def dataset_section(roots: list[Path], synth: Path) -> tuple[launching.DatasetChoice, Path | None, bool]:
+    """Dataset picker and its check. Returns the choice, its validated folder, and whether it is usable."""
+    st.subheader("1 · Dataset")
+    choices = launching.discover_datasets(roots, synth)
+    choice = st.selectbox("Dataset", choices, format_func=lambda d: d.label, key="dataset",
+                          help="The embedded synthetic dataset, or any Market-1501-layout folder (bounding_box_train/,"
+                               " query/, bounding_box_test/) directly under a data root: "
+                               + ", ".join(f"`{r}`" for r in roots))
+    path = launching.dataset_path(choice, roots, synth)
+    if path is None:
+        st.error("This dataset folder is not inside a data root (or no longer exists).")
+        return choice, None, False
+    if choice.synthetic and not (path / "synthetic.json").is_file():
+        st.caption(f"Not generated yet: the run writes it to `{path}` first (about half a minute), "
+                   "with disjoint train and test identities seen by several synthetic cameras.")
+        return choice, path, True
+    report = check(str(path), launching.folder_stamp(path))
+    st.caption(f"`{path}` — names and links checked in {report.seconds:.1f} s (images are decoded by the run)")
+    show_report(report)
+    return choice, path, report.ok
+
+
+def default_config(choice: launching.DatasetChoice, files: list[Path]) -> int:
+    """Index of the config matching the dataset (synthetic.yaml, cuhk01.yaml for a cuhk01 folder, ...)."""
+    names = [p.stem for p in files]
+    wanted = "synthetic" if choice.synthetic else choice.name.lower()
+    for candidate in (wanted, "market1501", "synthetic"):
+        if candidate in names:
+            return names.index(candidate)
+    return 0
+
+
+def settings_section(base: Config, key: str, mode: str,
+                     roots: list[Path]) -> tuple[RunChoices, list[str], list[str], int]:
+    """The method(s) and settings. Returns the choices, the methods (several for a sweep), form errors, and
+    the number of processes."""
+    errors: list[str] = []
+    t = base.train
+    k = lambda name: f"{name}-{key}"  # noqa: E731 - widgets start over from a newly chosen base config
+    if mode == "run":
+        method = st.selectbox("Method", METHODS, index=METHODS.index(t.method), key=k("method"))
+        st.caption(METHOD_INFO[method])
+        methods = [method]
+    else:
+        methods = st.multiselect("Methods (columns of Table 1)", METHODS, default=["baseline", t.method]
+                                 if t.method != "baseline" else ["baseline"], key=k("methods"))
+        method = methods[0] if methods else t.method
+        for m in methods:
+            st.caption(f"**{m}**: {METHOD_INFO[m]}")
+    uses_unlabeled = mode == "sweep" or method not in NO_UNLABELED
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Unlabeled images**")
+        sources = ["gan", "holdout", "folder"]
+        source = st.radio("Source", sources, horizontal=True, disabled=not uses_unlabeled, key=k("source"),
+                          index=sources.index(base.unlabeled.source) if base.unlabeled.source in sources else 0,
+                          help="; ".join(f"**{s}**: {d}" for s, d in SOURCE_INFO.items()))
+        if not uses_unlabeled:
+            st.caption(f"{method} trains on the labeled images only.")
+        num_images, fraction, folder = base.unlabeled.num_images, base.unlabeled.holdout_fraction, None
+        if uses_unlabeled and source == "gan" and mode == "run":
+            num_images = int(st.number_input("GAN images", min_value=1, max_value=1_000_000, step=500,
+                                             value=max(1, base.unlabeled.num_images), key=k("num-images"),
+                                             help="DCGAN samples drawn once and shared through the GAN cache; "
+                                                  "the papers use 12,000-36,000 on Market-1501."))
+        if uses_unlabeled and source == "holdout":
+            fraction = st.slider("Share of each identity's training images held out", 0.1, 0.9,
+                                 value=float(base.unlabeled.holdout_fraction), step=0.05, key=k("fraction"))
+        if uses_unlabeled and source == "folder":
+            name = st.text_input("Image folder, relative to a data root", key=k("folder"),
+                                 placeholder="e.g. market1501/bounding_box_test")
+            folder = safe_data_dir(name, roots) if name else None
+            if folder is None:
+                errors.append("unlabeled.folder: name a folder of images inside a data root"
+                              + (f" ({name!r} is not one)" if name else ""))
+        st.markdown("**Center loss**")
+        centered = any(m in CENTER_LOSS for m in methods)
+        weight = st.number_input("λ: center-loss weight (train.center_weight)", min_value=0.0, max_value=1.0,
+                                 value=float(t.center_weight), step=1e-5, format="%.1e", key=k("lambda"),
+                                 disabled=not centered, help="L = CE + λ · ½ Σ‖x − c‖². FAPL/CPL: 1e-4.")
+        alpha = st.number_input("α: center update rate (train.center_alpha)", min_value=0.01, max_value=1.0,
+                                value=float(t.center_alpha), step=0.05, key=k("alpha"), disabled=not centered,
+                                help="Centers move by α times the mean offset of their labeled features per batch. "
+                                     "FAPL/CPL: 0.5.")
+        if not centered:
+            st.caption(f"{', '.join(methods) or 'This method'}: no center-loss term in the loss.")
+    with right:
+        st.markdown("**Training**")
+        epochs = int(st.number_input("Epochs", min_value=1, max_value=1000, value=int(t.epochs), key=k("epochs")))
+        milestones, warmup = launching.scaled_epochs(base, epochs)
+        st.caption(f"learning rate ×{t.lr_gamma} after epoch {', '.join(map(str, milestones))}"
+                   + (f"; warm-up {warmup} epochs (onehot, mprl2)" if warmup else "")
+                   + (" (scaled from the base config)" if epochs != t.epochs else ""))
+        backbone = st.selectbox("Backbone", BACKBONES, index=BACKBONES.index(base.model.backbone), key=k("backbone"))
+        kinds = ["auto", "none", "file"]
+        current = base.model.pretrained if base.model.pretrained in kinds else "file"
+        kind = st.radio("Pretrained weights", kinds, index=kinds.index(current), horizontal=True, key=k("pretrained"),
+                        help="auto: ImageNet weights from torchvision's cache when present, else random init; "
+                             "none: random init; file: a .pth state dict (loaded with weights_only=True).")
+        pretrained = kind
+        if kind == "file":
+            weights = st.text_input("Weights file", value="" if current != "file" else base.model.pretrained,
+                                    key=k("weights"))
+            if not weights or not Path(weights).expanduser().is_file():
+                errors.append(f"model.pretrained: no such weights file {weights!r}")
+            pretrained = str(Path(weights).expanduser().resolve()) if weights else ""
+        seed = 0
+        if mode == "run":
+            seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(base.seed), key=k("seed")))
+        devices = launching.device_choices(gpus())
+        if mode == "sweep":
+            devices = [d for d in devices if d.nproc == 1]  # sweep cells run one process each
+        device = st.selectbox("Device", devices, format_func=lambda d: d.label, key=k("device"),
+                              help="Runs on the same device wait in a queue: one at a time.")
+        name = st.text_input("Run name", value=base.name, key=k("name"), help="part of the run id")
+    with st.expander("More settings: any config key"):
+        extra = launching.parse_extra(st.text_area(
+            "Overrides, one key=value per line (applied last)", key=k("extra"),
+            placeholder="train.batch_size=32\neval.rerank=false\naugment.random_erasing=0.5"))
+    choices = RunChoices(data_root=Path(), synthetic=True, method=method, source=source, num_images=num_images,
+                         holdout_fraction=fraction, folder=folder, center_weight=weight, center_alpha=alpha,
+                         epochs=epochs, backbone=backbone, pretrained=pretrained, seed=seed, device=device.device,
+                         name=name, extra=extra)
+    return choices, methods, errors, device.nproc
+
+
+def sweep_grid(base: Config, key: str, methods: list[str]) -> tuple[list[int], list[int], list[str]]:
+    errors = []
+    left, right = st.columns(2)
+    counts_text = left.text_input("Unlabeled-image counts (rows of Table 1; 0 = the baseline row)",
+                                  value=f"0,{base.unlabeled.num_images}", key=f"counts-{key}")
+    seeds_text = right.text_input("Seeds (mean ± std over them)", value="0", key=f"seeds-{key}")
+    counts, seeds = [], []
+    try:
+        counts = launching.parse_int_list(counts_text, "unlabeled-image counts")
+    except ConfigError as exc:
+        errors.append(str(exc))
+    try:
+        seeds = launching.parse_int_list(seeds_text, "seeds")
+    except ConfigError as exc:
+        errors.append(str(exc))
+    if not methods:
+        errors.append("methods: choose at least one")
+    return counts, seeds, errors
+
+
+def launched_notice() -> None:
+    last = st.session_state.get("launched")
+    if not last:
+        return
+    kind, ident = last
+    if kind == "run":
+        st.success(f"Started run **{ident}** in the background.", icon=":material/rocket_launch:")
+        st.page_link("pages/runs.py", label="Watch it on the Runs page", icon=":material/monitoring:",
+                     query_params={"run": ident})
+    else:
+        st.success(f"Started sweep **{ident}** in the background.", icon=":material/rocket_launch:")
+        cols = st.columns(2)
+        cols[0].page_link("pages/runs.py", label="Watch its cells on the Runs page", icon=":material/monitoring:",
+                          query_params={"sweep": ident})
+        cols[1].page_link("pages/compare.py", label="Its Table 1 on the Compare page", icon=":material/table_chart:",
+                          query_params={"sweep": ident})
+
+
+# ---------------------------------------------------------------------------------------------- page
+
+st.title("Launch")
+roots, synth, runs_root = settings.data_roots(), settings.synthetic_root(), settings.runs_root()
+choice, data_path, data_ok = dataset_section(roots, synth)
+
+st.subheader("2 · Method and settings")
+files = launching.config_files()
+top = st.columns([1, 1])
+base_path = top[0].selectbox("Base config", files, index=default_config(choice, files), format_func=lambda p: p.name,
+                             key=f"base-{choice.label}", help="Every value not set on this page comes from this file.")
+mode = top[1].radio("Launch", ["run", "sweep"], horizontal=True, key="mode",
+                    format_func={"run": "one run", "sweep": "a sweep (Table 1 grid)"}.get)
+try:
+    base = launching.base_defaults(base_path)
+except ConfigError as exc:
+    st.error(f"{base_path.name}: {exc}")
+    st.stop()
+form_key = f"{base_path.stem}-{mode}"
+choices, methods, errors, nproc = settings_section(base, form_key, mode, roots)
+if data_path is not None:
+    choices.data_root, choices.synthetic = data_path, choice.synthetic
+counts, seeds = [], []
+if mode == "sweep":
+    counts, seeds, grid_errors = sweep_grid(base, form_key, methods)
+    errors += grid_errors
+
+st.subheader("3 · Review and launch")
+fast = st.toggle("Fast dev run", key="fast", help="Shrink the run to about a minute on a CPU (192 training images, "
+                 "1 GAN epoch of 2 steps, 2 epochs of 3 iterations) while passing through every stage: "
+                 "to try a setting or the app, not for numbers.")
+cfg = None
+overrides = launching.overrides_for(choices, base, sweep=mode == "sweep")
+if data_path is not None:
+    try:
+        cfg = launching.resolve(base_path, overrides, fast)
+    except ConfigError as exc:
+        errors.append(str(exc))
+for e in errors:
+    st.error(e, icon=":material/error:")
+if not data_ok:
+    st.error("The dataset has errors (listed above): fix them before launching.", icon=":material/error:")
+ready = cfg is not None and data_ok and not errors
+
+if cfg is not None:
+    with st.expander("Resolved config and the equivalent command"):
+        if mode == "run":
+            cmd = ["cpl", "run", *launching.cli_args(base_path, overrides, fast)]
+        else:
+            cmd = ["cpl", "sweep", "--config", str(base_path), "--methods", ",".join(methods),
+                   "--gan-images", ",".join(map(str, counts)), "--seeds", ",".join(map(str, seeds)),
+                   *sum((["--set", o] for o in overrides), []), *(["--fast-dev-run"] if fast else [])]
+        st.code(shlex.join(cmd), language="bash", wrap_lines=True)
+        st.code(dump_yaml(cfg), language="yaml", height=300)
+
+if mode == "run":
+    if st.button("Launch run", type="primary", disabled=not ready, icon=":material/rocket_launch:", key="launch"):
+        try:
+            run, _ = launching.launch_run(cfg, runs_root, nproc,
+                                          ["cpl", "run", *launching.cli_args(base_path, overrides, fast)])
+        except (OSError, ValueError) as exc:
+            st.error(f"Could not start the run: {exc}")
+        else:
+            st.session_state["launched"] = ("run", run.id)
+else:
+    cells = plan_cells(methods, counts, seeds) if methods and counts and seeds else []
+    st.caption(f"{len(cells)} runs, one after the other (cells already finished are kept when a sweep is resumed)."
+               + (" With the holdout source every cell uses the same held-out images: the counts only label rows."
+                  if choices.source == "holdout" else ""))
+    if st.button("Launch sweep", type="primary", disabled=not ready or not cells, icon=":material/rocket_launch:",
+                 key="launch-sweep"):
+        try:
+            folder = launching.launch_sweep(runs_root, base_path, methods, counts, seeds, overrides, fast)
+        except ConfigError as exc:
+            st.error(str(exc))
+        except OSError as exc:
+            st.error(f"Could not start the sweep: {exc}")
+        else:
+            st.session_state["launched"] = ("sweep", folder.name)
+launched_notice()

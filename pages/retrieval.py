@@ -1,0 +1,254 @@
+"""Retrieval: a query's top-k gallery under one run (and a second one side by side), or an uploaded image.
+
+Reads ``retrieval.npz`` (index/dist/ap and the re-ranked rr_* arrays), ``features/query.csv``,
+``features/gallery.csv`` and ``results.json``. An upload is validated here (type sniffed, size and
+pixel limits, PIL only) and ranked by a ``cpl query`` subprocess: the network never runs in the app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import readers, settings
+from app.gallery import BLUE, GREEN, GREY, NEUTRAL, RED, Card, card_image, grid, reset_on_run_change
+from app.nav import select_run
+from app.safety import safe_run
+from cpl.data.images import UploadError, decode_upload
+from cpl.runs.launch import cpl_command
+from cpl.runs.rundir import RunDir, list_runs
+from cpl.runs.status import read_status
+
+MODES = ("Hardest queries first", "By identity", "By query number", "Upload an image")
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "webp"]
+QUERY_TIMEOUT_S = 300
+
+
+def _ap_text(ap: float) -> str:
+    return "no valid match in the gallery" if np.isnan(ap) else f"AP {100 * ap:.1f}%"
+
+
+def _verdict(q: pd.Series, g: pd.Series) -> tuple[str, str]:
+    """(border colour, mark) of gallery image ``g`` for query ``q`` under the Market-1501 protocol."""
+    if g.pid == q.pid:
+        if g.camid == q.camid:
+            return GREY, "same cam, ignored"
+        return GREEN, ":green[✓]"
+    if g.pid == -1:
+        return GREY, "junk, ignored"
+    return RED, ":red[✗ distractor]" if g.pid == 0 else ":red[✗]"
+
+
+def _ranked(ret: dict, rerank: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(index [Q, k], dist [Q, k], ap [Q]) of the plain or re-ranked lists; the flag says which it is."""
+    if rerank and "rr_index" in ret:
+        return ret["rr_index"], ret["rr_dist"], ret["rr_ap"], True
+    return ret["index"], ret["dist"], ret["ap"], False
+
+
+def _result_cards(ret: dict, qi: int, topk: int, rerank: bool, query: pd.DataFrame,
+                  gallery: pd.DataFrame) -> tuple[list[Card], float, bool]:
+    index, dist, ap, reranked = _ranked(ret, rerank)
+    q = query.iloc[qi]
+    cards = []
+    for rank, (g_row, d) in enumerate(zip(index[qi, :topk], dist[qi, :topk]), start=1):
+        g = gallery.iloc[int(g_row)]
+        colour, mark = _verdict(q, g)
+        cards.append(Card(g.path, f"**{rank}** · d {d:.3f}  \npid {g.pid} · cam {g.camid} {mark}", colour))
+    return cards, float(ap[qi]), reranked
+
+
+def _same_dataset(a: RunDir, b: RunDir) -> bool:
+    """Whether two runs ranked the same query and gallery images (so a query index means the same image)."""
+    cols = ["path", "pid", "camid"]
+    for name in ("query", "gallery"):
+        x, y = readers.split(a, name), readers.split(b, name)
+        if x.empty or y.empty or not x[cols].equals(y[cols]):
+            return False
+    return True
+
+
+def _second_run(run: RunDir) -> RunDir | None:
+    """The comparison run from ``?run2=`` / the sidebar picker, validated like ``?run=``."""
+    root = settings.runs_root()
+    others = [r.id for r in list_runs(root) if r.id != run.id and r.retrieval.is_file()]
+    wanted = st.query_params.get("run2")
+    if wanted is not None and (safe_run(root, wanted) is None or wanted not in others):
+        st.sidebar.warning("Ignoring `?run2=`: no other finished run with that id.")
+        wanted = None
+    options = ["none", *others]
+    choice = st.sidebar.selectbox("Compare with", options, index=options.index(wanted) if wanted else 0,
+                                  key="select-run2", help="Show the same query under a second run (e.g. baseline)")
+    if choice == "none":
+        st.query_params.pop("run2", None)
+        return None
+    if st.query_params.get("run2") != choice:
+        st.query_params["run2"] = choice
+    return safe_run(root, choice)
+
+
+def _pick_query(query: pd.DataFrame, ap: np.ndarray) -> int | None:
+    """The chosen query row (None for the upload mode), kept in ``?q=``."""
+    n = len(query)
+    url_q = st.query_params.get("q", "")
+    from_url = int(url_q) if url_q.isdigit() and int(url_q) < n else None
+    mode = st.radio("Pick a query", MODES, horizontal=True, key="ret-mode",
+                    index=MODES.index("By query number") if from_url is not None else 0)
+
+    def label(i: int) -> str:
+        return f"q{i} · pid {query.pid.iat[i]} · cam {query.camid.iat[i]} · {_ap_text(ap[i])}"
+
+    if mode == "Upload an image":
+        return None
+    if mode == MODES[0]:
+        order = np.argsort(np.where(np.isnan(ap), np.inf, ap), kind="stable")
+        qi = st.selectbox("Query (lowest AP first)", order.tolist(), format_func=label, key="ret-hard")
+    elif mode == MODES[1]:
+        c1, c2 = st.columns([1, 3])
+        pid = c1.selectbox("Identity (pid)", sorted(query.pid.unique().tolist()), key="ret-pid")
+        rows = np.flatnonzero(query.pid.to_numpy() == pid).tolist()
+        qi = c2.selectbox("Query image", rows, format_func=label, key="ret-pid-row")
+    else:
+        qi = st.number_input(f"Query number (0–{n - 1})", 0, n - 1, value=from_url or 0, key="ret-number")
+    qi = int(qi)
+    if st.query_params.get("q") != str(qi):
+        st.query_params["q"] = str(qi)
+    return qi
+
+
+def _show_lists(run: RunDir, run2: RunDir | None, ret: dict, qi: int, topk: int, rerank: bool,
+                query: pd.DataFrame, gallery: pd.DataFrame) -> None:
+    q = query.iloc[qi]
+    left, right = st.columns([1, 7])
+    with left:
+        data = card_image(run, Card(q.path, "", BLUE), max_side=192)
+        if data is None:
+            st.warning("The query image cannot be shown (missing, or outside the allowed folders).")
+        else:
+            st.image(data, caption=f"query q{qi} · pid {q.pid} · cam {q.camid}", width="stretch")
+    runs = [(run, ret)]
+    if run2 is not None:
+        runs.append((run2, readers.retrieval(run2)))
+    with right:
+        cols = st.columns(len(runs))
+        for col, (r, rr) in zip(cols, runs):
+            with col:
+                cards, ap, reranked = _result_cards(rr, qi, topk, rerank, query, gallery)
+                method = readers.run_facts(r).get("method") or "?"
+                st.markdown(f"**{r.id}** ({method}) · **{_ap_text(ap)}**"
+                            + (" · re-ranked" if reranked else (" · not re-ranked (the run has no re-ranked lists)"
+                                                                if rerank else "")))
+                shown = grid(r, cards, columns=10 if len(runs) == 1 else 5)
+                if shown < len(cards):
+                    st.warning(f"{len(cards) - shown} gallery images could not be shown.")
+    st.caption("Border: green = same identity from another camera (a true match); red = another identity "
+               "(pid 0: distractor); grey = same identity and camera, which the Market-1501 protocol ignores. "
+               "d = cosine distance (1 − cosine) between L2-normalised features; after re-ranking, the "
+               "k-reciprocal re-ranked distance.")
+
+
+def _run_query(run: RunDir, png: bytes, topk: int) -> dict:
+    """Rank ``run``'s gallery for one image with ``cpl query`` in a subprocess; raises RuntimeError."""
+    with tempfile.TemporaryDirectory(prefix="cpl-query-") as tmp:
+        image, out = Path(tmp) / "query.png", Path(tmp) / "result.json"
+        image.write_bytes(png)
+        argv = cpl_command("--runs-root", str(run.runs_root), "query", str(run.path), str(image),
+                           "--topk", str(topk), "--out", str(out))
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"cpl query took longer than {QUERY_TIMEOUT_S} s") from None
+        if proc.returncode != 0 or not out.is_file():
+            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+            raise RuntimeError(lines[-1] if lines else f"cpl query exited with code {proc.returncode}")
+        return json.loads(out.read_text())
+
+
+def _upload(run: RunDir, topk: int) -> None:
+    up = st.file_uploader("Query image (JPEG, PNG, BMP or WebP; at most 10 MiB)", type=UPLOAD_TYPES,
+                          key="ret-upload")
+    if up is None:
+        st.caption("The image is checked (type from its content, size, pixel count), then the run's network "
+                   "extracts its feature in a separate `cpl query` process and ranks the gallery.")
+        return
+    data = up.getvalue()
+    try:
+        image = decode_upload(data)
+    except UploadError as exc:
+        st.error(f"{up.name}: {exc}")
+        return
+    # a resumed or re-run training writes a new checkpoint, and the answer changes with it
+    weights = max((readers.stamp(p) for p in run.checkpoints.glob("*.pt")), default=None)
+    key = (run.id, hashlib.sha256(data).hexdigest(), topk, weights)
+    cache = st.session_state.setdefault("ret-upload-results", {})
+    if key not in cache:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        with st.spinner("Extracting the feature with the run's network (`cpl query`)…"):
+            try:
+                cache[key] = _run_query(run, buf.getvalue(), topk)
+            except RuntimeError as exc:
+                st.error(f"The query failed: {exc}")
+                return
+    result = cache[key]
+    left, right = st.columns([1, 7])
+    with left:
+        st.image(image, caption=f"{up.name} ({image.width}×{image.height})", width="stretch")
+    with right:
+        cards = [Card(h["path"], f"**{rank}** · d {h['dist']:.3f}  \npid {h['pid']} · cam {h['camid']}", NEUTRAL)
+                 for rank, h in enumerate(result.get("topk", []), start=1)]
+        st.markdown(f"**{run.id}**: the {len(cards)} nearest gallery images (cosine distance, no re-ranking)")
+        grid(run, cards, columns=10)
+
+
+def main() -> None:
+    st.title("Retrieval")
+    run = select_run()
+    if run is None:
+        st.info("No runs yet: launch one on the Launch page.")
+        return
+    if reset_on_run_change("ret-", run.id):
+        st.query_params.pop("q", None)  # a query number of the previous run
+    ret = readers.retrieval(run)
+    if not ret or "index" not in ret:
+        status = read_status(run)
+        st.info("Retrieval lists are written after evaluation, at the end of the run "
+                f"(now: {status.get('message') or status.get('stage') or status.get('state')}).")
+        return
+    query, gallery = readers.split(run, "query"), readers.split(run, "gallery")
+    if len(query) != ret["index"].shape[0]:
+        st.error("features/query.csv does not match retrieval.npz; the run directory is inconsistent.")
+        return
+    run2 = _second_run(run)
+    if run2 is not None and not _same_dataset(run, run2):
+        st.warning(f"{run2.id} ranked a different query or gallery set, so its lists cannot be compared.")
+        run2 = None
+    res = readers.results(run) or {}
+    if "rank1" in res:
+        rr = res.get("rerank") or {}
+        st.caption(f"{run.id}: rank-1 {res['rank1']:.1f}% · mAP {res['mAP']:.1f}%"
+                   + (f" · re-ranked: rank-1 {rr['rank1']:.1f}% · mAP {rr['mAP']:.1f}%" if rr else "")
+                   + f" · {len(query):,} queries, {len(gallery):,} gallery images")
+    c1, c2 = st.columns([1, 3])
+    rerank = c1.toggle("k-reciprocal re-ranking", key="ret-rerank", disabled="rr_index" not in ret,
+                       help="Zhong et al. 2017, computed by the run (eval.rerank)")
+    k_max = int(ret["index"].shape[1])
+    topk = c2.slider("Top-k", 1, k_max, min(10, k_max), key="ret-topk")
+    ap = _ranked(ret, rerank)[2]
+    qi = _pick_query(query, ap)
+    if qi is None:
+        _upload(run, topk)
+        return
+    _show_lists(run, run2, ret, qi, topk, rerank, query, gallery)
+
+
+main()

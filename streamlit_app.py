@@ -1,0 +1,67 @@
+"""CPL Studio: launch, watch, inspect and compare CPL runs (``streamlit run streamlit_app.py``).
+
+The entry script is the frame around every page: page config, logo, navigation, and the first-start demo.
+When the runs folder has never held a run, a demo run on the embedded synthetic dataset starts by itself
+(``configs/demo.yaml``, a few minutes on 2 CPU cores), so every page fills in without any set-up; a
+marker file keeps it from starting again. ``CPL_DEMO=0`` turns it off; ``CPL_DEMO_CONFIG`` names another config
+for it. The app never imports torch:
+runs are separate ``cpl`` processes that write run directories, which the pages read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app import launching, settings
+from app.safety import safe_run
+from cpl.config import ConfigError
+from cpl.runs.status import ACTIVE, read_status
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+st.set_page_config(page_title="CPL Studio", page_icon=str(ASSETS / "icon.svg"), layout="wide",
+                   initial_sidebar_state="expanded")
+st.logo(str(ASSETS / "logo.svg"), icon_image=str(ASSETS / "icon.svg"), size="large")
+
+PAGES = {
+    "Train": [
+        st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:", url_path="runs", default=True),
+        st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch"),
+    ],
+    "Inspect": [
+        st.Page("pages/gan.py", title="GAN samples & pseudo-labels", icon=":material/grid_view:", url_path="gan"),
+        st.Page("pages/embedding.py", title="Embedding", icon=":material/scatter_plot:", url_path="embedding"),
+        st.Page("pages/retrieval.py", title="Retrieval", icon=":material/image_search:", url_path="retrieval"),
+    ],
+    "Compare": [
+        st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:", url_path="compare"),
+    ],
+}
+
+
+def demo_notice(runs_root: Path) -> None:
+    """Start the first-start demo run if due, and say so while it runs."""
+    try:
+        started = launching.ensure_demo(runs_root, settings.synthetic_root())
+    except (ConfigError, OSError, ValueError) as exc:
+        st.sidebar.error(f"Could not start the demo run: {exc}")
+        return
+    if started is not None:
+        st.toast(f"Started a demo run on the synthetic dataset: {started.id}", icon=":material/rocket_launch:")
+    marker = launching.demo_marker(runs_root) or {}
+    run = safe_run(runs_root, marker.get("demo_run"))
+    if run is not None and read_status(run).get("state") in ACTIVE:
+        st.sidebar.info("A **demo run** is training CPL on the embedded synthetic dataset (a few minutes on a "
+                        "laptop CPU). Its curves are live on **Runs**; the GAN, Embedding and Retrieval pages fill "
+                        "in when it finishes.", icon=":material/info:")
+        st.sidebar.page_link("pages/runs.py", label="Watch the demo run", icon=":material/monitoring:",
+                             query_params={"run": run.id})
+
+
+root = settings.runs_root()
+page = st.navigation(PAGES, position="sidebar")
+demo_notice(root)
+page.run()
+st.sidebar.caption(f"Runs folder `{root}`  \nData roots " + ", ".join(f"`{p}`" for p in settings.data_roots()))

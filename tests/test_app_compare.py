@@ -1,0 +1,93 @@
+"""The Compare page: Table 1 from a real sweep's results.csv, and runs side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from app import charts
+from app_fixtures import app_env, app_run, app_sweep, app_world, open_app  # noqa: F401 - pytest fixtures
+from cpl.runs.rundir import RunDir
+
+
+def _page(**query: str):
+    at = open_app("pages/compare.py", **query)
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _table1(at) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "unlabeled images" in d.value.columns
+                and any(c.endswith("rank-1") for c in d.value.columns))
+
+
+def test_table1_from_the_fixture_sweep(app_env, app_sweep: Path) -> None:  # noqa: F811
+    agg = pd.read_csv(app_sweep / "results.csv")
+    at = _page(sweep="tiny")
+    table = _table1(at)
+    base = agg[agg["method"] == "baseline"].iloc[0]
+    cpl = agg[agg["method"] == "cpl"].iloc[0]
+    assert list(table["unlabeled images"]) == ["0 (baseline)", "64", "improvement"]
+    assert list(table.columns) == ["unlabeled images", "cpl rank-1", "cpl mAP"]
+    assert table["cpl rank-1"].tolist()[:2] == [f"{base['rank1']:.2f}", f"{cpl['rank1']:.2f}"]
+    assert table["cpl mAP"].iloc[2] == f"{cpl['mAP'] - base['mAP']:+.2f}"
+    assert len(at.get("plotly_chart")) >= 2
+
+    at.toggle(key="rerank").set_value(True).run()
+    table = _table1(at)
+    assert table["cpl mAP"].tolist()[:2] == [f"{base['rr_mAP']:.2f}", f"{cpl['rr_mAP']:.2f}"]
+    # the holdout sweep scores its pseudo-labels
+    pl = next(d.value for d in at.dataframe if "mass on true class" in d.value.columns)
+    assert pl["accuracy"].iloc[0] == f"{cpl['pl_acc']:.2f}"
+    downloads = {b.label for b in at.get("download_button")}
+    assert {"Download results.csv", "Download runs.csv", "Download results.md"} <= downloads
+
+
+def test_runs_side_by_side(app_env, app_run: RunDir, app_sweep: Path) -> None:  # noqa: F811
+    other = "tiny--baseline-g0-s0"
+    at = _page(run="r1", run2=other)
+    table = next(d.value for d in at.dataframe if "λ" in d.value.columns)
+    assert table["run"].tolist() == ["r1", other]
+    for run_id in ("r1", other):
+        res = json.loads((app_env.runs_root / run_id / "results.json").read_text())
+        row = table[table["run"] == run_id].iloc[0]
+        assert row["rank-1"] == pytest.approx(res["rank1"]) and row["mINP"] == pytest.approx(res["mINP"])
+    assert table.set_index("run").loc[other, "unlabeled"] == "none"
+    assert at.multiselect(key="compare-runs").value == ["r1", other]
+    assert len(at.get("plotly_chart")) >= 2  # overlaid curves
+    assert at.query_params["run"] == "r1" and at.query_params["run2"] == other
+
+
+@pytest.mark.parametrize("param", ["run", "run2", "sweep"])
+def test_hostile_query_parameters_are_ignored(app_env, app_sweep: Path, param: str) -> None:  # noqa: F811
+    at = _page(**{param: "../../etc/passwd"})
+    assert any(f"Ignoring `?{param}=`" in w.value for w in at.warning)
+    assert "../../etc/passwd" not in str(at.query_params.get(param, ""))
+
+
+def test_table1_frame_layout_with_seeds() -> None:
+    agg = pd.DataFrame([
+        {"method": "baseline", "gan_images": 0, "n": 2, "rank1": 70.0, "rank1_std": 1.0, "mAP": 50.0, "mAP_std": 0.5},
+        {"method": "cpl", "gan_images": 100, "n": 2, "rank1": 75.5, "rank1_std": 0.25, "mAP": 55.0, "mAP_std": 2.0},
+        {"method": "cpl", "gan_images": 200, "n": 2, "rank1": 74.0, "rank1_std": 0.5, "mAP": 56.0, "mAP_std": 1.0},
+        {"method": "lsro", "gan_images": 100, "n": 2, "rank1": 71.0, "rank1_std": 0.1, "mAP": 51.0, "mAP_std": 0.1},
+    ])
+    t = charts.table1_frame(agg, ["baseline", "cpl", "lsro"]).set_index("unlabeled images")
+    assert t.loc["0 (baseline)", "lsro rank-1"] == "70.00 ± 1.00"  # the baseline row under every method
+    assert t.loc["100", "cpl rank-1"] == "75.50 ± 0.25" and t.loc["200", "lsro mAP"] == ""
+    assert t.loc["improvement", "cpl rank-1"] == "+5.50" and t.loc["improvement", "cpl mAP"] == "+6.00"
+
+
+def test_table1_figure_draws_each_method_from_the_baseline() -> None:
+    agg = pd.DataFrame([
+        {"method": "baseline", "gan_images": 0, "n": 1, "rank1": 70.0, "rank1_std": 0.0},
+        {"method": "cpl", "gan_images": 100, "n": 1, "rank1": 75.0, "rank1_std": 0.0},
+        {"method": "cpl", "gan_images": 200, "n": 1, "rank1": 76.0, "rank1_std": 0.0},
+    ])
+    fig = charts.table1_figure(agg, "rank1", "rank-1")
+    (cpl,) = [t for t in fig.data if t.name == "cpl"]
+    assert list(cpl.x) == [0, 100, 200] and list(cpl.y) == [70.0, 75.0, 76.0]
+    assert cpl.error_y.visible is False  # one seed: no spread to draw
