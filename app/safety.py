@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpl.runs.rundir import RunDir, valid_id
-from cpl.runs.rundir import SWEEPS_DIR
+from cpl.runs.rundir import SWEEPS_DIR, RunDir, valid_id
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:

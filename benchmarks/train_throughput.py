@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cpl.config import Config, GanConfig
-from cpl.engine.trainer import Trainer, TrainData, amp_dtype
+from cpl.engine.trainer import TrainData, Trainer, amp_dtype
 from cpl.gan.dcgan import build_models
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import get_strategy
@@ -149,7 +149,8 @@ def measure(name: str, pair, repeats: int) -> dict:
     o, b = statistics.median(ours), statistics.median(bare)
     ratios = statistics.median(b_ / o_ for o_, b_ in zip(ours, bare))
     print(f"{name:<26} ours {o:9.1f} img/s   bare {b:9.1f} img/s   bare/ours {ratios:.3f} "
-          f"(overhead {100 * (ratios - 1):+.1f} %)   [{min(ours):.1f}-{max(ours):.1f} vs {min(bare):.1f}-{max(bare):.1f}]")
+          f"(overhead {100 * (ratios - 1):+.1f} %)   "
+          f"[{min(ours):.1f}-{max(ours):.1f} vs {min(bare):.1f}-{max(bare):.1f}]")
     return {"ours": o, "bare": b, "ratio": ratios}
 
 

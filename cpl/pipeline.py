@@ -325,7 +325,7 @@ class _Pipeline:
 
     def _train(self, d: _Data, strategy):
         from .checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
-        from .engine.trainer import Hooks, Trainer, TrainData
+        from .engine.trainer import Hooks, TrainData, Trainer
         from .models.reid import build_model
 
         cfg = self.cfg

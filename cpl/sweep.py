@@ -303,13 +303,13 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
     wr.writerows(rows)
     write_text(folder / "runs.csv", runs_buf.getvalue())
     done = sum("rank1" in r for r in rows)
-    md = [f"# Sweep {spec['id']}\n", f"{done}/{len(rows)} cells finished; mean ± std over seeds "
-          f"{','.join(map(str, spec['seeds']))}; rank-1 and mAP in percent.\n",
-          "## Without re-ranking\n", markdown_table(agg, spec["methods"])]
+    md = [f"# Sweep {spec['id']}\n\n", f"{done}/{len(rows)} cells finished; mean ± std over seeds "
+          f"{','.join(map(str, spec['seeds']))}; rank-1 and mAP in percent.\n\n",
+          "## Without re-ranking\n\n", markdown_table(agg, spec["methods"])]
     if any("rr_rank1" in a for a in agg):
-        md += ["\n## With k-reciprocal re-ranking\n", markdown_table(agg, spec["methods"], rerank=True)]
+        md += ["\n## With k-reciprocal re-ranking\n\n", markdown_table(agg, spec["methods"], rerank=True)]
     if any("pl_acc" in a for a in agg):
-        md.append("\n## Pseudo-label accuracy on held-out labeled images (last epoch)\n")
+        md.append("\n## Pseudo-label accuracy on held-out labeled images (last epoch)\n\n")
         md.append("| method | #unlabeled | accuracy | mass on true class |\n|---|---|---|---|\n")
         for a in agg:
             if "pl_acc" in a:

@@ -107,7 +107,8 @@ def run_row(run: RunDir) -> dict:
     method = train.get("method")
     return {
         "run": run.id, "state": read_status(run).get("state"), "method": method,
-        "unlabeled": "none" if method in ("baseline", "center") else f"{unl.get('source')} ({res.get('num_unlabeled', unl.get('num_images'))})",
+        "unlabeled": "none" if method in ("baseline", "center")
+        else f"{unl.get('source')} ({res.get('num_unlabeled', unl.get('num_images'))})",
         "epochs": train.get("epochs"), "λ": train.get("center_weight"), "α": train.get("center_alpha"),
         "backbone": (cfg.get("model") or {}).get("backbone"), "seed": cfg.get("seed"),
         "rank-1": res.get("rank1"), "rank-5": res.get("rank5"), "rank-10": res.get("rank10"), "mAP": res.get("mAP"),

@@ -12,7 +12,7 @@ each fixture waits only for its own:
 * :func:`holdout_run`  the sweep's CPL cell: its unlabeled images are hidden real ones, so
                        ``pseudo_labels.csv`` has ``true_label``/``correct`` and the epochs ``pl_acc``
 
-Use them from a test module with ``from app_fixtures import app_world, app_run, ...`` (pytest puts
+Imported by tests/conftest.py, so every test module can use them (pytest puts
 ``tests/`` on ``sys.path``). The processes are started once per interpreter even when several modules
 import the fixtures (each import registers its own fixture definition, hence the module-level cache).
 """

@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Session fixtures building real run directories for the app tests, shared by every test module.
+from app_fixtures import app_env, app_run, app_sweep, app_world, holdout_run  # noqa: E402, F401
+
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("CPL_SHARED_DATA", REPO.parent / "shared" / "data"))

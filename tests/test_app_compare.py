@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from app_fixtures import open_app
 
 from app import charts
-from app_fixtures import app_env, app_run, app_sweep, app_world, open_app  # noqa: F401 - pytest fixtures
 from cpl.runs.rundir import RunDir
 
 
@@ -24,7 +24,7 @@ def _table1(at) -> pd.DataFrame:
                 and any(c.endswith("rank-1") for c in d.value.columns))
 
 
-def test_table1_from_the_fixture_sweep(app_env, app_sweep: Path) -> None:  # noqa: F811
+def test_table1_from_the_fixture_sweep(app_env, app_sweep: Path) -> None:
     agg = pd.read_csv(app_sweep / "results.csv")
     at = _page(sweep="tiny")
     table = _table1(at)
@@ -46,7 +46,7 @@ def test_table1_from_the_fixture_sweep(app_env, app_sweep: Path) -> None:  # noq
     assert {"Download results.csv", "Download runs.csv", "Download results.md"} <= downloads
 
 
-def test_runs_side_by_side(app_env, app_run: RunDir, app_sweep: Path) -> None:  # noqa: F811
+def test_runs_side_by_side(app_env, app_run: RunDir, app_sweep: Path) -> None:
     other = "tiny--baseline-g0-s0"
     at = _page(run="r1", run2=other)
     table = next(d.value for d in at.dataframe if "λ" in d.value.columns)
@@ -62,7 +62,7 @@ def test_runs_side_by_side(app_env, app_run: RunDir, app_sweep: Path) -> None:  
 
 
 @pytest.mark.parametrize("param", ["run", "run2", "sweep"])
-def test_hostile_query_parameters_are_ignored(app_env, app_sweep: Path, param: str) -> None:  # noqa: F811
+def test_hostile_query_parameters_are_ignored(app_env, app_sweep: Path, param: str) -> None:
     at = _page(**{param: "../../etc/passwd"})
     assert any(f"Ignoring `?{param}=`" in w.value for w in at.warning)
     assert "../../etc/passwd" not in str(at.query_params.get(param, ""))

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from app_fixtures import app_env, app_run, app_sweep, app_world, holdout_run  # noqa: F401 (fixtures)
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from app_fixtures import app_env, app_run, app_sweep, app_world, holdout_run  # noqa: F401 (fixtures)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from app_fixtures import open_app, wait_for
 from PIL import Image
 
 from app import launching
-from app_fixtures import app_run, app_world, open_app, wait_for  # noqa: F401 - pytest fixtures
 from cpl.config import ConfigError, load_config
 from cpl.runs.launch import cancel
 from cpl.runs.rundir import RunDir, list_runs
@@ -187,7 +187,7 @@ def test_bad_override_is_named_and_disables_launch(data_roots: Path) -> None:
     assert any(e.value.startswith("trian: unknown setting") for e in at.error)
 
 
-def test_launch_starts_a_real_run_and_links_to_it(app_run: RunDir, app_world, tmp_path: Path,  # noqa: F811
+def test_launch_starts_a_real_run_and_links_to_it(app_run: RunDir, app_world, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     runs_root = tmp_path / "runs"
     monkeypatch.setenv("CPL_RUNS_ROOT", str(runs_root))
@@ -219,7 +219,7 @@ def test_launch_starts_a_real_run_and_links_to_it(app_run: RunDir, app_world, tm
     assert read_status(run)["state"] == "cancelled"
 
 
-def test_launch_sweep_starts_cpl_sweep(app_run: RunDir, app_world, tmp_path: Path,  # noqa: F811
+def test_launch_sweep_starts_cpl_sweep(app_run: RunDir, app_world, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     runs_root = tmp_path / "runs"
     monkeypatch.setenv("CPL_RUNS_ROOT", str(runs_root))

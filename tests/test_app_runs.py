@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from app_fixtures import open_app, wait_for
 
-from app_fixtures import app_env, app_run, app_sweep, app_world, open_app, wait_for  # noqa: F401 - fixtures
 from cpl.atomic import write_json
 from cpl.config import dump_yaml, fast_dev_run, load_config
 from cpl.runs.launch import cancel, launch_resume, prepare_run
@@ -27,7 +27,7 @@ def _run_row(at, run_id: str) -> dict:
     return table[table["run"] == run_id].iloc[0].to_dict()
 
 
-def test_finished_fixture_run_shows_its_metrics(app_env, app_run: RunDir) -> None:  # noqa: F811
+def test_finished_fixture_run_shows_its_metrics(app_env, app_run: RunDir) -> None:
     at = open_app(run="r1")
     assert not at.exception, [e.message for e in at.exception]
     res = json.loads(app_run.results.read_text())
@@ -50,7 +50,7 @@ def test_finished_fixture_run_shows_its_metrics(app_env, app_run: RunDir) -> Non
     assert "training cpl" in at.code[0].value  # the log tail
 
 
-def test_sweep_section_lists_its_cells(app_env, app_sweep: Path) -> None:  # noqa: F811
+def test_sweep_section_lists_its_cells(app_env, app_sweep: Path) -> None:
     at = open_app(sweep="tiny")
     assert not at.exception
     expander = next(e for e in at.expander if "tiny" in e.label)
@@ -127,7 +127,7 @@ def _started(run: RunDir, not_pid: int = 0) -> dict | None:
     return raw if raw.get("state") in ("running", "queued") and raw.get("pgid") and raw.get("pid") != not_pid else None
 
 
-def test_cancel_resume_delete_act_on_a_real_process(app_world, app_run, tmp_path: Path,  # noqa: F811
+def test_cancel_resume_delete_act_on_a_real_process(app_world, app_run, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "runs"
     monkeypatch.setenv("CPL_RUNS_ROOT", str(root))

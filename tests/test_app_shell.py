@@ -8,9 +8,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from app_fixtures import open_app, wait_for
 
 from app import launching
-from app_fixtures import app_env, app_run, app_world, open_app, wait_for  # noqa: F401 - pytest fixtures
 from cpl.runs.launch import cancel
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.status import read_raw
@@ -20,7 +20,7 @@ PAGES = {"pages/runs.py": "Runs", "pages/launch.py": "Launch", "pages/gan.py": "
          "pages/embedding.py": "Embedding", "pages/retrieval.py": "Retrieval", "pages/compare.py": "Compare"}
 
 
-def test_every_page_renders_through_the_shell(app_env, app_run: RunDir) -> None:  # noqa: F811
+def test_every_page_renders_through_the_shell(app_env, app_run: RunDir) -> None:
     at = open_app(run="r1")
     assert any(str(app_env.runs_root) in c.value for c in at.sidebar.caption)
     for page, title in PAGES.items():

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app_fixtures import app_run, app_world, os_env  # noqa: F401 - pytest fixtures
+from app_fixtures import os_env
+
 from cpl.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ print(json.dumps({"errors": errors, "loaded": loaded}))
 """
 
 
-def test_no_page_imports_torch(app_world, app_run: RunDir) -> None:  # noqa: F811
+def test_no_page_imports_torch(app_world, app_run: RunDir) -> None:
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / "streamlit_app.py"), json.dumps(FORBIDDEN)],
                          cwd=REPO, env=os_env(app_world), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

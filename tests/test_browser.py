@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from app_fixtures import os_env, wait_for
 
-from app_fixtures import app_run, app_sweep, app_world, holdout_run, os_env, wait_for  # noqa: F401 - fixtures
 from cpl.runs.rundir import RunDir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(app_world, app_run: RunDir, app_sweep: Path) -> str:  # noqa: F811
+def server(app_world, app_run: RunDir, app_sweep: Path) -> str:
     """The app on a free port, reading the fixture world (no demo run)."""
     port = _free_port()
     log = open(app_world.runs_root.parent / "streamlit.log", "wb")
@@ -124,7 +124,7 @@ def test_hostile_query_strings_are_refused(page: Page, server: str) -> None:
     _shot(page, "hostile-query.png")
 
 
-def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> None:  # noqa: F811
+def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> None:
     _open(page, server, "/launch")
     page.get_by_text("Fast dev run", exact=True).click()
     _settle(page)
@@ -151,7 +151,8 @@ def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> N
     while time.time() < deadline and not badge.inner_text().endswith("finished"):
         assert not badge.inner_text().endswith("failed"), run.log.read_text()[-2000:]
         time.sleep(2)
-    assert badge.inner_text().endswith("finished"), f"not finished after {RUN_TIMEOUT_S} s: {run.log.read_text()[-2000:]}"
+    assert badge.inner_text().endswith("finished"), \
+        f"not finished after {RUN_TIMEOUT_S} s: {run.log.read_text()[-2000:]}"
     _settle(page)
     results = json.loads(run.results.read_text())
     metric = page.locator("[data-testid='stMetric']", has_text="rank-1 (%)").first
@@ -199,7 +200,7 @@ def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> N
     _shot(page, "retrieval.png")
 
 
-def test_holdout_marks_right_and_wrong(page: Page, server: str, holdout_run: RunDir) -> None:  # noqa: F811
+def test_holdout_marks_right_and_wrong(page: Page, server: str, holdout_run: RunDir) -> None:
     _open(page, server, f"/gan?run={holdout_run.id}")
     labels = pd.read_csv(holdout_run.pseudo_labels)
     found = [m for m in (CAPTION.search(c) for c in _captions(page)) if m]

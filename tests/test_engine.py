@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cpl.config import Config
-from cpl.engine.trainer import Hooks, NonFiniteLoss, Stopped, Trainer, TrainData
+from cpl.engine.trainer import Hooks, NonFiniteLoss, Stopped, TrainData, Trainer
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import get_strategy
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ from PIL import Image
 from cpl.config import GanConfig
 from cpl.gan.dcgan import Generator, build_models
 from cpl.gan.errors import Stopped
-from cpl.seeding import make_generator
 from cpl.gan.sample import list_samples, read_manifest, sample_to_folder, sample_z
+from cpl.seeding import make_generator
 
 CPU = torch.device("cpu")
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 from pathlib import Path
 
 import pytest
 import torch
 
+from cpl.checkpoints import list_checkpoints as _list
+from cpl.checkpoints import load_latest
 from cpl.config import GanConfig
-from cpl.checkpoints import list_checkpoints as _list, load_latest
-from cpl.gan.train import PREFIX
 from cpl.gan.dcgan import build_models
 from cpl.gan.errors import NonFiniteLoss, Stopped
+from cpl.gan.train import PREFIX, prepare_images, train_gan
 from cpl.seeding import make_generator
-from cpl.gan.train import prepare_images, train_gan
 
 CPU = torch.device("cpu")
 

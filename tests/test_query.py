@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from app_fixtures import app_run, app_world  # noqa: F401 (fixtures)
 
 from cpl.query import QueryError, query_main, rank_gallery
 

@@ -29,8 +29,17 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from cpl.atomic import write_json
-from cpl.data.synth_camera import Camera, background, compose, crop_background, develop, grain, occlude, \
-    pick_view, random_cameras
+from cpl.data.synth_camera import (
+    Camera,
+    background,
+    compose,
+    crop_background,
+    develop,
+    grain,
+    occlude,
+    pick_view,
+    random_cameras,
+)
 from cpl.data.synth_people import Identity, choose, draw_person, near_duplicate, random_identity, random_pose
 
 # Bump whenever the rendered images change for the same parameters: caches keyed on synthetic.json

@@ -15,7 +15,6 @@ methods with ``center_loss`` put them into the loss.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

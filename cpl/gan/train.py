@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cpl.config import GanConfig
 from cpl.checkpoints import load_latest, save_checkpoint
+from cpl.config import GanConfig
 from cpl.gan.dcgan import Discriminator, Generator, build_models
 from cpl.gan.errors import NonFiniteLoss, Stopped
 from cpl.seeding import make_generator

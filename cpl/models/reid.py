@@ -87,8 +87,8 @@ def load_pretrained(model: ReIDNet, backbone: str, spec: str) -> str:
     missing, unexpected = model.trunk.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"model.pretrained: {source} does not fit {backbone}: "
-                         f"{len(missing)} missing, {len(unexpected)} unexpected keys (e.g. {(missing + unexpected)[:3]})")
+        raise ValueError(f"model.pretrained: {source} does not fit {backbone}: {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected keys (e.g. {(missing + unexpected)[:3]})")
     return f"ImageNet weights from {source}"
 
 
