@@ -36,6 +36,7 @@ def _sync(device: torch.device) -> None:
 
 def reid_setup(args, device):
     cfg = Config()
+    cfg.train.compile = args.compile
     cfg.data.root = "unused"
     cfg.train.method = "cpl"
     cfg.train.batch_size = args.batch
@@ -167,11 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--gan-size", type=int, default=128)
     p.add_argument("--gan-steps", type=int, default=10)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile our network (train.compile=true)")
+    if p.parse_known_args(argv)[0].quick:  # CI-sized defaults; explicit options still win
+        p.set_defaults(backbone="resnet18", height=128, width=64, batch=16, iters=3, repeats=3, gan_size=64,
+                       gan_steps=3)
     args = p.parse_args(argv)
-    if args.quick:
-        args.backbone, args.height, args.width, args.batch, args.iters = "resnet18", 128, 64, 16, 3
-        args.repeats, args.gan_size, args.gan_steps = 3, 64, 3
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
