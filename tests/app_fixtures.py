@@ -19,7 +19,9 @@ import the fixtures (each import registers its own fixture definition, hence the
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,7 +63,9 @@ class AppWorld:
     def start(self, name: str, argv: list[str]) -> None:
         log = self.runs_root.parent / f"{name}.out"
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # Own process group: a sweep's cells are its children, and stop() must end them too.
+            proc = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         self.procs[name] = (proc, log)
 
     def wait(self, name: str) -> None:
@@ -70,7 +74,7 @@ class AppWorld:
         try:
             rc = proc.wait(timeout=max(1.0, RUN_TIMEOUT_S - (time.time() - self.started)))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             rc = proc.wait()
         if rc != 0:
             tail = log.read_text(errors="replace")[-3000:]
@@ -79,9 +83,9 @@ class AppWorld:
     def stop(self) -> None:
         """Kill whatever is still running (a session that never waited for a fixture)."""
         for proc, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the sweep's cells too, even when the sweep is gone
+            proc.wait()
 
 
 _WORLD: AppWorld | None = None

@@ -27,3 +27,16 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not available at {root}")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_app_settings(tmp_path_factory: pytest.TempPathFactory):
+    """Whatever a test forgets to set, the app never falls back to the repository's runs/ and data/ folders
+    and never starts its first-start demo run (a detached training process that would outlive the suite).
+    Tests that need those settings override them with monkeypatch."""
+    base = tmp_path_factory.mktemp("app-defaults")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPL_DEMO", "0")
+        mp.setenv("CPL_RUNS_ROOT", str(base / "runs"))
+        mp.setenv("CPL_DATA_ROOTS", str(base / "data"))
+        yield
