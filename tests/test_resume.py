@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# gan.batch_size=16 gives the DCGAN several steps per epoch, so its checkpoint (the first kill point) exists for
+# seconds even on a fast idle machine; with one or two steps per epoch the poll could miss it.
 SETTINGS = ["--config", "configs/synthetic.yaml", "--fast-dev-run", "--set", "eval.umap=false",
             "--set", "train.max_iters_per_epoch=5", "--set", "gan.max_steps_per_epoch=6", "--set", "gan.epochs=3",
-            "--set", "unlabeled.num_images=48", "--set", "data.synthetic.ids=12"]
+            "--set", "gan.batch_size=16", "--set", "unlabeled.num_images=48", "--set", "data.synthetic.ids=12"]
 
 
 def _env(tmp: Path) -> dict:
