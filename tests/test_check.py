@@ -174,13 +174,14 @@ def test_symlinks(root: Path) -> None:
     loop = root / TRAIN / "0001_c3s1_000001_00.jpg"
     loop.symlink_to(loop.name)
     dangling = root / QUERY / "0005_c2s1_000001_00.jpg"
-    dangling.symlink_to("/nonexistent/x.jpg")
+    missing = root.parent / "gone" / "x.jpg"  # never created: the link dangles
+    dangling.symlink_to(missing)
     good = root / GALLERY / "0005_c3s1_000001_00.jpg"
     good.symlink_to(root / QUERY / "0005_c1s1_000005_00.jpg")
     report = check_dataset(root)
     assert report.errors == [
         f"{loop}: symlink loop",
-        f"{dangling}: dangling symlink (its target /nonexistent/x.jpg does not exist)",
+        f"{dangling}: dangling symlink (its target {missing} does not exist)",
     ]
     assert report.splits["gallery"].images == 3 and report.splits["train"].unreadable == 1
 
