@@ -194,12 +194,16 @@ def _quote(value: str) -> str:
 
 
 def scaled_epochs(base: Config, epochs: int) -> tuple[list[int], int]:
-    """LR milestones and warm-up of ``base`` rescaled to ``epochs`` (they are fractions of the schedule)."""
+    """LR milestones and warm-up of ``base`` rescaled to ``epochs`` (they are fractions of the schedule).
+
+    A warm-up of -1 (each method's published share of the schedule) scales by itself and stays -1.
+    """
+    warmup = base.train.warmup_epochs
     if epochs == base.train.epochs:
-        return list(base.train.lr_milestones), base.train.warmup_epochs
+        return list(base.train.lr_milestones), warmup
     ratio = epochs / base.train.epochs
     milestones = sorted({min(max(1, round(m * ratio)), max(1, epochs - 1)) for m in base.train.lr_milestones})
-    return milestones, min(round(base.train.warmup_epochs * ratio), max(0, epochs - 1))
+    return milestones, warmup if warmup < 0 else min(round(warmup * ratio), max(0, epochs - 1))
 
 
 @dataclass
@@ -216,7 +220,7 @@ class RunChoices:
     center_weight: float = 1e-4
     center_alpha: float = 0.5
     epochs: int = 12
-    backbone: str = "resnet18"
+    backbone: str = "efficientnet_lite0"
     pretrained: str = "auto"
     seed: int = 0
     device: str = "cpu"
@@ -247,7 +251,9 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
             f"train.epochs={c.epochs}"]
     milestones, warmup = scaled_epochs(base, c.epochs)
     if c.epochs != base.train.epochs:
-        out += [f"train.lr_milestones={milestones}", f"train.warmup_epochs={warmup}"]
+        out.append(f"train.lr_milestones={milestones}")
+        if warmup >= 0:
+            out.append(f"train.warmup_epochs={warmup}")
     out += [f"model.backbone={c.backbone}", f"model.pretrained={_quote(c.pretrained)}", f"device={c.device}"]
     return out + [x.strip() for x in c.extra if x.strip()]
 

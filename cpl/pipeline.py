@@ -305,6 +305,7 @@ class _Pipeline:
             folder = ensure_samples(train_imgs, fingerprint, cfg.gan, n, self.run.cache_root / "gan",
                                     seed=cfg.gan.seed, device=self.device, on_progress=on_progress,
                                     should_stop=self.stop)
+            self._write_gan_json(folder.parent)
         from .engine import dist
 
         dist.barrier()
@@ -312,6 +313,18 @@ class _Pipeline:
         paths = [str(p) for p in list_samples(Path(folder), n)]
         self._stage("gan", 1.0)
         return paths
+
+    def _write_gan_json(self, key_dir: Path) -> None:
+        """The run's copy of its DCGAN's record (the app reads run directories only)."""
+        from .gan.cache import read_info
+
+        info = read_info(key_dir) or {}
+        keep = ("key", "config", "seed", "epochs_done", "train_time_s", "num_images", "samples", "quality")
+        write_json(self.run.gan, {k: info[k] for k in keep if k in info})
+        q = info.get("quality")
+        if q:
+            log.info("DCGAN %s: Fréchet distance %.1f to the real images (real-vs-real floor %.1f, %d images a side)",
+                     info.get("key"), q["fd"], q["fd_floor"], q["n"])
 
     def _write_unlabeled_csv(self, paths: list[str], source: str, truth: np.ndarray | None,
                              label_to_pid: np.ndarray) -> None:
@@ -324,6 +337,7 @@ class _Pipeline:
         write_text(self.run.unlabeled, buf.getvalue())
 
     def _train(self, d: _Data, strategy):
+        from .backbones import WeightsNotFound
         from .checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
         from .engine.trainer import Hooks, TrainData, Trainer
         from .models.reid import build_model
@@ -331,10 +345,12 @@ class _Pipeline:
         cfg = self.cfg
         k = d.ds.num_classes
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every resume
-        model, note = build_model(cfg.model.backbone, k + (1 if strategy.extra_class else 0), cfg.model.dropout,
-                                  cfg.model.pretrained)
-        if not note.startswith("random init: "):  # that case was already logged as a warning
-            log.info("model: %s, %s", cfg.model.backbone, note)
+        try:
+            model, self.weights = build_model(cfg.model.backbone, k + (1 if strategy.extra_class else 0),
+                                              cfg.model.dropout, cfg.model.pretrained)
+        except WeightsNotFound as exc:  # the weights were there at launch and are gone now
+            raise RunFailed(str(exc), "install the weights or set model.pretrained=none, then resume") from None
+        log.info("model: %s, %s", cfg.model.backbone, self.weights.describe())
         images = torch.cat([d.train_imgs[d.keep], d.unl_imgs]) if strategy.uses_unlabeled else d.train_imgs[d.keep]
         data = TrainData(images=images, labels=torch.from_numpy(d.labels[d.keep]), num_labeled=len(d.keep),
                          num_classes=k,
@@ -423,7 +439,7 @@ class _Pipeline:
         results.update(method=cfg.train.method, num_unlabeled=len(d.unl_paths) if strategy.uses_unlabeled else 0,
                        unlabeled_source=d.source, epochs=cfg.train.epochs, train_time_s=self.train_time,
                        device=str(self.device), world_size=self.info.world_size, num_classes=ds.num_classes,
-                       seed=cfg.seed, backbone=cfg.model.backbone)
+                       seed=cfg.seed, backbone=cfg.model.backbone, weights=self.weights.to_dict())
         # Results first (the headline), then the artifacts the inspection pages read.
         write_json(run.results, results)
         write_npz(run.retrieval, **retrieval)

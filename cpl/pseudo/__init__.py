@@ -11,7 +11,8 @@ from .methods import STRATEGIES
 def get_strategy(train: TrainConfig) -> Strategy:
     """The strategy named by ``train.method`` with its weight / warm-up / temperature settings."""
     cls = STRATEGIES[train.method]
-    return cls(weight=train.unlabeled_weight, warmup_epochs=train.warmup_epochs, temperature=train.fapl_temperature)
+    return cls(weight=train.unlabeled_weight, warmup_epochs=train.warmup_epochs, temperature=train.fapl_temperature,
+               ramp_epochs=train.unlabeled_ramp_epochs, epochs=train.epochs)
 
 
 __all__ = ["STRATEGIES", "Strategy", "Targets", "cosine_to_centers", "get_strategy", "top2"]

@@ -32,16 +32,30 @@ class Strategy:
     extra_class: bool = False  # True: the classifier has K + 1 outputs, the last one for unlabeled images
     center_loss: bool = False  # True: L = CE + λ·center term on labeled images
     default_weight: float = 1.0  # loss weight of an unlabeled image (published value)
-    warmup: bool = False  # True: unlabeled images count only from train.warmup_epochs on
+    # Published labeled-only warm-up as a share of the schedule (LSRO/MpRL: 20 of 50 epochs = 0.4), so that a
+    # shorter run keeps the published proportion; train.warmup_epochs >= 0 overrides it.
+    default_warmup_fraction: float = 0.0
 
-    def __init__(self, weight: float = -1.0, warmup_epochs: int = 0, temperature: float = 1.0):
+    def __init__(self, weight: float = -1.0, warmup_epochs: int = -1, temperature: float = 1.0,
+                 ramp_epochs: int = 0, epochs: int = 50):
         self.weight = self.default_weight if weight < 0 else weight
-        self.start_epoch = warmup_epochs if self.warmup else 0
+        self.start_epoch = round(self.default_warmup_fraction * epochs) if warmup_epochs < 0 else warmup_epochs
+        self.ramp_epochs = ramp_epochs
         self.temperature = temperature
 
     def active(self, epoch: int) -> bool:
-        """Whether unlabeled images contribute to the loss in ``epoch`` (0-based)."""
+        """Whether unlabeled images are trained on in ``epoch`` (0-based): before ``start_epoch`` the epoch is
+        labeled-only (its batches hold no unlabeled image; the centers still move)."""
         return self.uses_unlabeled and epoch >= self.start_epoch
+
+    def weight_at(self, epoch: int) -> float:
+        """The unlabeled loss weight in ``epoch``: 0 during the warm-up, then rising linearly to ``weight`` over
+        ``ramp_epochs`` epochs (the first active epoch gets weight / ramp_epochs)."""
+        if not self.active(epoch):
+            return 0.0
+        if self.ramp_epochs <= 0:
+            return self.weight
+        return self.weight * min(1.0, (epoch - self.start_epoch + 1) / self.ramp_epochs)
 
     def targets(self, feats: torch.Tensor, logits: torch.Tensor, centers: torch.Tensor,
                 center_valid: torch.Tensor, epoch: int) -> Targets:
@@ -49,8 +63,7 @@ class Strategy:
         raise NotImplementedError
 
     def _weights(self, n: int, epoch: int, device: torch.device) -> torch.Tensor:
-        w = self.weight if self.active(epoch) else 0.0
-        return torch.full((n,), w, dtype=torch.float32, device=device)
+        return torch.full((n,), self.weight_at(epoch), dtype=torch.float32, device=device)
 
 
 def cosine_to_centers(feats: torch.Tensor, centers: torch.Tensor, center_valid: torch.Tensor) -> torch.Tensor:

@@ -87,7 +87,7 @@ class OneHot(Strategy):
 
     name = "onehot"
     default_weight = 0.1
-    warmup = True
+    default_warmup_fraction = 0.4
 
     def targets(self, feats, logits, centers, center_valid, epoch):
         conf, label = torch.softmax(logits.float(), dim=1).max(dim=1)
@@ -120,7 +120,7 @@ class MpRL2(MpRL):
 
     name = "mprl2"
     default_weight = 0.1
-    warmup = True
+    default_warmup_fraction = 0.4
 
 
 class AllInOne(Strategy):

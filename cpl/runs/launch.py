@@ -24,7 +24,14 @@ from .status import ACTIVE, FINAL, StatusWriter, pid_alive, read_raw, read_statu
 def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv: list[str] | None = None,
                 sweep: str | None = None) -> RunDir:
     """Create a run directory holding the resolved config and ``run.json``; the run starts with
-    :func:`launch_resume` (background) or ``cpl resume`` / ``cpl.pipeline.execute`` (foreground)."""
+    :func:`launch_resume` (background) or ``cpl resume`` / ``cpl.pipeline.execute`` (foreground).
+
+    Refuses (:class:`cpl.models.weights.WeightsNotFound`, a ValueError with one actionable line) a config whose
+    ``model.pretrained`` names weights this machine does not have: no run directory is made then.
+    """
+    from ..backbones import resolve
+
+    weights = resolve(cfg.model.backbone, cfg.model.pretrained)
     if run_dir is not None:
         runs_root, run_id = run_dir.parent, run_dir.name
     else:
@@ -32,7 +39,8 @@ def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv:
         while (runs_root / run_id).exists():  # two launches within the same second
             run_id += "x"
     facts = {"argv": argv or [], "method": cfg.train.method, "name": cfg.name, "sweep": sweep,
-             "dataset": {"kind": cfg.data.kind, "root": str(Path(cfg.data.root).resolve())}}
+             "dataset": {"kind": cfg.data.kind, "root": str(Path(cfg.data.root).resolve())},
+             "backbone": cfg.model.backbone, "weights": weights.to_dict()}
     return create_run(runs_root, run_id, dump_yaml(cfg), facts)
 
 

