@@ -61,6 +61,18 @@ def run_facts(run: RunDir) -> dict:
     return read_json(run.run_json) or {}
 
 
+def gan_quality(run: RunDir) -> dict | None:
+    """The run's DCGAN quality (gan.json ``quality``: ``fd``, ``fd_floor``, ``n``), None when not measured."""
+    q = (read_json(run.gan) or {}).get("quality")
+    return q if isinstance(q, dict) and "fd" in q and "fd_floor" in q else None
+
+
+def gan_fd_text(run: RunDir) -> str:
+    """``"FD 812 (floor 402)"`` for tables; "" when the run has no measured DCGAN."""
+    q = gan_quality(run)
+    return f"FD {q['fd']:.0f} (floor {q['fd_floor']:.0f})" if q else ""
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def _yaml(path: str, version: tuple) -> dict:
     try:
@@ -191,7 +203,7 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
             "run": run.id, "state": st_.get("state"), "stage": st_.get("stage"),
             "progress": float(st_.get("progress") or 0.0), "eta_s": st_.get("eta_s"), "device": st_.get("device"),
             "method": facts.get("method"), "sweep": facts.get("sweep"), "created": facts.get("created"),
-            "backbone": facts.get("backbone"), "weights": weights_label(facts),
+            "backbone": facts.get("backbone"), "weights": weights_label(facts), "gan": gan_fd_text(run),
             "rank1": res.get("rank1"), "mAP": res.get("mAP"),
             "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
             "message": st_.get("error") or st_.get("message"),

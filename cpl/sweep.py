@@ -219,18 +219,45 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
             row.update(rank1=res["rank1"], mAP=res["mAP"])
             if res.get("rerank"):
                 row.update(rr_rank1=res["rerank"]["rank1"], rr_mAP=res["rerank"]["mAP"])
-            last = _last_epoch_record(run)
+            epochs = _epoch_records(run)
+            last = epochs[-1] if epochs else {}
             if "pl_acc" in last:
-                row.update(pl_acc=100 * last["pl_acc"], pl_true_mass=100 * last.get("pl_true_mass", math.nan))
+                row.update(pl_acc=100 * last["pl_acc"], pl_true_mass=100 * last.get("pl_true_mass", math.nan),
+                           pl_acc_epochs=[100 * r["pl_acc"] if "pl_acc" in r else math.nan for r in epochs],
+                           num_classes=res.get("num_classes"))
         rows.append(row)
     return rows
 
 
-def _last_epoch_record(run: RunDir) -> dict:
+def _epoch_records(run: RunDir) -> list[dict]:
     from .atomic import read_jsonl
 
-    epochs = [r for r in read_jsonl(run.metrics) if r.get("type") == "epoch"]
-    return epochs[-1] if epochs else {}
+    return [r for r in read_jsonl(run.metrics) if r.get("type") == "epoch"]
+
+
+def pl_accuracy_by_epoch(rows: list[dict]) -> str:
+    """Markdown: per (method, #unlabeled), the holdout pseudo-label accuracy of every epoch (mean ± std over
+    seeds, percent; "–" for a warm-up epoch without pseudo-labels) next to chance, 1/K."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        if r.get("pl_acc_epochs"):
+            groups.setdefault((r["method"], r["gan_images"]), []).append(r)
+    if not groups:
+        return ""
+    n_ep = max(len(r["pl_acc_epochs"]) for rs in groups.values() for r in rs)
+    lines = ["| method | #unlabeled | chance (1/K) | " + " | ".join(f"epoch {e + 1}" for e in range(n_ep)) + " |",
+             "|" + "---|" * (3 + n_ep)]
+    for (method, g), rs in sorted(groups.items()):
+        k = rs[0].get("num_classes") or 0
+        cells = []
+        for e in range(n_ep):
+            vals = [r["pl_acc_epochs"][e] for r in rs if e < len(r["pl_acc_epochs"])]
+            vals = [v for v in vals if not math.isnan(v)]
+            mean, std = _mean_std(vals)
+            cells.append("–" if not vals else f"{mean:.2f} ± {std:.2f}" if len(vals) > 1 else f"{mean:.2f}")
+        chance = f"{100 / k:.2f}" if k else "?"
+        lines.append(f"| {method} | {g} | {chance} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -317,6 +344,9 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
         for a in agg:
             if "pl_acc" in a:
                 md.append(f"| {a['method']} | {a['gan_images']} | {_fmt(a, 'pl_acc')} | {_fmt(a, 'pl_true_mass')} |\n")
+    by_epoch = pl_accuracy_by_epoch(rows)
+    if by_epoch:
+        md += ["\n## Pseudo-label accuracy per epoch (held-out labeled images, percent)\n\n", by_epoch]
     md.append("\n## Cells\n\n| run | method | #unlabeled | seed | state | weights | rank-1 | mAP |\n"
               "|---|---|---|---|---|---|---|---|\n")
     for r in rows:

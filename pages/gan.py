@@ -274,6 +274,22 @@ def _provisional(run: RunDir, unl: pd.DataFrame, history: dict, status: dict) ->
     grid(run, cards, columns=COLUMNS)
 
 
+def _quality(run: RunDir) -> None:
+    """The DCGAN's Fréchet distance to the real images beside its real-vs-real floor."""
+    q = readers.gan_quality(run)
+    if not q:
+        return
+    m = st.columns([1, 1, 3])
+    m[0].metric("GAN Fréchet distance", f"{q['fd']:.0f}",
+                help="Fréchet distance between the GAN samples and real training images in the ImageNet "
+                     "EfficientNet-Lite0 feature space (not the Inception FID: compare it with the floor only)")
+    m[1].metric("real-vs-real floor", f"{q['fd_floor']:.0f}",
+                help="the same distance between two disjoint halves of the real images")
+    m[2].caption(f"{q['n']} images a side. {q['feature_space']}. The closer the GAN is to the floor, the more "
+                 "its samples look like the real images to an ImageNet network; samples far above it are "
+                 "textures, not people.")
+
+
 def main() -> None:
     st.title("GAN samples & pseudo-labels")
     run = select_run()
@@ -284,6 +300,7 @@ def main() -> None:
         st.query_params.pop("img", None)  # an image number of the previous run
     status = read_status(run)
     method = readers.run_facts(run).get("method") or "?"
+    _quality(run)
     history = readers.pseudo_history(run)
     if not run.pseudo_labels.is_file():
         unlabeled = readers.unlabeled(run) if run.unlabeled.is_file() else None

@@ -68,6 +68,9 @@ def test_grid_captions_histogram_and_download(app_env, app_run):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["unlabeled images"] == f"{len(table):,}"
     assert metrics["median cosine"] == f"{table.cos.median():.3f}"
+    q = json.loads(app_run.gan.read_text())["quality"]
+    assert metrics["GAN Fréchet distance"] == f"{q['fd']:.0f}"
+    assert metrics["real-vs-real floor"] == f"{q['fd_floor']:.0f}"
 
 
 def test_sort_filter_and_why_this_label(app_env, app_run):

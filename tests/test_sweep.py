@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cpl.sweep import Cell, aggregate, markdown_table, plan_cells
+from cpl.sweep import Cell, aggregate, cell_config, markdown_table, pl_accuracy_by_epoch, plan_cells
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,25 @@ def test_table_mean_std_and_improvement():
 
 
 @pytest.mark.timeout(900)
+def test_holdout_accuracy_per_epoch_with_chance():
+    nan = float("nan")
+    rows = [{"method": "cpl", "gan_images": 970, "num_classes": 485, "pl_acc_epochs": [nan, 10.0, 20.0]},
+            {"method": "cpl", "gan_images": 970, "num_classes": 485, "pl_acc_epochs": [nan, 12.0, 24.0]},
+            {"method": "baseline", "gan_images": 0}]
+    md = pl_accuracy_by_epoch(rows).splitlines()
+    assert md[0] == "| method | #unlabeled | chance (1/K) | epoch 1 | epoch 2 | epoch 3 |"
+    assert md[2] == "| cpl | 970 | 0.21 | – | 11.00 ± 1.41 | 22.00 ± 2.83 |"
+    assert len(md) == 3
+
+
+def test_reference_cells_drop_the_unlabeled_knobs():
+    spec = {"id": "s", "config": {"data": {"root": "x"}, "train": {"warmup_epochs": 2, "unlabeled_ramp_epochs": 1}}}
+    base = cell_config(spec, Cell("baseline", 0, 0))
+    assert (base.unlabeled.source, base.train.warmup_epochs, base.train.unlabeled_ramp_epochs) == ("none", -1, 0)
+    cpl = cell_config(spec, Cell("cpl", 100, 1))
+    assert (cpl.train.warmup_epochs, cpl.unlabeled.num_images, cpl.seed) == (2, 100, 1)
+
+
 def test_tiny_sweep_end_to_end_and_resumable(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "sweep", "--config", "configs/synthetic.yaml",
