@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import config as cfgmod
+from . import faults
 from .atomic import append_jsonl, write_json, write_npy, write_npz, write_text
 from .config import Config
 from .runs.queue import device_slot
@@ -97,6 +98,8 @@ def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = Fals
 
     info = dist.from_env()
     cfg = load_run_config(run)
+    if info.is_main:
+        run.remove_stale_temp_files()  # a killed predecessor's; its targets are whole (cpl/atomic.py)
     stop = stop or _Stop()
     stop.install()
     status = StatusWriter(run, enabled=info.is_main)
@@ -116,6 +119,7 @@ def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = Fals
             stack.callback(dist.shutdown, info)
             status.update(state="running", message="started")
             results = _Pipeline(run, cfg, device, info, status, stop, progress_bar).stages()
+            faults.point("results")
         status.update(state="finished", stage="done", progress=1.0, eta_s=0, finished=time.time(),
                       message=_summary(results) if results else "")
         return results
@@ -243,6 +247,7 @@ class _Pipeline:
         query_imgs = load_images(ds.query.paths, h, w)
         gallery_imgs = load_images(ds.gallery.paths, h, w)
         labels = np.asarray(ds.train_labels, dtype=np.int64)
+        faults.point("data")
 
         # The unlabeled set.
         src = cfg.unlabeled.source if cfg.uses_unlabeled else "none"
@@ -403,6 +408,7 @@ class _Pipeline:
             if bar is not None:
                 bar.close()
         self.train_time = time.time() - t_start
+        faults.point("train-end")
         return trainer
 
     def _evaluate(self, d: _Data, trainer, strategy) -> dict:
@@ -419,6 +425,7 @@ class _Pipeline:
         ex = dict(device=self.device, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip, dtype=dt)
         qf, _ = extract(model, d.query_imgs, **ex)
         gf, _ = extract(model, d.gallery_imgs, **ex)
+        faults.point("eval")
         self._stage("eval", 0.3, message="evaluating")
         ds = d.ds
         dist_qg = (1.0 - qf @ gf.T).numpy()  # cosine distance; same ranking as Euclidean on unit vectors
@@ -428,6 +435,7 @@ class _Pipeline:
         retrieval = {"index": idx, "dist": dst, "ap": np.asarray(base["all_AP"], dtype=np.float32)}
         if cfg.eval.rerank:
             self._stage("eval", 0.4, message="re-ranking")
+            faults.point("rerank")
             rr = rerank_features(qf.numpy(), gf.numpy(), k1=cfg.eval.k1, k2=cfg.eval.k2,
                                  lambda_value=cfg.eval.lambda_value)
             rr_res = evaluate(rr, ds.query.pids, ds.gallery.pids, ds.query.camids, ds.gallery.camids)
@@ -463,6 +471,7 @@ class _Pipeline:
             unl_labels = self._write_pseudo_labels(d, uf, ul, centers, valid, strategy, trainer)
         if cfg.eval.umap:
             self._stage("eval", 0.75, message="UMAP of train + unlabeled features and centers")
+            faults.point("umap")
             from .embedding import umap_layout
 
             emb = umap_layout(tf.numpy(), d.labels[d.keep], uf.numpy(), unl_labels, centers.numpy(),

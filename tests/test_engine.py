@@ -157,3 +157,20 @@ def test_stop_request_raises_before_the_next_iteration():
     with pytest.raises(Stopped):
         tr.fit()
     assert tr.state.epoch == 0
+
+
+def test_lambda_weights_the_center_term_in_the_loss():
+    """loss = CE + unlabeled + λ·center: from the same weights and batch, the first iteration's loss under λ
+    exceeds the λ = 0 loss by exactly λ times the center term (½‖x − c‖² / m, zero centers)."""
+    first = {}
+    for lam in (0.0, 0.5):
+        records = []
+        cfg = _cfg("center", epochs=1)
+        cfg.train.center_weight = lam
+        cfg.train.log_every = 1
+        _trainer(cfg, _data(), Hooks(on_record=records.append)).fit()
+        first[lam] = next(r for r in records if r["type"] == "iter")
+    a, b = first[0.0], first[0.5]
+    assert a["loss_center"] == 0 and b["loss_center"] > 1.0
+    assert a["loss_ce"] == pytest.approx(b["loss_ce"], rel=1e-6)
+    assert b["loss"] - a["loss"] == pytest.approx(0.5 * b["loss_center"], rel=1e-5)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import faults
 from ..config import Config
 from ..data.transforms import augment, draw_params
 from ..losses import apply_center_update, center_loss, center_update_stats, cross_entropy, soft_cross_entropy
@@ -303,6 +304,7 @@ class Trainer:
                 window.zero_()
                 tw = now
                 self.hooks.on_progress(epoch, it + 1, iters)
+            faults.point("train", epoch=epoch, iter=it)
 
         # ---- end of epoch: gather per-image pseudo-label records from all ranks (each image is on one rank)
         dist.all_reduce_max(ep_labels)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cpl import atomic
+from cpl import atomic, faults
 from cpl.gan.dcgan import Generator
 from cpl.gan.errors import Stopped
 from cpl.seeding import make_generator
@@ -153,6 +153,7 @@ def sample_to_folder(
             for i, _ in todo:
                 rows[i] = (names[i], seed)
             written += len(todo)
+            faults.point("gan-sample", done=written)
             stop = should_stop is not None and should_stop()
             if stop or time.monotonic() - last_report >= _REPORT_EVERY_S:
                 _write_manifest(out_dir, rows)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cpl import faults
 from cpl.checkpoints import load_latest, save_checkpoint
 from cpl.config import GanConfig
 from cpl.gan.dcgan import Discriminator, Generator, build_models
@@ -215,6 +216,7 @@ def train_gan(
                 stats = _checked(pending, epoch, pending_from, cfg.epochs, steps)
                 save(epoch + 1, 0, None)
                 report(epoch, done, stats)
+                faults.point("gan-train", epoch=epoch)
             elif done % log_every == 0:
                 stats = _checked(pending, epoch, pending_from, cfg.epochs, steps)
                 pending_from = done

@@ -73,6 +73,14 @@ class RunDir:
     features = property(lambda self: self.path / "features")
     checkpoints = property(lambda self: self.path / "checkpoints")
 
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files an atomic write left behind when its process was killed mid-write
+        (``.<name>.*.tmp``; the target itself is always whole). Returns how many were removed."""
+        stale = [p for p in self.path.rglob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
     @property
     def cache_root(self) -> Path:
         return self.runs_root / CACHE_DIR
