@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8501
 
-.PHONY: run test test-all chromium install clean
+.PHONY: run test test-slow test-all chromium install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
 
-## The default test suite (slow tests excluded; `make test-all` includes them).
+## The default test suite (slow tests excluded; `make test-all` includes them), after the linter.
 test: $(STAMP) chromium
+	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+## The slow tier alone (CI runs it after `make test`).
+test-slow: $(STAMP) chromium
+	$(PY) -m pytest -m slow
 
 test-all: $(STAMP) chromium
 	$(PY) -m pytest -m ""
