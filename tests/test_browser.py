@@ -106,7 +106,11 @@ def _shot(page: Page, name: str) -> None:
 
 
 def _captions(page: Page) -> list[str]:
-    return page.locator("[data-testid='stImageCaption']").all_inner_texts()
+    """The image captions of the page, once the first one is drawn (the grid's images arrive after the script
+    run ends, later on a loaded machine)."""
+    captions = page.locator("[data-testid='stImageCaption']")
+    captions.first.wait_for()
+    return captions.all_inner_texts()
 
 
 HOSTILE = ["/?run=..%2F..%2Fetc%2Fpasswd", "/gan?run=%2e%2e", "/embedding?run=%2Fetc%2Fpasswd",
