@@ -51,7 +51,10 @@ def _settle(page, timeout_s: float = 90) -> None:
                 page.locator("[data-testid='stSkeleton']").count() == 0:
             break
         time.sleep(0.3)
-    time.sleep(1.5)  # images and charts finish drawing
+    # the grid's images arrive after the script run ends
+    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=timeout_s * 1000)
+    time.sleep(1.5)  # charts finish drawing
 
 
 def main() -> int:
