@@ -111,7 +111,7 @@ def test_killed_mid_gan_and_mid_epoch_then_resumed_equals_uninterrupted(referenc
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("fault", ["kill:data", "kill:gan-sample", "kill:train:epoch=0:iter=4",
+@pytest.mark.parametrize("fault", ["kill:data", "kill:gan-sample", "kill:train:epoch=0:iter=1",
                                    "kill:train-end", "kill:eval", "kill:rerank", "kill:results"])
 def test_every_fault_point_resumes_to_the_same_run(reference, tmp_path, fault):
     ref, data = reference
