@@ -29,6 +29,8 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import Page, sync_playwright  # noqa: E402 - only when there is a browser
 
+from tools.screenshots import settle  # noqa: E402 - imports playwright too
+
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -85,15 +87,7 @@ def page(server: str):
 
 
 def _settle(page: Page, timeout_s: float = 60) -> None:
-    """Wait until the script run is over (no 'running' status widget) and the page has drawn."""
-    page.wait_for_selector("h1", timeout=timeout_s * 1000)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if page.locator("[data-testid='stStatusWidget']").count() == 0 and \
-                page.locator("[data-testid='stSkeleton']").count() == 0:
-            break
-        time.sleep(0.3)
-    time.sleep(0.5)
+    settle(page, timeout_s)
 
 
 def _open(page: Page, server: str, path: str) -> None:
@@ -109,7 +103,7 @@ def _captions(page: Page) -> list[str]:
     """The image captions of the page, once the first one is drawn (the grid's images arrive after the script
     run ends, later on a loaded machine)."""
     captions = page.locator("[data-testid='stImageCaption']")
-    captions.first.wait_for()
+    captions.first.wait_for(timeout=120_000)  # a state poll with a generous deadline, not a sleep
     return captions.all_inner_texts()
 
 

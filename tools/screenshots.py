@@ -43,7 +43,10 @@ def _wait_healthy(url: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"streamlit did not serve {url}")
 
 
-def _settle(page, timeout_s: float = 90) -> None:
+def settle(page, timeout_s: float = 90, images: bool = False) -> None:
+    """Wait until the Streamlit script run is over (no 'running' status widget, no skeleton) and the page has
+    drawn; with ``images``, also until every image has loaded (a grid's images arrive after the run ends).
+    Shared with tests/test_browser.py."""
     page.wait_for_selector("h1", timeout=timeout_s * 1000)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -51,10 +54,10 @@ def _settle(page, timeout_s: float = 90) -> None:
                 page.locator("[data-testid='stSkeleton']").count() == 0:
             break
         time.sleep(0.3)
-    # the grid's images arrive after the script run ends
-    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
-                           timeout=timeout_s * 1000)
-    time.sleep(1.5)  # charts finish drawing
+    if images:
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
+                               timeout=timeout_s * 1000)
+    time.sleep(0.5)  # the last delta is painted
 
 
 def main() -> int:
@@ -80,7 +83,7 @@ def main() -> int:
             page.set_default_timeout(90_000)
             for name in args.pages.split(","):
                 page.goto(url + PAGES[name].format(run=args.run))
-                _settle(page)
+                settle(page, images=True)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 print(out / f"{name}.png")
             browser.close()
