@@ -9,8 +9,8 @@ each side (FD's bias depends on that number). A GAN whose samples look like the 
 floor; noise textures sit far above it.
 
 Why stage 5 and not the final 1280-d pooled feature (the analogue of Inception's pool3): in a one-off probe
-on the synthetic dataset the final feature ranked a 3-epoch DCGAN's grey noise (FD 868) *closer* to the real images than a
-24-epoch DCGAN's person-shaped samples (FD 1085), at 224x224 too (325 vs 368): the last layer encodes
+on the synthetic dataset the final feature ranked a 3-epoch DCGAN's grey noise (FD 868) *closer* to the real
+images than a 24-epoch DCGAN's person-shaped samples (FD 1085), at 224x224 too (325 vs 368): the last layer encodes
 ImageNet semantics, for which both are equally out of distribution. Stage 5 ranks them as a person would
 (1063 vs 804, floor 15), and its 112 dimensions are fewer than the images compared, so the covariances are
 full-rank estimates instead of rank-deficient ones (docs/results.md).
