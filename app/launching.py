@@ -225,6 +225,7 @@ class RunChoices:
     seed: int = 0
     device: str = "cpu"
     name: str = ""
+    tricks: dict[str, object] = field(default_factory=dict)  # strong-baseline settings: dotted key -> value
     extra: list[str] = field(default_factory=list)
 
 
@@ -255,7 +256,19 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
         if warmup >= 0:
             out.append(f"train.warmup_epochs={warmup}")
     out += [f"model.backbone={c.backbone}", f"model.pretrained={_quote(c.pretrained)}", f"device={c.device}"]
+    out += trick_overrides(c.tricks, base)
     return out + [x.strip() for x in c.extra if x.strip()]
+
+
+def trick_overrides(tricks: dict[str, object], base: Config) -> list[str]:
+    """``key=value`` for the strong-baseline settings that differ from the base config (the others stay
+    implicit, so a paper config with every trick off launches exactly as written)."""
+    out = []
+    for key, value in tricks.items():
+        section, name = key.split(".")
+        if getattr(getattr(base, section), name) != value:
+            out.append(f"{key}={_quote(value) if isinstance(value, str) else str(value).lower()}")
+    return out
 
 
 def parse_extra(text: str) -> list[str]:

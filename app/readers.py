@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from cpl.atomic import read_jsonl
+from cpl.config import tricks_of
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
 from cpl.runs.status import read_status
 
@@ -192,6 +193,13 @@ def weights_label(facts: dict) -> str:
     return f"ImageNet ({w['source']})" if w.get("pretrained") else "random init"
 
 
+def tricks_label(run: RunDir) -> str:
+    """The strong-baseline tricks a run's config switches on (``bnneck, triplet, ...``), ``none`` for the
+    papers' setup, ``?`` when its config does not parse."""
+    names = tricks_of(config(run))
+    return "?" if names is None else ", ".join(names) or "none"
+
+
 def runs_table(runs_root: Path) -> pd.DataFrame:
     """One row per run: id, state, stage, progress, ETA, device, method, metrics. Live (not cached)."""
     rows = []
@@ -203,7 +211,8 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
             "run": run.id, "state": st_.get("state"), "stage": st_.get("stage"),
             "progress": float(st_.get("progress") or 0.0), "eta_s": st_.get("eta_s"), "device": st_.get("device"),
             "method": facts.get("method"), "sweep": facts.get("sweep"), "created": facts.get("created"),
-            "backbone": facts.get("backbone"), "weights": weights_label(facts), "gan": gan_fd_text(run),
+            "backbone": facts.get("backbone"), "weights": weights_label(facts), "tricks": tricks_label(run),
+            "gan": gan_fd_text(run),
             "rank1": res.get("rank1"), "mAP": res.get("mAP"),
             "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
             "message": st_.get("error") or st_.get("message"),

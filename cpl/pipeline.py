@@ -28,7 +28,7 @@ import torch
 from . import config as cfgmod
 from . import faults
 from .atomic import append_jsonl, write_json, write_npy, write_npz, write_text
-from .config import Config
+from .config import Config, tricks
 from .runs.queue import device_slot
 from .runs.rundir import RunDir
 from .runs.status import StatusWriter
@@ -352,7 +352,8 @@ class _Pipeline:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every resume
         try:
             model, self.weights = build_model(cfg.model.backbone, k + (1 if strategy.extra_class else 0),
-                                              cfg.model.dropout, cfg.model.pretrained)
+                                              cfg.model.dropout, cfg.model.pretrained,
+                                              last_stride=cfg.model.last_stride, neck=cfg.model.neck)
         except WeightsNotFound as exc:  # the weights were there at launch and are gone now
             raise RunFailed(str(exc), "install the weights or set model.pretrained=none, then resume") from None
         log.info("model: %s, %s", cfg.model.backbone, self.weights.describe())
@@ -423,8 +424,8 @@ class _Pipeline:
         model = trainer.model
         dt = amp_dtype(cfg, self.device)
         ex = dict(device=self.device, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip, dtype=dt)
-        qf, _ = extract(model, d.query_imgs, **ex)
-        gf, _ = extract(model, d.gallery_imgs, **ex)
+        qf, _ = extract(model, d.query_imgs, retrieval=True, **ex)
+        gf, _ = extract(model, d.gallery_imgs, retrieval=True, **ex)
         faults.point("eval")
         self._stage("eval", 0.3, message="evaluating")
         ds = d.ds
@@ -447,7 +448,8 @@ class _Pipeline:
         results.update(method=cfg.train.method, num_unlabeled=len(d.unl_paths) if strategy.uses_unlabeled else 0,
                        unlabeled_source=d.source, epochs=cfg.train.epochs, train_time_s=self.train_time,
                        device=str(self.device), world_size=self.info.world_size, num_classes=ds.num_classes,
-                       seed=cfg.seed, backbone=cfg.model.backbone, weights=self.weights.to_dict())
+                       seed=cfg.seed, backbone=cfg.model.backbone, weights=self.weights.to_dict(),
+                       tricks=tricks(cfg))
         # Results first (the headline), then the artifacts the inspection pages read.
         write_json(run.results, results)
         write_npz(run.retrieval, **retrieval)
@@ -456,7 +458,7 @@ class _Pipeline:
         tf, _ = extract(model, d.train_imgs[d.keep], **ex)
         uf, ul = (extract(model, d.unl_imgs, with_logits=True, **ex) if len(d.unl_imgs)
                   else (torch.zeros(0, tf.shape[1]), None))
-        centers = trainer.state.centers.float().cpu()
+        centers = trainer.state.centers.detach().float().cpu()
         valid = trainer.state.center_valid.cpu()
         self._check_disk(4 * (len(tf) + len(uf) + len(qf) + len(gf)) * tf.shape[1], "features")
         feat_dir = run.features

@@ -111,6 +111,7 @@ def run_row(run: RunDir) -> dict:
         else f"{unl.get('source')} ({res.get('num_unlabeled', unl.get('num_images'))})",
         "epochs": train.get("epochs"), "λ": train.get("center_weight"), "α": train.get("center_alpha"),
         "backbone": (cfg.get("model") or {}).get("backbone"), "weights": readers.weights_label(readers.run_facts(run)),
+        "tricks": readers.tricks_label(run),
         "seed": cfg.get("seed"),
         "rank-1": res.get("rank1"), "rank-5": res.get("rank5"), "rank-10": res.get("rank10"), "mAP": res.get("mAP"),
         "mINP": res.get("mINP"), "rank-1 RR": rr.get("rank1"), "mAP RR": rr.get("mAP"),

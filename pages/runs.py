@@ -66,7 +66,8 @@ def runs_frame(root) -> pd.DataFrame:
             "progress": rec["progress"], "ETA": charts.duration(rec["eta_s"]) if status.get("state") in ACTIVE else "",
             "device": _text(rec["device"]), "method": _text(rec["method"]),
             "unlabeled": _unlabeled(run, rec["method"]), "backbone": _text(rec["backbone"]),
-            "weights": rec["weights"], "GAN": rec["gan"], "rank-1": rec["rank1"], "mAP": rec["mAP"],
+            "weights": rec["weights"], "tricks": rec["tricks"], "GAN": rec["gan"], "rank-1": rec["rank1"],
+            "mAP": rec["mAP"],
             "rank-1 RR": rec["rr_rank1"], "mAP RR": rec["rr_mAP"], "sweep": _text(rec["sweep"]),
             "created": _when(rec["created"]), "message": _text(rec["message"]),
         })
@@ -79,6 +80,8 @@ def runs_frame(root) -> pd.DataFrame:
 COLUMNS = {
     "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
     "weights": st.column_config.TextColumn("weights", help="what the backbone started from (run.json weights)"),
+    "tricks": st.column_config.TextColumn("tricks", help="strong-baseline (bag of tricks) options the run used; "
+                                          "none = the CPL paper's setup (docs/methods.md)"),
     "GAN": st.column_config.TextColumn("GAN", help="the DCGAN's Fréchet distance to the real images and the "
                                                    "real-vs-real floor (GAN page)"),
     "rank-1": st.column_config.NumberColumn("rank-1", format="%.1f", help="rank-1 accuracy (%), no re-ranking"),
