@@ -160,6 +160,7 @@ def test_lr_warmup_is_linear_from_the_factor_and_then_steps():
     t.lr, t.epochs, t.lr_warmup_epochs, t.lr_warmup_factor, t.lr_milestones = 3.5e-4, 120, 10, 0.01, [40, 70]
     assert lr_at(cfg, 0) == pytest.approx(3.5e-6)
     assert lr_at(cfg, 5) == pytest.approx(3.5e-4 * (0.01 * 0.5 + 0.5))
+    assert lr_at(cfg, 5.5) == pytest.approx(3.5e-4 * (0.01 * 0.45 + 0.55))  # evaluated at every iteration
     assert [lr_at(cfg, e) for e in (10, 39)] == pytest.approx([3.5e-4] * 2)
     assert lr_at(cfg, 40) == pytest.approx(3.5e-5) and lr_at(cfg, 70) == pytest.approx(3.5e-6)
 
@@ -240,7 +241,8 @@ def test_bot_cpl_trains_with_every_trick_and_resumes_bit_identically():
     full, records = _run(cfg)
     iters = [r for r in records if r["type"] == "iter"]
     assert all(r["loss_triplet"] > 0 for r in iters[:2])  # random features violate the margin
-    assert iters[0]["lr"] == pytest.approx(1e-5)  # warm-up epoch: 1 % of lr
+    # the warm-up epoch rises from 1 % of lr at its first iteration to 50.5 % at its second (of 2),
+    assert [r["lr"] for r in iters[:3]] == pytest.approx([1e-5, 5.05e-4, 1e-4])  # then x0.1 at epoch 1
     # BoT's centers start from N(0, 1) and moved; every identity reached one; the GAN images got cosine labels.
     assert bool(full.state.center_valid.all())
     start = torch.randn(4, 512, generator=torch.Generator().manual_seed(0))

@@ -85,9 +85,13 @@ class TrainState:
     history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
 
 
-def lr_at(cfg: Config, epoch: int) -> float:
-    """Backbone learning rate of ``epoch`` (0-based): step decay at the milestones, times BoT's linear warm-up
-    factor (from ``lr_warmup_factor`` at epoch 0 towards 1 at ``lr_warmup_epochs``) during the warm-up."""
+def lr_at(cfg: Config, epoch: float) -> float:
+    """Backbone learning rate at ``epoch`` (0-based; fractional inside an epoch): step decay at the milestones,
+    times the linear warm-up factor (``lr_warmup_factor`` at 0, rising to 1 at ``lr_warmup_epochs``).
+
+    BoT steps the warm-up once per epoch over 10 of 120 epochs; the trainer evaluates it at every iteration
+    (epoch + it/iters), which is the same line sampled finer and keeps a short schedule's one warm-up epoch
+    from being spent at 1 % of the rate."""
     t = cfg.train
     lr = t.lr * t.lr_gamma ** sum(epoch >= m for m in t.lr_milestones)
     if epoch < t.lr_warmup_epochs:
@@ -232,7 +236,7 @@ class Trainer:
             self.train_epoch(self.state.epoch)
         return self.state
 
-    def _set_lr(self, epoch: int) -> float:
+    def _set_lr(self, epoch: float) -> float:
         lr = lr_at(self.cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * (self.cfg.train.classifier_lr_mult if group.get("name") == "classifier" else 1.0)
@@ -268,6 +272,8 @@ class Trainer:
         for it in range(iters):
             if self.hooks.should_stop():
                 raise Stopped(f"stopped at epoch {epoch + 1}, iteration {it}")
+            if epoch < t.lr_warmup_epochs:
+                lr = self._set_lr(epoch + it / iters)
             idx = batches[it]
             params = batch_augmentation(idx, n_l, cfg.augment, h, w, gen)
             b_local = len(idx) // info.world_size
