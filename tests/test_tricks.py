@@ -23,7 +23,7 @@ from cpl.pseudo import STRATEGIES, get_strategy
 def test_pk_sampler_yields_p_identities_of_k_images_plus_unlabeled():
     labels = torch.arange(10).repeat_interleave(torch.tensor([4, 4, 5, 8, 2, 4, 4, 4, 6, 3]))
     n_l = len(labels)
-    batches = sampling.pk_batches(labels, p=3, k=4, n_unlabeled=7, unlabeled_per_batch=5, world_size=1,
+    batches = sampling.pk_batches(labels, p=3, k=4, n_unlabeled=7, unlabeled_per_batch=5,
                                   generator=torch.Generator().manual_seed(0))
     assert len(batches) >= 3
     seen_unlabeled = []
@@ -41,8 +41,11 @@ def test_pk_sampler_yields_p_identities_of_k_images_plus_unlabeled():
 
 def test_pk_batches_are_rank_major_so_each_rank_holds_whole_identities():
     labels = torch.arange(8).repeat_interleave(4)
-    (b, *_) = sampling.pk_batches(labels, p=4, k=4, n_unlabeled=6, unlabeled_per_batch=4, world_size=2,
+    (b, *_) = sampling.pk_batches(labels, p=4, k=4, n_unlabeled=6, unlabeled_per_batch=4,
                                   generator=torch.Generator().manual_seed(1))
+    order = sampling.rank_major(16, 4, 4, 2)
+    assert sorted(order.tolist()) == list(range(20)) and torch.equal(sampling.rank_major(16, 4, 4, 1), torch.arange(20))
+    b = b[order]
     for rank in range(2):
         part = b[rank * 10:(rank + 1) * 10]  # 2 identities x 4 + 2 unlabeled
         pids = labels[part[:8]]

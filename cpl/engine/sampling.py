@@ -31,15 +31,13 @@ def pk_groups(labels: torch.Tensor, k: int, generator: torch.Generator) -> list[
     return groups
 
 
-def pk_batches(labels: torch.Tensor, p: int, k: int, n_unlabeled: int, unlabeled_per_batch: int, world_size: int,
+def pk_batches(labels: torch.Tensor, p: int, k: int, n_unlabeled: int, unlabeled_per_batch: int,
                generator: torch.Generator) -> list[torch.Tensor]:
-    """Global batches of P distinct identities × K images each, plus ``unlabeled_per_batch`` unlabeled images.
+    """Global batches of P distinct identities × K images each, then ``unlabeled_per_batch`` unlabeled images.
 
     Identities are drawn as BoT does: P at random among those with groups left, one group each, until fewer
-    than P remain. Unlabeled images follow one random permutation, restarted when used up. Each batch is laid
-    out rank-major ([ids of rank 0, unlabeled of rank 0, ids of rank 1, ...]) so that every rank's slice holds
-    whole identities (P and unlabeled_per_batch are multiples of ``world_size``; the caller checks).
-    labels [N_l] int64 → list of [P·K + unlabeled_per_batch] int64.
+    than P remain. Unlabeled images follow one random permutation, restarted when used up.
+    labels [N_l] int64 → list of [P·K + unlabeled_per_batch] int64 (the P groups of K in order, then U).
     """
     n_l = len(labels)
     left = pk_groups(labels, k, generator)
@@ -55,18 +53,19 @@ def pk_batches(labels: torch.Tensor, p: int, k: int, n_unlabeled: int, unlabeled
             take = (u_pos + torch.arange(unlabeled_per_batch)) % n_unlabeled
             unl = [u_perm[take]]
             u_pos = (u_pos + unlabeled_per_batch) % n_unlabeled
-        batches.append(_rank_major(ids, unl[0] if unl else torch.zeros(0, dtype=torch.long), world_size))
+        batches.append(torch.cat([*ids, *unl]))
     return batches
 
 
-def _rank_major(id_groups: list[torch.Tensor], unlabeled: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Concatenate identity groups and unlabeled indices so that rank r's contiguous slice holds its
-    P/W identities followed by its share of the unlabeled images."""
-    p_r, u_r = len(id_groups) // world_size, len(unlabeled) // world_size
+def rank_major(num_labeled: int, k: int, num_unlabeled: int, world_size: int) -> torch.Tensor:
+    """Permutation [L + U] int64 of a P×K batch (L = P·K labeled positions, then U unlabeled) so that rank r's
+    contiguous slice holds P/W whole identities followed by U/W unlabeled images (the caller checks that P
+    and U are multiples of W). The identity permutation for one process."""
+    p_r, u_r = num_labeled // k // world_size, num_unlabeled // world_size
     parts = []
     for r in range(world_size):
-        parts.extend(id_groups[r * p_r:(r + 1) * p_r])
-        parts.append(unlabeled[r * u_r:(r + 1) * u_r])
+        parts.append(torch.arange(r * p_r * k, (r + 1) * p_r * k))
+        parts.append(num_labeled + torch.arange(r * u_r, (r + 1) * u_r))
     return torch.cat(parts)
 
 

@@ -220,7 +220,7 @@ class Trainer:
         if t.sampler == "pk":
             n_u = data.num_unlabeled if self.strategy.active(epoch) else 0
             batches = sampling.pk_batches(self.labels.cpu(), t.batch_size // t.pk_instances, t.pk_instances, n_u,
-                                          self.unlabeled_per_batch if n_u else 0, self.info.world_size, gen)
+                                          self.unlabeled_per_batch if n_u else 0, gen)
         else:
             batches = sampling.shuffled_batches(self.num_train_images(epoch), t.batch_size, gen)
         cap = t.max_iters_per_epoch
@@ -276,6 +276,11 @@ class Trainer:
                 lr = self._set_lr(epoch + it / iters)
             idx = batches[it]
             params = batch_augmentation(idx, n_l, cfg.augment, h, w, gen)
+            if t.sampler == "pk" and info.enabled:
+                # Each rank's slice must hold whole identities (the triplet term mines within it); the
+                # augmentation stays attached to its image, so the global batch is the same for any world size.
+                order = sampling.rank_major(t.batch_size, t.pk_instances, len(idx) - t.batch_size, info.world_size)
+                idx, params = idx[order], params.take(order)
             b_local = len(idx) // info.world_size
             lo, hi = info.rank * b_local, (info.rank + 1) * b_local
             idx, params = idx[lo:hi], params.slice(lo, hi)
