@@ -400,9 +400,12 @@ class _Pipeline:
             bar = tqdm(total=epochs, initial=trainer.state.epoch, desc=f"train {cfg.train.method}", unit="epoch",
                        bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
         self._stage("train", done0, epochs=epochs, message=f"training {cfg.train.method} on {self.device}")
-        log.info("training %s: %d labeled + %d unlabeled images, %d epochs x %d iterations, batch %d",
-                 cfg.train.method, data.num_labeled, data.num_unlabeled if strategy.uses_unlabeled else 0, epochs,
-                 trainer.iters_per_epoch(), cfg.train.batch_size)
+        t = cfg.train
+        batch = (f"batch {t.batch_size // t.pk_instances} identities x {t.pk_instances} + "
+                 f"{trainer.unlabeled_per_batch} unlabeled" if t.sampler == "pk" else f"batch {t.batch_size}")
+        log.info("training %s: %d labeled + %d unlabeled images, %d epochs x %d iterations, %s", t.method,
+                 data.num_labeled, data.num_unlabeled if strategy.uses_unlabeled else 0, epochs,
+                 trainer.iters_per_epoch(), batch)
         try:
             trainer.fit()
         finally:
