@@ -13,8 +13,9 @@
    (eval_common.py): Market-1501 (3,368 queries x 15,913 gallery) and MSMT17 (11,659 x 82,161), 2048-d.
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` of each step; on a CPU the process's peak resident size so
-far (VmHWM), which only grows. ``--tiny`` shrinks every size (ResNet-18 at 128x64, a 12-identity dataset with
---fast-dev-run's caps, a few hundred queries) so that a test can run all of it on a CPU.
+far (VmHWM), which only grows. ``--tiny`` shrinks every size (ResNet-18 at 128x64 in batches of 8, a
+12-identity dataset with --fast-dev-run's caps and no UMAP, a few hundred queries of 64-d features) so that a
+test can run all of it on a CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import train_throughput as tt
 from eval_common import REPO, market_labels, msmt_labels, peak_rss_mb, synthetic_features
@@ -78,8 +80,8 @@ def throughput(device: torch.device, tiny: bool) -> list[dict]:
     """Our trainer and the bare loop at each AMP setting: img/s (median of repeats) and peak memory (MiB)."""
     out = []
     for amp in ("off", "bf16"):
-        argv = ["--device", str(device), "--amp", amp] + (["--quick", "--repeats", "1", "--iters", "2"] if tiny
-                                                           else ["--repeats", "3"])
+        argv = ["--device", str(device), "--amp", amp] + (["--quick", "--repeats", "1", "--iters", "1", "--batch", "8"]
+                                                           if tiny else ["--repeats", "3"])
         args = tt.parse_args(argv)
         _reset_peak(device)
         res = tt.measure(f"re-ID step, AMP {amp}", tt.reid_setup(args, device), args.repeats)
@@ -127,18 +129,25 @@ def run_report(run_dir: Path, wall_s: float, sets: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------- 3. retrieval
 
 
-def _head(labels: dict, nq: int, ng: int) -> dict:
-    return {k: v[:nq] if k.startswith("q_") else v[:ng] for k, v in labels.items()}
+def _subset(labels: dict, n_ids: int, n_others: int) -> dict:
+    """The queries and gallery images of the first ``n_ids`` query identities, plus ``n_others`` gallery images
+    of other identities (distractors to them): a small case in which every query can have a match."""
+    ids = np.unique(labels["q_pids"])[:n_ids]
+    q = np.isin(labels["q_pids"], ids)
+    g = np.isin(labels["g_pids"], ids)
+    g[np.flatnonzero(~g)[:n_others]] = True
+    return {k: v[q] if k.startswith("q_") else v[g] for k, v in labels.items()}
 
 
 def retrieval_cases(tiny: bool) -> list[tuple[str, dict, int]]:
-    """(name, labels, feature size) of each scale; tiny = the first few hundred images of each."""
+    """(name, labels, feature size) of each scale; tiny = a few hundred queries and a couple of thousand gallery
+    images of each."""
     market = market_labels()[0]
     market = {**market, "g_pids": market["g_pids"][market["g_pids"] != -1],  # 15,913: without junk, as loaded
               "g_camids": market["g_camids"][market["g_pids"] != -1]}
     msmt = msmt_labels()
     if tiny:
-        return [("Market-1501", _head(market, 200, 1200), 64), ("MSMT17", _head(msmt, 300, 2000), 64)]
+        return [("Market-1501", _subset(market, 40, 500), 64), ("MSMT17", _subset(msmt, 60, 400), 64)]
     return [("Market-1501", market, 2048), ("MSMT17", msmt, 2048)]
 
 

@@ -64,4 +64,4 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     md = (tmp_path / "report.md").read_text()
     for heading in ("## Training throughput", "## One CPL run, end to end", "## Evaluation and re-ranking"):
         assert heading in md
-    assert "| train |" in md and "| MSMT17 | 300 x 2,000 |" in md
+    assert "| train |" in md and "| MSMT17 |" in md
