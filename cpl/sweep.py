@@ -295,9 +295,9 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
 
 def where_ran(run: RunDir, status: dict) -> dict:
     """Where a cell ran: ``host`` (its status.json, written by the cell process on its machine) and ``attempts``
-    (how many times a Ray task started it, from placement.json; empty for the local executor)."""
+    (how many times a Ray task started it, from placement.json; None for the local executor)."""
     attempts = len((run.read_json(run.placement.name) or {}).get("attempts") or [])
-    return {"host": status.get("host") or "", "attempts": attempts or ""}
+    return {"host": status.get("host") or "", "attempts": attempts or None}
 
 
 def _epoch_records(run: RunDir) -> list[dict]:

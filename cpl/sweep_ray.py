@@ -3,9 +3,10 @@
     cpl sweep --config F ... --executor ray                  # a local Ray instance on this machine
     cpl sweep --config F ... --executor ray --address auto   # the cluster this node joined (`ray start`)
 
-The driver (this process) prepares every unfinished cell's run directory on the shared runs root, submits
-one task per cell with its resource request (one GPU for a CUDA cell, ``--cpus-per-cell`` CPUs otherwise)
-and gathers the table as cells finish, exactly like the local executor. A task runs ``cpl resume RUN_DIR``
+The driver (this process) submits one task per unfinished cell with its resource request (one GPU for a
+CUDA cell, ``--cpus-per-cell`` CPUs otherwise) and gathers the table as cells finish, exactly like the local
+executor. A task creates the cell's run directory on the shared runs root when it starts (so cells Ray has not
+started yet read as pending, as with the local executor) and runs ``cpl resume RUN_DIR``
 (:func:`cpl.sweep.cell_argv`) as a child process on whichever node Ray picked, so a cell writes the same files
 wherever it runs; the node's host name lands in the cell's status.json (``host``) and every attempt in its
 ``placement.json``.
@@ -16,6 +17,9 @@ it continues from the cell's last checkpoint. The cell process dies with its wor
 and a retry first waits until the previous attempt's status.json is no longer live, so two attempts never
 write one run directory at once. Requires Linux on the worker nodes and a runs root every node sees at the
 same path (NFS, Lustre, ...).
+
+Cancelling: SIGTERM or SIGINT to the driver (``cpl cancel`` of the sweep, Ctrl-C) cancels the tasks; a running
+cell then stops as under ``cpl cancel`` and records "cancelled", and the sweep does too.
 
 Imports Ray at module level: :mod:`cpl.sweep` imports this module only for ``--executor ray``, after checking
 that Ray is installed. Torch-free.
@@ -113,10 +117,14 @@ def _run_child(argv: list[str], log_path: Path, cwd: str | None) -> int:
 
 
 @ray.remote(max_retries=MAX_RETRIES, retry_exceptions=[CellKilled])
-def run_cell(runs_root: str, run_path: str, log_path: str, cwd: str) -> int:
-    """One cell on a Ray worker: ``cpl resume RUN_DIR`` unless it already finished. Returns its exit code;
-    raises :class:`CellKilled` (retried) when SIGKILL ended it."""
-    run = RunDir(Path(run_path))
+def run_cell(spec: dict, cell: dict, runs_root: str, log_path: str, cwd: str) -> int:
+    """One cell (``cell``: a sweep.json cell of ``spec``) on a Ray worker: its run directory is created on first
+    use, as the local executor does, then ``cpl resume RUN_DIR`` unless it already finished. Returns the exit
+    code; raises :class:`CellKilled` (retried) when SIGKILL ended it."""
+    # ray.cancel raises KeyboardInterrupt here through a simulated SIGINT, which Python drops while SIGINT is
+    # ignored, as it is in a worker of a cluster started from a background job (`ray start ... &`, nohup).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run = prepare_cell(spec, cell, Path(runs_root))
     if cell_state(run) == "finished":  # a retry of an attempt that finished just before its worker died
         return 0
     wait_until_free(run)
@@ -134,11 +142,20 @@ def run_cell(runs_root: str, run_path: str, log_path: str, cwd: str) -> int:
 
 def connect(address: str | None) -> None:
     """Join the cluster at ``address`` ('auto', HOST:PORT or ray://HOST:PORT), or start a local Ray instance on
-    this machine's CPUs/GPUs when None. Cell output goes to the sweep's log.txt, not to this terminal."""
+    this machine's CPUs/GPUs when None. Cell output goes to the sweep's log.txt, not to this terminal.
+
+    ray.init replaces the SIGTERM/SIGINT handlers with ones that exit at once, which would leave the cells to
+    be killed with their owner; the sweep's own handlers (set by run_sweep: cancel the cells, record
+    "cancelled") are put back."""
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    ours = {sig: signal.getsignal(sig) for sig in sigs}
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in ours.items():
+            signal.signal(sig, handler)
 
 
 def cell_resources(device: str, cluster_gpus: float, cpus_per_cell: int) -> dict:
@@ -183,9 +200,8 @@ def run_cells(spec: dict, folder: Path, runs_root: Path, status: StatusWriter, s
                                    int(executor.get("cpus_per_cell") or 1))
         cells = spec["cells"]
         todo = [c for c in cells if cell_state(RunDir(runs_root / c["run_id"])) != "finished"]
-        pending = [run_cell.options(**resources).remote(str(runs_root), str(prepare_cell(spec, c, runs_root).path),
-                                                        str((folder / "log.txt").resolve()), os.getcwd())
-                   for c in todo]
+        log = str((folder / "log.txt").resolve())
+        pending = [run_cell.options(**resources).remote(spec, c, str(runs_root), log, os.getcwd()) for c in todo]
         done, failed = len(cells) - len(todo), 0
         while pending:
             status.update(epoch=done, progress=done / len(cells),

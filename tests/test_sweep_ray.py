@@ -199,3 +199,40 @@ def test_a_worker_killed_mid_cell_is_retried_from_its_checkpoint(local_sweep, tm
     epochs = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs if r["type"] == "epoch"] == [0, 1]  # resumed after epoch 0, not from scratch
     assert _table(root) == _table(local_sweep)
+
+
+def _pending_signal(pid: int, sig: int) -> bool:
+    """Whether ``sig`` waits, undelivered, for the (stopped) process ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_to_the_driver_cancels_the_cells(tmp_path):
+    root, marker = tmp_path / "ray", tmp_path / "fault-fired"
+    # Frozen after its first training iteration: five iterations are left in which to see the stop request.
+    workers = _env(CPL_FAULT="stop:train:epoch=0:iter=0", CPL_FAULT_ONCE=str(marker))
+    with ray_cluster(workers) as address:
+        sweep = subprocess.Popen(_sweep_argv(root, "--executor", "ray", "--address", address), cwd=REPO, env=_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            pid = _wait(lambda: _frozen_pid(marker), "a cell to freeze at the fault point")
+            sweep.send_signal(signal.SIGTERM)  # what `cpl cancel SWEEP` sends
+            # The driver cancels the task, the task passes SIGTERM on to its cell: once it is pending at the frozen
+            # cell, let the cell go on; it stops at its next iteration.
+            _wait(lambda: _pending_signal(pid, signal.SIGTERM), "SIGTERM to reach the cell", timeout_s=120)
+            os.kill(pid, signal.SIGCONT)
+            _, err = sweep.communicate(timeout=300)
+        finally:
+            sweep.kill()
+    assert sweep.returncode == 0, err[-3000:]
+    cell = next(p for p in root.iterdir() if (p / "status.json").is_file()
+                and json.loads((p / "status.json").read_text())["pid"] == pid)
+    assert _state(cell) == "cancelled"
+    assert json.loads((root / "sweeps" / "grid" / "status.json").read_text())["state"] == "cancelled"
+    # Nothing is left running: every other cell finished, was cancelled too, or never started (no run directory).
+    others = [_state(root / c) if (root / c / "status.json").is_file() else "pending" for c in CELLS if c != cell.name]
+    assert set(others) <= {"finished", "cancelled", "pending"} and "pending" in others
