@@ -41,6 +41,7 @@ def test_train_throughput_quick_on_cpu(capsys):
 GPU_CHECK = BENCH.parent / "gpu_check.sh"
 
 
+@pytest.mark.slow  # about a minute
 @pytest.mark.timeout(600)
 def test_gpu_check_tiny_on_cpu(tmp_path):
     """The GPU check's CPU form runs every step and writes both reports with positive numbers."""
