@@ -23,7 +23,7 @@ from cpl.data.check import CheckReport
 from cpl.data.market import SPLIT_FOLDERS
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
-from cpl.sweep import create_sweep
+from cpl.sweep import create_sweep, executor_argv
 
 from .safety import safe_data_dir
 
@@ -297,12 +297,14 @@ def launch_run(cfg: Config, runs_root: Path, nproc: int, argv: list[str]) -> tup
 
 
 def sweep_argv(runs_root: Path, spec: dict) -> list[str]:
-    """``cpl sweep`` for a sweep folder's ``sweep.json``: starts it, or resumes it (finished cells are skipped)."""
+    """``cpl sweep`` for a sweep folder's ``sweep.json``: starts it, or resumes it (finished cells are skipped),
+    with the executor it last ran with (local, or Ray and its cluster address)."""
     args = ["--runs-root", str(runs_root), "sweep", "--config", str(spec["config_path"]),
             "--methods", ",".join(spec["methods"]), "--gan-images", ",".join(map(str, spec["gan_images"])),
             "--seeds", ",".join(map(str, spec["seeds"])), "--sweep-id", str(spec["id"])]
     for o in spec.get("overrides") or []:
         args += ["--set", str(o)]
+    args += executor_argv(spec.get("executor"))
     return cpl_command(*args, *(["--fast-dev-run"] if spec.get("fast_dev_run") else []))
 
 

@@ -21,6 +21,7 @@ from cpl.atomic import read_jsonl
 from cpl.config import tricks_of
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
 from cpl.runs.status import read_status
+from cpl.sweep import where_ran
 
 from .safety import safe_file
 
@@ -210,7 +211,8 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
         rows.append({
             "run": run.id, "state": st_.get("state"), "stage": st_.get("stage"),
             "progress": float(st_.get("progress") or 0.0), "eta_s": st_.get("eta_s"), "device": st_.get("device"),
-            "method": facts.get("method"), "sweep": facts.get("sweep"), "created": facts.get("created"),
+            "host": st_.get("host"), "method": facts.get("method"), "sweep": facts.get("sweep"),
+            "created": facts.get("created"),
             "backbone": facts.get("backbone"), "weights": weights_label(facts), "tricks": tricks_label(run),
             "gan": gan_fd_text(run),
             "rank1": res.get("rank1"), "mAP": res.get("mAP"),
@@ -233,8 +235,17 @@ def sweep_spec(folder: Path) -> dict:
     return read_json(folder / "sweep.json") or {}
 
 
+def executor_label(spec: dict) -> str:
+    """Where a sweep's cells run (sweep.json ``executor``): this machine, or a Ray cluster and its address."""
+    ex = spec.get("executor") or {}
+    if ex.get("kind") != "ray":
+        return "cells one after the other on this machine"
+    return f"cells as Ray tasks on {ex.get('address') or 'a local Ray instance'}"
+
+
 def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
-    """One row per cell of a sweep: method, GAN images, seed, run id, live state, and its metrics when finished."""
+    """One row per cell of a sweep: method, GAN images, seed, run id, live state, where it ran (host; attempts
+    of a Ray cell), and its metrics when finished."""
     rows = []
     for c in sweep_spec(folder).get("cells", []):
         run = RunDir(runs_root / c["run_id"])
@@ -243,7 +254,7 @@ def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
         res = (results(run) or {}) if present else {}
         rows.append({"run": c["run_id"], "method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"],
                      "weights": weights_label(run_facts(run)) if present else "", "state": st_.get("state"),
-                     "progress": float(st_.get("progress") or 0.0),
+                     **where_ran(run, st_), "progress": float(st_.get("progress") or 0.0),
                      "rank1": res.get("rank1"), "mAP": res.get("mAP"),
                      "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
                      "error": st_.get("error")})

@@ -1,9 +1,17 @@
-"""Deterministic fault injection for tests: SIGKILL this process at a named point of a run.
+"""Deterministic fault injection for tests: SIGKILL (or freeze) this process at a named point of a run.
 
 Off unless ``CPL_FAULT`` is set (read once, at the first point reached). Its form is
-``kill:<point>[:key=value[:key=value...]]``, e.g. ``CPL_FAULT=kill:train:epoch=1:iter=2``: the process kills
-itself with SIGKILL (no cleanup, no atexit, exactly like the OOM killer or a power cut) the first time it
-reaches ``<point>`` with every given key equal to the value passed there. Points (docs/reliability.md):
+``<action>:<point>[:key=value[:key=value...]]``, e.g. ``CPL_FAULT=kill:train:epoch=1:iter=2``: the first time
+the process reaches ``<point>`` with every given key equal to the value passed there, it
+
+* ``kill``: kills itself with SIGKILL (no cleanup, no atexit, exactly like the OOM killer or a power cut);
+* ``stop``: stops itself with SIGSTOP (frozen, heartbeat thread included) so that a test can act on it or on
+  its parent at a known point of the run, with no race against the machine's speed.
+
+With ``CPL_FAULT_ONCE=PATH`` the fault fires only in the process that creates ``PATH`` first (it writes its
+pid there): of several runs sharing one environment (the cells of a sweep, a retried cell), exactly one is hit.
+
+Points (docs/reliability.md):
 
 ======================  =================================================================
 ``data``                dataset loaded and decoded, before the unlabeled images
@@ -26,34 +34,51 @@ import os
 import signal
 
 POINTS = ("data", "gan-train", "gan-sample", "train", "train-end", "eval", "rerank", "umap", "results")
+ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
 _UNREAD = object()
 _spec: object = _UNREAD
 
 
-def parse(text: str) -> tuple[str, dict[str, str]] | None:
-    """``'kill:train:epoch=1:iter=2'`` → ``('train', {'epoch': '1', 'iter': '2'})``; '' → None."""
+def parse(text: str) -> tuple[str, str, dict[str, str]] | None:
+    """``'kill:train:epoch=1:iter=2'`` → ``('kill', 'train', {'epoch': '1', 'iter': '2'})``; '' → None."""
     if not text:
         return None
     parts = text.split(":")
-    if len(parts) < 2 or parts[0] != "kill" or parts[1] not in POINTS:
-        raise ValueError(f"CPL_FAULT: expected kill:<point>[:key=value...] with a point from {', '.join(POINTS)}, "
-                         f"got {text!r}")
+    if len(parts) < 2 or parts[0] not in ACTIONS or parts[1] not in POINTS:
+        raise ValueError(f"CPL_FAULT: expected kill|stop:<point>[:key=value...] with a point from "
+                         f"{', '.join(POINTS)}, got {text!r}")
     conds = {}
     for item in parts[2:]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"CPL_FAULT: {item!r} is not key=value")
         conds[key] = value
-    return parts[1], conds
+    return parts[0], parts[1], conds
+
+
+def _claim(marker: str) -> bool:
+    """Whether this process is the first to reach the fault under ``CPL_FAULT_ONCE`` (creates ``marker``)."""
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return True
 
 
 def point(name: str, **where: object) -> None:
-    """Mark fault point ``name`` (one of :data:`POINTS`); kills the process when ``CPL_FAULT`` selects it."""
+    """Mark fault point ``name`` (one of :data:`POINTS`); kills or stops the process when ``CPL_FAULT`` selects
+    it."""
     global _spec
     if _spec is _UNREAD:
         _spec = parse(os.environ.get("CPL_FAULT", ""))
     if _spec is None:
         return
-    target, conds = _spec  # type: ignore[misc]
-    if target == name and all(str(where.get(k)) == v for k, v in conds.items()):
-        os.kill(os.getpid(), signal.SIGKILL)
+    action, target, conds = _spec  # type: ignore[misc]
+    if target != name or not all(str(where.get(k)) == v for k, v in conds.items()):
+        return
+    marker = os.environ.get("CPL_FAULT_ONCE")
+    if marker and not _claim(marker):
+        return
+    os.kill(os.getpid(), ACTIONS[action])

@@ -29,7 +29,7 @@ from . import config as cfgmod
 from . import faults
 from .atomic import append_jsonl, write_json, write_npy, write_npz, write_text
 from .config import Config, tricks
-from .runs.queue import device_slot
+from .runs.queue import device_slot, scheduled
 from .runs.rundir import RunDir
 from .runs.status import StatusWriter
 
@@ -110,7 +110,7 @@ def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = Fals
         device = dist.resolve_device(cfg.device, info)
         status.update(device=str(device) if not info.enabled else f"{device.type} x{info.world_size}")
         with ExitStack() as stack:
-            if info.is_main and not info.enabled:
+            if info.is_main and not info.enabled and not scheduled():
                 stack.enter_context(device_slot(
                     run.runs_root, str(device),
                     on_wait=lambda: status.update(state="queued", message=f"waiting for {device} (another run)"),
@@ -186,9 +186,11 @@ class _Pipeline:
         for s in stages:
             self.base[s] = (acc / total, _STAGE_WEIGHT[s] / total)
             acc += _STAGE_WEIGHT[s]
+        self.entered: dict[str, float] = {}  # stage -> unix time this process entered it (stage_times_s)
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, stage: str, frac: float = 0.0, **extra) -> None:
+        self.entered.setdefault(stage, time.time())
         start, width = self.base.get(stage, (0.0, 0.0))
         self.status.update(stage=stage, progress=min(1.0, start + width * frac), **extra)
 
@@ -215,7 +217,9 @@ class _Pipeline:
         results = self._evaluate(data, trainer, strategy)
         if not self.info.is_main:  # rank 0 evaluates and writes; the others are done after training
             return {}
-        results["total_time_s"] = time.time() - t_start
+        end = time.time()
+        results["total_time_s"] = end - t_start
+        results["stage_times_s"] = stage_durations(self.entered, end)
         write_json(self.run.results, results)
         return results
 
@@ -563,6 +567,13 @@ def _state_bytes(state: dict) -> int:
         elif isinstance(v, dict):
             total += _state_bytes(v)
     return total
+
+
+def stage_durations(entered: dict[str, float], end: float) -> dict[str, float]:
+    """Seconds spent in each stage: from entering it (unix time) to entering the next one, the last to ``end``.
+    ``entered`` is in the order the stages ran."""
+    times = [*entered.values(), end]
+    return {stage: times[i + 1] - t for i, (stage, t) in enumerate(entered.items())}
 
 
 def summary_line(results: dict) -> str:

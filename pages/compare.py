@@ -47,7 +47,8 @@ def sweep_section(root) -> None:
     agg = readers.csv_file(folder / "results.csv")
     cells = readers.csv_file(folder / "runs.csv")
     done = int((cells["state"] == "finished").sum()) if "state" in cells else 0
-    st.caption(f"{charts.state_label(status)} · {done}/{len(spec.get('cells', []))} cells finished · mean ± std over "
+    st.caption(f"{charts.state_label(status)} · {done}/{len(spec.get('cells', []))} cells finished · "
+               f"{readers.executor_label(spec)} · mean ± std over "
                f"seeds {', '.join(map(str, spec.get('seeds', [])))} · rank-1 and mAP in percent"
                + (" · fast dev run: numbers only show the pipeline works" if spec.get("fast_dev_run") else ""))
     if agg.empty:

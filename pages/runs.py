@@ -64,7 +64,7 @@ def runs_frame(root) -> pd.DataFrame:
         rows.append({
             "run": rec["run"], "state": charts.state_label(status), "stage": _text(rec["stage"]),
             "progress": rec["progress"], "ETA": charts.duration(rec["eta_s"]) if status.get("state") in ACTIVE else "",
-            "device": _text(rec["device"]), "method": _text(rec["method"]),
+            "device": _text(rec["device"]), "host": _text(rec["host"]), "method": _text(rec["method"]),
             "unlabeled": _unlabeled(run, rec["method"]), "backbone": _text(rec["backbone"]),
             "weights": rec["weights"], "tricks": rec["tricks"], "GAN": rec["gan"], "rank-1": rec["rank1"],
             "mAP": rec["mAP"],
@@ -89,6 +89,9 @@ COLUMNS = {
     "rank-1 RR": st.column_config.NumberColumn("rank-1 RR", format="%.1f", help="with k-reciprocal re-ranking"),
     "mAP RR": st.column_config.NumberColumn("mAP RR", format="%.1f", help="with k-reciprocal re-ranking"),
     "message": st.column_config.TextColumn("message", width="large"),
+    "host": st.column_config.TextColumn("host", help="the machine the run's process ran on (status.json)"),
+    "attempts": st.column_config.NumberColumn("attempts", help="Ray sweep cells: how many times a Ray task started "
+                                                               "the cell (a retry resumes from its last checkpoint)"),
 }
 
 
@@ -331,7 +334,7 @@ def sweep_body(root, folder, status: dict, cells: pd.DataFrame) -> None:
     spec = readers.sweep_spec(folder)
     st.caption(f"methods {', '.join(spec.get('methods', []))} · unlabeled images "
                f"{', '.join(map(str, spec.get('gan_images', [])))} · seeds {', '.join(map(str, spec.get('seeds', [])))}"
-               + (" · fast dev run" if spec.get("fast_dev_run") else ""))
+               f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
     progress = min(max(float(status.get("progress") or 0.0), 0.0), 1.0)
     st.progress(progress, text=status.get("message") or "")
     if status.get("state") == "failed" and status.get("error"):

@@ -3,6 +3,11 @@
 A run takes ``<runs root>/_locks/<device>.lock`` with ``fcntl.flock`` before its heavy stages and holds
 it until it ends; a second run for the same device blocks (its status says ``queued``). The kernel
 drops the lock when the process dies, however it dies, so a crashed run never blocks the queue.
+
+A run started by a cluster scheduler (a sweep cell on Ray, ``cpl/sweep_ray.py``) skips the lock: the scheduler
+already gave it its device (Ray sets ``CUDA_VISIBLE_DEVICES`` per task, so every such run sees ``cuda:0``, and
+the runs root is shared by all nodes), and a lock on it would serialise the whole cluster. The scheduler says so
+with ``CPL_SCHEDULER=<name>`` in the run's environment.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .rundir import LOCKS_DIR
+
+SCHEDULER_ENV = "CPL_SCHEDULER"
+
+
+def scheduled() -> bool:
+    """Whether a cluster scheduler placed this process on its device (``CPL_SCHEDULER`` set): no device lock."""
+    return bool(os.environ.get(SCHEDULER_ENV))
 
 
 def lock_name(device: str) -> str:
