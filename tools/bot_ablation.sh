@@ -13,7 +13,7 @@ declare -A off=(
   [no-bnneck]="model.neck=none"
   [no-warmup]="train.lr_warmup_epochs=0"
 )
-for name in no-triplet no-erasing no-smoothing stride-2 no-bnneck no-warmup; do
+for name in no-triplet no-bnneck no-erasing stride-2 no-smoothing no-warmup; do
   sets=(--set "data.root=$root" --set "seed=$seed" --set eval.umap=false)
   for kv in ${off[$name]}; do sets+=(--set "$kv"); done
   run="runs/bot-ablation-$name-s$seed"
