@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-trick-off ablation of the CPU-sized strong baseline (configs/cuhk01-bot.yaml, method baseline, one seed),
 # and two controls on the paper's config (configs/cuhk01.yaml): its schedule shortened to the BoT config's 5
-# epochs, and its batches drawn by the P x K sampler. Which trick or setting costs or buys what at this budget.
+# epochs, and its batches drawn by the P x K sampler; and K = 2 (every CUHK01 identity in two batches an epoch
+# instead of one). Which trick or setting costs or buys what at this budget.
 # Usage: tools/bot_ablation.sh DATA_ROOT [SEED [NAME ...]]   (default: every variant, in the order below)
 # Each run is an ordinary run directory runs/bot-ablation-<name>-s<seed>; docs/results.md tabulates them.
 set -euo pipefail
@@ -17,9 +18,10 @@ declare -A sets=(
   [no-warmup]="train.lr_warmup_epochs=0"
   [paper-5-epochs]="train.epochs=5 train.lr_milestones=[4]"
   [paper-pk]="train.sampler=pk"
+  [k2]="train.pk_instances=2"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(no-triplet no-bnneck no-erasing stride-2 no-smoothing no-warmup paper-5-epochs paper-pk)
+[ ${#names[@]} -gt 0 ] || names=(no-triplet no-bnneck no-erasing stride-2 no-smoothing no-warmup paper-5-epochs paper-pk k2)
 for name in "${names[@]}"; do
   config=configs/cuhk01-bot.yaml
   [[ $name == paper-* ]] && config=configs/cuhk01.yaml
