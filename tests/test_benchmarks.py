@@ -11,6 +11,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
@@ -21,6 +23,7 @@ def _load():
     return module
 
 
+@pytest.mark.slow  # ~50 s: two training loops timed; the engine has its own fast tests
 def test_train_throughput_quick_on_cpu(capsys):
     out = _load().main(["--quick", "--device", "cpu", "--repeats", "1", "--gan-steps", "1"])
     printed = capsys.readouterr().out

@@ -3,6 +3,9 @@
 It launches a tiny run from the Launch page, watches it finish on the Runs page, opens the GAN, Embedding
 and Retrieval pages for it and checks what they show against the files the run wrote, checks the ✓/✗
 marks of a holdout run, and tries hostile query strings. Screenshots go to ``test-artifacts/``.
+
+Tiers: the holdout-marks test is the default tier's browser smoke test (the server, the entry script's routing,
+a page with images); launching a run and the hostile query strings are in the slow tier (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ HOSTILE = ["/?run=..%2F..%2Fetc%2Fpasswd", "/gan?run=%2e%2e", "/embedding?run=%2
            "/retrieval?run=r1%00", "/compare?run=..&run2=%2Fetc&sweep=..%2F..%2Fetc", "/gan?run=_cache"]
 
 
+@pytest.mark.slow  # six page loads; every page refuses them in its AppTest too
 def test_hostile_query_strings_are_refused(page: Page, server: str) -> None:
     # the first request of a fresh server goes to a page URL, not "/": the entry script must still route it
     for path in HOSTILE:
@@ -122,6 +126,7 @@ def test_hostile_query_strings_are_refused(page: Page, server: str) -> None:
     _shot(page, "hostile-query.png")
 
 
+@pytest.mark.slow  # trains a run inside the browser test (~45 s)
 def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> None:
     _open(page, server, "/launch")
     page.get_by_text("Fast dev run", exact=True).click()

@@ -101,6 +101,7 @@ def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # three processes train two runs (~30 s); sharding is tested exactly in-process
 @pytest.mark.timeout(900)
 def test_torchrun_two_gloo_processes_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CPL_RUNS_ROOT": str(tmp_path)}

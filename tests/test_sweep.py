@@ -59,6 +59,7 @@ def test_reference_cells_drop_the_unlabeled_knobs():
     assert (cpl.train.warmup_epochs, cpl.unlabeled.num_images, cpl.seed) == (2, 100, 1)
 
 
+@pytest.mark.slow  # two cells trained (~40 s); the app fixtures run a sweep in the default tier
 def test_tiny_sweep_end_to_end_and_resumable(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "sweep", "--config", "configs/synthetic.yaml",
