@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from . import faults
 from .atomic import write_json, write_text
 from .backbones import resolve as resolve_weights
 from .config import METHODS, ConfigError, fast_dev_run, from_dict, load_config, to_dict
@@ -157,6 +158,7 @@ def run_sweep(folder: Path, runs_root: Path) -> int:
         for i, c in enumerate(spec["cells"]):
             if stop.is_set():
                 break
+            faults.point("sweep", cell=i)  # between cells: the previous one finished and its tables are written
             cell = Cell(c["method"], c["gan_images"], c["seed"])
             run = RunDir(runs_root / c["run_id"])
             state = read_status(run).get("state") if run.run_json.is_file() else None
