@@ -72,7 +72,8 @@ class StatusWriter:
             "state": "queued", "stage": "queued", "epoch": 0, "epochs": previous.get("epochs"),
             "iter": 0, "iters": None, "progress": previous.get("progress", 0.0), "eta_s": None,
             "pid": pid, "pgid": os.getpgid(pid), "proc_start": proc_start_time(pid), "host": socket.gethostname(),
-            "device": None, "heartbeat": time.time(), "started": time.time(), "updated": time.time(),
+            "device": None, "devices": None, "waiting_for": None,
+            "heartbeat": time.time(), "started": time.time(), "updated": time.time(),
             "finished": None, "error": None, "hint": None, "message": "",
         }
 
