@@ -145,6 +145,7 @@ def run_sweep(folder: Path, runs_root: Path) -> int:
     """Run every unfinished cell in order, then write the tables. Returns the number of failed cells."""
     spec = yaml.safe_load((folder / "sweep.json").read_text())
     sweep_run = RunDir(folder)  # reuses the status writer: a sweep has a status.json like a run
+    sweep_run.remove_stale_temp_files()  # a killed sweep's heartbeat may have died inside a status.json write
     status = StatusWriter(sweep_run)
     status.update(state="running", stage="train", epoch=0, epochs=len(spec["cells"]), message="starting")
     status.start_heartbeat()
