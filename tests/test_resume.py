@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# --fast-dev-run applies after --set (cpl.config.fast_dev_run): 2 training epochs of 3 iterations, one DCGAN
+# epoch of 2 steps, whatever the overrides say about those.
 SETTINGS = ["--config", "configs/synthetic.yaml", "--fast-dev-run", "--set", "eval.umap=false",
-            "--set", "train.max_iters_per_epoch=5", "--set", "gan.max_steps_per_epoch=6", "--set", "gan.epochs=3",
-            "--set", "gan.batch_size=16", "--set", "unlabeled.num_images=48", "--set", "data.synthetic.ids=12"]
+            "--set", "unlabeled.num_images=48", "--set", "data.synthetic.ids=12"]
 
 
 def _env(fault: str = "") -> dict:
