@@ -2,21 +2,26 @@
 
 It launches a tiny run from the Launch page, watches it finish on the Runs page, opens the GAN, Embedding
 and Retrieval pages for it and checks what they show against the files the run wrote, checks the ✓/✗
-marks of a holdout run, and tries hostile query strings. Screenshots go to ``test-artifacts/``.
+marks of a holdout run, and tries hostile query strings; on the messy runs folder (tests/messy_runs.py) the
+Runs page marks the damaged runs and no page shows an exception. Screenshots go to ``test-artifacts/``.
 
 Tiers: the holdout-marks test is the default tier's browser smoke test (the server, the entry script's routing,
-a page with images); launching a run and the hostile query strings are in the slow tier (`make test-slow`).
+a page with images); launching a run, the hostile query strings and the messy runs folder are in the slow tier
+(`make test-slow`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +29,13 @@ import pandas as pd
 import pytest
 from app_fixtures import os_env, wait_for
 
-from cpl.runs.rundir import RunDir
+from cpl.runs.rundir import RunDir, list_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Page, sync_playwright  # noqa: E402 - only when there is a browser
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402 - only when there is a browser
 
 from tools.screenshots import settle  # noqa: E402 - imports playwright too
 
@@ -49,14 +54,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(app_world, app_run: RunDir, app_sweep: Path) -> str:
-    """The app on a free port, reading the fixture world (no demo run)."""
+@contextlib.contextmanager
+def _serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``streamlit run`` on a free localhost port with ``env`` (which runs root it reads); yields its URL."""
     port = _free_port()
-    log = open(app_world.runs_root.parent / "streamlit.log", "wb")
+    log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=REPO, env=os_env(app_world), stdout=log,
-                            stderr=subprocess.STDOUT)
+                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -79,14 +83,33 @@ def server(app_world, app_run: RunDir, app_sweep: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def page(server: str):
+def server(app_world, app_run: RunDir, app_sweep: Path) -> Iterator[str]:
+    """The app on a free port, reading the fixture world (no demo run)."""
+    with _serve(os_env(app_world), app_world.runs_root.parent / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the module; each server gets its own tab."""
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1100})
-        tab.set_default_timeout(60_000)
-        yield tab
-        browser.close()
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _tab(browser: Browser) -> Page:
+    tab = browser.new_page(viewport={"width": 1400, "height": 1100})
+    tab.set_default_timeout(60_000)
+    return tab
+
+
+@pytest.fixture(scope="module")
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    tab = _tab(browser)
+    yield tab
+    tab.close()
 
 
 def _settle(page: Page, timeout_s: float = 60) -> None:
@@ -213,3 +236,29 @@ def test_holdout_marks_right_and_wrong(page: Page, server: str, holdout_run: Run
         assert (m.group(3) == "✓") == (int(row["correct"]) == 1)
     assert any(m.group(3) == "✗" for m in found)  # a 2-epoch network gets some wrong
     _shot(page, "gan-holdout.png")
+
+
+def _shown(page: Page, text: str, where: str) -> str:
+    """The page's text once ``text`` is drawn (a state poll with a generous deadline: the script run may still
+    be going when the page settles), after checking that it shows no exception box and no traceback."""
+    page.get_by_text(text).first.wait_for(timeout=120_000)
+    body = page.inner_text("body")
+    assert page.locator("[data-testid='stException']").count() == 0 and "Traceback" not in body, where
+    return body
+
+
+@pytest.mark.slow  # a second server over 300 run directories
+def test_messy_runs_folder(browser: Browser, messy_root, tmp_path: Path) -> None:
+    env = {**os.environ, "CPL_RUNS_ROOT": str(messy_root.root), "CPL_DATA_ROOTS": str(tmp_path), "CPL_DEMO": "0"}
+    listed = {r.id for r in list_runs(messy_root.root)}
+    with _serve(env, tmp_path / "streamlit.log") as url:
+        tab = _tab(browser)
+        _open(tab, url, "/")
+        _shown(tab, f"{len(messy_root.checkable)} with problems", "runs")
+        _shot(tab, "messy-runs.png")
+        for name in [n for n in messy_root.checkable if n in listed][:3]:
+            _open(tab, url, f"/?run={name}")
+            _shown(tab, "This run directory is damaged", name)
+        _open(tab, url, "/compare")
+        _shown(tab, "Runs side by side", "compare")
+        tab.close()
