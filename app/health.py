@@ -68,7 +68,7 @@ def load_object(path: Path, required: bool) -> tuple[dict | None, Problem | None
     if what == "missing" and not required:
         return None, None
     if what is None and not isinstance(data, dict):
-        what = f"not a JSON object (a {type(data).__name__})"
+        what = f"not a JSON object ({type(data).__name__})"
     return (data, None) if what is None else (None, Problem(path.name, what))
 
 
@@ -91,7 +91,7 @@ def _config(path: str, version: tuple) -> tuple[dict | None, str | None]:
     except (ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return None, "not valid YAML"
     if not isinstance(data, dict):
-        return None, f"not a mapping (a {type(data).__name__})"
+        return None, f"not a mapping ({type(data).__name__})"
     return data, None
 
 
