@@ -261,7 +261,9 @@ def test_ensure_regenerates_a_dataset_of_an_older_generator(tmp_path):
 
 def test_ensure_is_safe_when_two_processes_race(tmp_path):
     root = tmp_path / "ds"
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork copies whatever lock another thread of the test process (Streamlit's, an
+    # AppTest's) holds at that instant, and the child can wait on it forever
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
         paths = pool.starmap(ensure, [(root, 3, 5, 2), (root, 3, 5, 2)])
     assert paths == [root.absolute()] * 2
