@@ -46,6 +46,7 @@ RUN_TIMEOUT_S = 600
 ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 CAPTION = re.compile(r"#(\d+) → pid (-?\d+)(?: (✓|✗))?")
+RANKED = re.compile(r"· d \d")  # a ranked gallery image's caption on the Retrieval page
 
 
 def _free_port() -> int:
@@ -125,11 +126,12 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def _captions(page: Page) -> list[str]:
-    """The image captions of the page, once the first one is drawn (the grid's images arrive after the script
-    run ends, later on a loaded machine)."""
+def _captions(page: Page, count: int = 1, matching: re.Pattern | None = None) -> list[str]:
+    """The image captions of the page, once at least ``count`` of them (of those ``matching``) are drawn: the
+    grid's images arrive after the script run ends, one by one, later on a loaded machine."""
     captions = page.locator("[data-testid='stImageCaption']")
-    captions.first.wait_for(timeout=120_000)  # a state poll with a generous deadline, not a sleep
+    wanted = captions.filter(has_text=matching) if matching else captions
+    wanted.nth(count - 1).wait_for(timeout=120_000)  # a state poll with a generous deadline, not a sleep
     return captions.all_inner_texts()
 
 
@@ -193,8 +195,9 @@ def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> N
     labels = pd.read_csv(run.pseudo_labels)
     assert page.locator("[data-testid='stMetric']", has_text="unlabeled images").first.inner_text().endswith(
         f"{len(labels):,}")
-    found = [m for m in (CAPTION.search(c) for c in _captions(page)) if m]
-    assert len(found) == min(48, len(labels))
+    shown = min(48, len(labels))  # the grid's first page
+    found = [m for m in (CAPTION.search(c) for c in _captions(page, shown, CAPTION)) if m]
+    assert len(found) == shown
     for m in found:
         assert int(labels.loc[int(m.group(1)), "pid"]) == int(m.group(2))
     _shot(page, "gan.png")
@@ -216,7 +219,7 @@ def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> N
     body = page.inner_text("body")
     ap = ret["ap"][0]
     assert ("no valid match" in body) if np.isnan(ap) else (f"AP {100 * ap:.1f}%" in body)
-    ranked = [c for c in _captions(page) if re.search(r"· d \d", c)][:10]
+    ranked = [c for c in _captions(page, 10, RANKED) if RANKED.search(c)][:10]
     dists = [float(re.search(r"· d (\d+\.\d+)", c).group(1)) for c in ranked]
     assert dists == pytest.approx(np.round(ret["dist"][0, :10], 3).tolist(), abs=1e-3)
     query, gallery = pd.read_csv(run.features / "query.csv"), pd.read_csv(run.features / "gallery.csv")
@@ -229,7 +232,7 @@ def test_launch_watch_and_inspect_a_run(page: Page, server: str, app_world) -> N
 def test_holdout_marks_right_and_wrong(page: Page, server: str, holdout_run: RunDir) -> None:
     _open(page, server, f"/gan?run={holdout_run.id}")
     labels = pd.read_csv(holdout_run.pseudo_labels)
-    found = [m for m in (CAPTION.search(c) for c in _captions(page)) if m]
+    found = [m for m in (CAPTION.search(c) for c in _captions(page, min(48, len(labels)), CAPTION)) if m]
     assert found and all(m.group(3) for m in found)  # every assignment is marked
     for m in found:
         row = labels.loc[int(m.group(1))]
