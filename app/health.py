@@ -213,18 +213,17 @@ def artifact_problems(run: RunDir, config: dict, results: dict) -> list[Problem]
 
 def run_problems(run: RunDir) -> list[Problem]:
     """Everything wrong with a listed run directory (one holding a run.json); [] for a healthy one."""
-    facts, problem = load_object(run.run_json, required=True)
-    out = [problem] if problem else []
-    config, problem = load_config(run.config)
-    out += [problem] if problem else []
-    status, problem = load_object(run.status, required=False)
-    out += [problem] if problem else status_problems(status) if status else []
-    finished = bool(status) and status.get("state") == "finished"
-    results, problem = load_object(run.results, required=finished)
-    out += [problem] if problem else results_problems(results) if results else []
-    for path in (run.dataset, run.gan):
-        _, problem = load_object(path, required=False)
-        out += [problem] if problem else []
+    _, run_json = load_object(run.run_json, required=True)
+    config, config_yaml = load_config(run.config)
+    status, status_json = load_object(run.status, required=False)
+    finished = (status or {}).get("state") == "finished"
+    results, results_json = load_object(run.results, required=finished)
+    out = [p for p in (run_json, config_yaml, status_json, results_json) if p]
+    if status is not None:
+        out += status_problems(status)
+    if results is not None:
+        out += results_problems(results)
+    out += [p for p in (load_object(path, required=False)[1] for path in (run.dataset, run.gan)) if p]
     if finished:
         out += artifact_problems(run, config or {}, results or {})
     return out
