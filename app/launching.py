@@ -23,7 +23,7 @@ from cpl.data.check import CheckReport
 from cpl.data.market import SPLIT_FOLDERS
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
-from cpl.sweep import create_sweep
+from cpl.sweep import create_sweep, executor_argv
 
 from .safety import safe_data_dir
 
@@ -225,6 +225,7 @@ class RunChoices:
     seed: int = 0
     device: str = "cpu"
     name: str = ""
+    tricks: dict[str, object] = field(default_factory=dict)  # strong-baseline settings: dotted key -> value
     extra: list[str] = field(default_factory=list)
 
 
@@ -255,7 +256,19 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
         if warmup >= 0:
             out.append(f"train.warmup_epochs={warmup}")
     out += [f"model.backbone={c.backbone}", f"model.pretrained={_quote(c.pretrained)}", f"device={c.device}"]
+    out += trick_overrides(c.tricks, base)
     return out + [x.strip() for x in c.extra if x.strip()]
+
+
+def trick_overrides(tricks: dict[str, object], base: Config) -> list[str]:
+    """``key=value`` for the strong-baseline settings that differ from the base config (the others stay
+    implicit, so a paper config with every trick off launches exactly as written)."""
+    out = []
+    for key, value in tricks.items():
+        section, name = key.split(".")
+        if getattr(getattr(base, section), name) != value:
+            out.append(f"{key}={_quote(value) if isinstance(value, str) else str(value).lower()}")
+    return out
 
 
 def parse_extra(text: str) -> list[str]:
@@ -284,12 +297,14 @@ def launch_run(cfg: Config, runs_root: Path, nproc: int, argv: list[str]) -> tup
 
 
 def sweep_argv(runs_root: Path, spec: dict) -> list[str]:
-    """``cpl sweep`` for a sweep folder's ``sweep.json``: starts it, or resumes it (finished cells are skipped)."""
+    """``cpl sweep`` for a sweep folder's ``sweep.json``: starts it, or resumes it (finished cells are skipped),
+    with the executor it last ran with (local, or Ray and its cluster address)."""
     args = ["--runs-root", str(runs_root), "sweep", "--config", str(spec["config_path"]),
             "--methods", ",".join(spec["methods"]), "--gan-images", ",".join(map(str, spec["gan_images"])),
             "--seeds", ",".join(map(str, spec["seeds"])), "--sweep-id", str(spec["id"])]
     for o in spec.get("overrides") or []:
         args += ["--set", str(o)]
+    args += executor_argv(spec.get("executor"))
     return cpl_command(*args, *(["--fast-dev-run"] if spec.get("fast_dev_run") else []))
 
 

@@ -21,8 +21,10 @@ import streamlit as st
 from PIL import Image
 
 from cpl.atomic import read_jsonl
+from cpl.config import tricks_of
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs, valid_id
 from cpl.runs.status import read_status
+from cpl.sweep import where_ran
 
 from . import health
 from .safety import safe_file
@@ -213,6 +215,13 @@ def text(value) -> str | None:
     return None if value is None else str(value)
 
 
+def tricks_label(run: RunDir) -> str:
+    """The strong-baseline tricks a run's config switches on (``bnneck, triplet, ...``), ``none`` for the
+    papers' setup, ``?`` when its config does not parse."""
+    names = tricks_of(config(run))
+    return "?" if names is None else ", ".join(names) or "none"
+
+
 def runs_table(runs_root: Path) -> pd.DataFrame:
     """One row per run: id, state, stage, progress, ETA, device, method, metrics, and ``problems`` (what is
     wrong with the run directory, :mod:`app.health`; [] for a healthy run). Entries of the runs root that should
@@ -228,9 +237,10 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
         rows.append({
             "run": run.id, "state": text(st_.get("state")), "stage": text(st_.get("stage")),
             "progress": fraction(st_.get("progress")), "eta_s": number(st_.get("eta_s")),
-            "device": text(st_.get("device")), "method": text(facts.get("method")), "sweep": text(facts.get("sweep")),
-            "created": number(facts.get("created")), "backbone": text(facts.get("backbone")),
-            "weights": weights_label(facts), "gan": gan_fd_text(run),
+            "device": text(st_.get("device")), "host": text(st_.get("host")), "method": text(facts.get("method")),
+            "sweep": text(facts.get("sweep")), "created": number(facts.get("created")),
+            "backbone": text(facts.get("backbone")), "weights": weights_label(facts), "tricks": tricks_label(run),
+            "gan": gan_fd_text(run),
             "rank1": number(res.get("rank1")), "mAP": number(res.get("mAP")),
             "rr_rank1": number(rr.get("rank1")), "rr_mAP": number(rr.get("mAP")),
             "message": text(st_.get("error") or st_.get("message")),
@@ -275,8 +285,17 @@ def sweep_cell_specs(folder: Path) -> list[dict]:
             and valid_id(c["run_id"])] if isinstance(cells, list) else []
 
 
+def executor_label(spec: dict) -> str:
+    """Where a sweep's cells run (sweep.json ``executor``): this machine, or a Ray cluster and its address."""
+    ex = as_dict(spec.get("executor"))
+    if ex.get("kind") != "ray":
+        return "cells one after the other on this machine"
+    return f"cells as Ray tasks on {ex.get('address') or 'a local Ray instance'}"
+
+
 def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
-    """One row per cell of a sweep: method, GAN images, seed, run id, live state, and its metrics when finished."""
+    """One row per cell of a sweep: method, GAN images, seed, run id, live state, where it ran (host; attempts
+    of a Ray cell), and its metrics when finished."""
     rows = []
     for c in sweep_cell_specs(folder):
         run = RunDir(runs_root / c["run_id"])
@@ -286,7 +305,7 @@ def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
         rr = as_dict(res.get("rerank"))
         rows.append({"run": c["run_id"], "method": text(c.get("method")), "gan_images": c.get("gan_images"),
                      "seed": c.get("seed"), "weights": weights_label(run_facts(run)) if present else "",
-                     "state": text(st_.get("state")), "progress": fraction(st_.get("progress")),
+                     "state": text(st_.get("state")), **where_ran(run, st_), "progress": fraction(st_.get("progress")),
                      "rank1": number(res.get("rank1")), "mAP": number(res.get("mAP")),
                      "rr_rank1": number(rr.get("rank1")), "rr_mAP": number(rr.get("mAP")),
                      "error": text(st_.get("error"))})

@@ -42,7 +42,7 @@ def reid_setup(args, device):
     cfg.train.batch_size = args.batch
     cfg.train.max_iters_per_epoch = args.iters
     cfg.train.log_every = args.iters  # one metrics record per timed epoch
-    cfg.train.amp = "auto"
+    cfg.train.amp = args.amp
     cfg.augment.random_erasing = 0.5
     k = args.classes
     n_lab = args.batch * args.iters
@@ -155,7 +155,8 @@ def measure(name: str, pair, repeats: int) -> dict:
     return {"ours": o, "bare": b, "ratio": ratios}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's settings (also used by gpu_check.py, which runs :func:`reid_setup` itself)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="CI-sized: ResNet-18, 128x64, batch 16, GAN 64x64")
@@ -169,10 +170,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gan-size", type=int, default=128)
     p.add_argument("--gan-steps", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="torch.compile our network (train.compile=true)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="autocast of both re-ID loops (train.amp; auto = bf16 on CUDA, off on CPU)")
     if p.parse_known_args(argv)[0].quick:  # CI-sized defaults; explicit options still win
         p.set_defaults(backbone="resnet18", height=128, width=64, batch=16, iters=3, repeats=3, gan_size=64,
                        gan_steps=3)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 
 
 METHODS = ("baseline", "center", "cpl", "fapl", "lsro", "onehot", "allinone", "mprl1", "mprl2")
+CENTER_LOSS_METHODS = ("center", "cpl", "fapl")  # Strategy.center_loss (a test ties the two)
 UNLABELED_SOURCES = ("gan", "folder", "holdout", "none")
 
 
@@ -79,13 +80,19 @@ class ModelConfig:
     # none: random init on purpose | download: torchvision fetches the ResNet file | path to a .pth file
     pretrained: str = "auto"
     dropout: float = 0.75
+    # Strong-baseline tricks (Luo et al. 2019, "bag of tricks"); the defaults are the CPL paper's network.
+    last_stride: int = 2  # 1: the last downsampling stage keeps its resolution (feature map 2x taller and wider)
+    neck: str = "none"  # none | bnneck: BN between the pool5 feature (center/triplet) and the classifier (retrieval)
 
 
 @dataclass
 class AugmentConfig:
     flip: bool = True
     pad: int = 10  # pixels of zero padding before the random crop back to height x width
-    random_erasing: float = 0.0  # probability per image
+    random_erasing: float = 0.0  # probability per labeled image
+    # GAN/unlabeled images are not erased by default: their pseudo-label is read off the augmented image's
+    # feature, and a DCGAN sample is already off the data manifold (docs/methods.md).
+    erasing_on_unlabeled: bool = False
 
 
 @dataclass
@@ -98,12 +105,28 @@ class TrainConfig:
     classifier_lr_mult: float = 10.0  # new classifier layer learns at lr * this
     lr_milestones: list[int] = field(default_factory=lambda: [40])
     lr_gamma: float = 0.1
+    # Linear learning-rate warm-up (BoT: from 1 % of lr over the first 10 epochs); 0 = none.
+    lr_warmup_epochs: int = 0
+    lr_warmup_factor: float = 0.01
     momentum: float = 0.9  # SGD momentum (adam: beta1 = 0.9, beta2 = 0.999)
     nesterov: bool = False
     weight_decay: float = 5e-4
     center_weight: float = 1e-4  # lambda of L = CE + lambda * 1/2 sum ||x - c||^2
     center_alpha: float = 0.5  # alpha of the Wen center update
     center_on_unlabeled: bool = False  # FAPL's (c): the center term back-propagates from labeled images only
+    # wen: centers move by Wen's rule with rate center_alpha, loss lambda * 1/2 sum ||x - c||^2 (CPL/FAPL);
+    # sgd: BoT's variant, centers are learned by plain SGD at center_lr on lambda * sum ||x - c||^2, their
+    # gradient rescaled by 1 / lambda, starting from N(0, 1) (reid-strong-baseline: lambda 5e-4, lr 0.5).
+    center_update: str = "wen"
+    center_lr: float = 0.5
+    label_smoothing: float = 0.0  # epsilon on the labeled cross-entropy (BoT: 0.1); pseudo-label targets untouched
+    # shuffle: batches from the shuffled union of labeled and unlabeled images | pk: P identities x K images per
+    # batch (batch_size = P * K labeled images) plus unlabeled images at unlabeled_share of the batch
+    sampler: str = "shuffle"
+    pk_instances: int = 4  # K of the P x K sampler
+    unlabeled_share: float = -1.0  # pk sampler: unlabeled share of each batch; -1 = their share of all images
+    triplet_weight: float = 0.0  # batch-hard triplet loss on the labeled images of a batch (BoT: 1); 0 = off
+    triplet_margin: float = 0.3
     unlabeled_weight: float = -1.0  # loss weight of an unlabeled image; -1 = the method's published default
     # Epochs of labeled-only training (centers still updated) before unlabeled images join; -1 = the method's
     # published default (onehot, mprl2: 40 % of the epochs, LSRO/MpRL's 20 of 50; every other method: 0).
@@ -149,6 +172,27 @@ class Config:
     @property
     def uses_unlabeled(self) -> bool:
         return self.train.method not in ("baseline", "center") and self.unlabeled.source != "none"
+
+
+def tricks_of(data: dict) -> list[str] | None:
+    """:func:`tricks` of a config stored as a nested dict (a run's config.yaml); None when it does not parse.
+    Not validated: a run made by an older version still shows what it used."""
+    if not isinstance(data, dict) or not data:
+        return None
+    try:
+        return tricks(_from_dict(Config, data))
+    except (ConfigError, TypeError):
+        return None
+
+
+def tricks(cfg: Config) -> list[str]:
+    """The strong-baseline tricks ``cfg`` switches on, by short name, in a fixed order ([] = the paper's setup)."""
+    t, m, a = cfg.train, cfg.model, cfg.augment
+    on = [("lr-warmup", t.lr_warmup_epochs > 0), ("erasing", a.random_erasing > 0),
+          ("label-smoothing", t.label_smoothing > 0), ("last-stride-1", m.last_stride == 1),
+          ("bnneck", m.neck == "bnneck"), ("pk-sampler", t.sampler == "pk"), ("triplet", t.triplet_weight > 0),
+          ("sgd-centers", t.center_update == "sgd")]
+    return [name for name, used in on if used]
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,11 +326,16 @@ def validate(cfg: Config) -> None:
     _check(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}", m.backbone)
     _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
     _check(bool(m.pretrained), "model.pretrained", "must be auto, none, download or a weights file", m.pretrained)
+    _check(m.last_stride in (1, 2), "model.last_stride", "must be 1 or 2", m.last_stride)
+    _check(m.neck in ("none", "bnneck"), "model.neck", "must be none or bnneck", m.neck)
 
     a = c.augment
     _check(a.pad >= 0, "augment.pad", "must be >= 0", a.pad)
     _check(0.0 <= a.random_erasing <= 1.0, "augment.random_erasing", "must be a probability in [0, 1]",
            a.random_erasing)
+    if a.erasing_on_unlabeled:
+        _check(a.random_erasing > 0 and c.uses_unlabeled, "augment.erasing_on_unlabeled",
+               "has no effect without augment.random_erasing > 0 and unlabeled images to train on", True)
 
     t = c.train
     _check(t.method in METHODS, "train.method", f"must be one of {', '.join(METHODS)}", t.method)
@@ -317,6 +366,7 @@ def validate(cfg: Config) -> None:
                    f"{c.unlabeled.source}); leave it at {default}", value)
     _check(t.fapl_temperature > 0, "train.fapl_temperature", "must be > 0", t.fapl_temperature)
     _check(t.amp in ("auto", "bf16", "fp16", "off"), "train.amp", "must be auto, bf16, fp16 or off", t.amp)
+    _validate_tricks(c)
     _check(t.max_iters_per_epoch >= 0, "train.max_iters_per_epoch", "must be >= 0", t.max_iters_per_epoch)
     _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)
 
@@ -329,6 +379,54 @@ def validate(cfg: Config) -> None:
     _check(0 <= e.umap_min_dist <= 1, "eval.umap_min_dist", "must be in [0, 1]", e.umap_min_dist)
     _check(e.umap_max_points >= 100, "eval.umap_max_points", "must be >= 100", e.umap_max_points)
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1", e.batch_size)
+
+
+def _refuse_unused(key: str, value: Any, default: Any, why: str) -> None:
+    """A setting its code path cannot use is refused by name (``why`` completes "has no effect ...")."""
+    _check(value == default, key, f"has no effect {why}; leave it at {default}", value)
+
+
+def _validate_tricks(c: Config) -> None:
+    """The strong-baseline options: ranges, and refusal of a knob whose trick is off."""
+    t = c.train
+    _check(0 <= t.lr_warmup_epochs <= t.epochs, "train.lr_warmup_epochs", f"must be in [0, train.epochs = {t.epochs}]",
+           t.lr_warmup_epochs)
+    _check(0 < t.lr_warmup_factor <= 1, "train.lr_warmup_factor", "must be in (0, 1]", t.lr_warmup_factor)
+    if t.lr_warmup_epochs == 0:
+        _refuse_unused("train.lr_warmup_factor", t.lr_warmup_factor, 0.01, "without train.lr_warmup_epochs > 0")
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)", t.label_smoothing)
+    _check(t.center_update in ("wen", "sgd"), "train.center_update", "must be wen or sgd", t.center_update)
+    _check(t.center_lr > 0, "train.center_lr", "must be > 0", t.center_lr)
+    if t.center_update == "wen":
+        _refuse_unused("train.center_lr", t.center_lr, 0.5, "with train.center_update=wen (its rate is center_alpha)")
+    else:
+        _check(t.method in CENTER_LOSS_METHODS and t.center_weight > 0, "train.center_update",
+               f"sgd learns the centers through the center loss, which method {t.method} with center_weight "
+               f"{t.center_weight} does not train; use one of {', '.join(CENTER_LOSS_METHODS)} with "
+               "center_weight > 0", t.center_update)
+        _refuse_unused("train.center_alpha", t.center_alpha, 0.5,
+                       "with train.center_update=sgd (its rate is center_lr)")
+    _check(t.sampler in ("shuffle", "pk"), "train.sampler", "must be shuffle or pk", t.sampler)
+    _check(t.pk_instances >= 2, "train.pk_instances", "must be >= 2 (a batch-hard positive needs two images)",
+           t.pk_instances)
+    _check(t.unlabeled_share == -1.0 or 0 < t.unlabeled_share < 1, "train.unlabeled_share",
+           "must be in (0, 1) (or -1 for the unlabeled images' share of all images)", t.unlabeled_share)
+    if t.sampler == "pk":
+        _check(t.batch_size % t.pk_instances == 0, "train.batch_size",
+               f"must be a multiple of train.pk_instances = {t.pk_instances} with the pk sampler (P x K)", t.batch_size)
+    else:
+        _refuse_unused("train.pk_instances", t.pk_instances, 4, "without train.sampler=pk")
+        _refuse_unused("train.unlabeled_share", t.unlabeled_share, -1.0, "without train.sampler=pk")
+    if not c.uses_unlabeled:
+        _refuse_unused("train.unlabeled_share", t.unlabeled_share, -1.0, "when no unlabeled images are trained on")
+    _check(t.triplet_weight >= 0, "train.triplet_weight", "must be >= 0", t.triplet_weight)
+    _check(t.triplet_margin > 0, "train.triplet_margin", "must be > 0", t.triplet_margin)
+    if t.triplet_weight > 0:
+        _check(t.sampler == "pk", "train.triplet_weight",
+               "needs train.sampler=pk (batch-hard mining needs K images of each identity in a batch)",
+               t.triplet_weight)
+    else:
+        _refuse_unused("train.triplet_margin", t.triplet_margin, 0.3, "without train.triplet_weight > 0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,6 +509,9 @@ def fast_dev_run(cfg: Config) -> Config:
     c.train.unlabeled_ramp_epochs = min(c.train.unlabeled_ramp_epochs, 1)
     c.train.max_iters_per_epoch = 3
     c.train.batch_size = min(c.train.batch_size, 16)
+    if c.train.sampler == "pk":  # keep P x K whole: at most 4 identities of K images
+        c.train.batch_size = min(cfg.train.batch_size, 4 * c.train.pk_instances)
+    c.train.lr_warmup_epochs = min(c.train.lr_warmup_epochs, 1)
     c.train.log_every = 1
     c.eval.umap_max_points = min(c.eval.umap_max_points, 2000)
     validate(c)

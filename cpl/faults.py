@@ -10,6 +10,9 @@ RANK, 0 in a single process, is always given), the action happens:
 * ``stop``: SIGSTOP this process, frozen with everything it holds (its device in the run queue) until the
   test sends SIGCONT.
 
+With ``CPL_FAULT_ONCE=PATH`` the fault fires only in the process that creates ``PATH`` first (it writes its
+pid there): of several runs sharing one environment (the cells of a sweep, a retried cell), exactly one is hit.
+
 Points (docs/reliability.md):
 
 ======================  =================================================================
@@ -56,6 +59,17 @@ def parse(text: str) -> tuple[str, str, dict[str, str]] | None:
     return parts[0], parts[1], conds
 
 
+def _claim(marker: str) -> bool:
+    """Whether this process is the first to reach the fault under ``CPL_FAULT_ONCE`` (creates ``marker``)."""
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return True
+
+
 def point(name: str, **where: object) -> None:
     """Mark fault point ``name`` (one of :data:`POINTS`); acts when ``CPL_FAULT`` selects it."""
     global _spec
@@ -66,6 +80,9 @@ def point(name: str, **where: object) -> None:
     action, target, conds = _spec  # type: ignore[misc]
     where = {"rank": os.environ.get("RANK", "0"), **where}
     if target != name or not all(str(where.get(k)) == v for k, v in conds.items()):
+        return
+    marker = os.environ.get("CPL_FAULT_ONCE")
+    if marker and not _claim(marker):
         return
     _spec = None  # fires once: a stopped process continues past this point after SIGCONT
     if action == "killpg":

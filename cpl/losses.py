@@ -58,6 +58,41 @@ def apply_center_update(centers: torch.Tensor, sums: torch.Tensor, counts: torch
     centers.sub_(alpha * delta)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample hard-label cross-entropy: logits [B, C], labels [B] int64 → [B] float32."""
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-sample hard-label cross-entropy: logits [B, C], labels [B] int64 → [B] float32.
+
+    ``label_smoothing`` ε trains towards (1 − ε)·one-hot + ε/C (Szegedy et al. 2016; BoT: ε = 0.1).
+    """
+    return F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=label_smoothing)
+
+
+def batch_hard_triplet(feats: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017, as in BoT): mean over anchors of
+    max(0, max_p d(a, p) − min_n d(a, n) + margin), d the Euclidean distance of the raw features.
+
+    feats [B, D] (gradient flows), labels [B] int64 → scalar float32. Anchors without a positive or a
+    negative in the batch are skipped; 0 when no anchor has both.
+    """
+    x = feats.float()
+    sq = x.pow(2).sum(1)
+    # clamp before sqrt: rounding can make a self-distance slightly negative, and sqrt'(0) is infinite
+    d = (sq[:, None] + sq[None, :] - 2.0 * x @ x.T).clamp(min=1e-12).sqrt()
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=feats.device)
+    pos, neg = same & ~eye, ~same
+    ok = pos.any(1) & neg.any(1)
+    if not bool(ok.any()):
+        return feats.new_zeros((), dtype=torch.float32)
+    hardest_pos = d.masked_fill(~pos, float("-inf")).max(1).values
+    hardest_neg = d.masked_fill(~neg, float("inf")).min(1).values
+    return F.relu(hardest_pos - hardest_neg + margin)[ok].mean()
+
+
+def center_loss_sgd(feats: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                    batch_size: int) -> torch.Tensor:
+    """BoT's center term Σ_{i ∈ mask} ||x_i − c_{y_i}||² / m, λ-free, no ½, the gradient flowing into both
+    feats [B, D] and centers [K, D] (which BoT learns by SGD). labels [B] int64, mask [B] bool → scalar."""
+    if not bool(mask.any()):
+        return feats.new_zeros((), dtype=torch.float32) + 0.0 * centers.sum()
+    d = (feats[mask].float() - centers[labels[mask]]).pow(2).sum(1)
+    return d.clamp(min=1e-12, max=1e12).sum() / batch_size

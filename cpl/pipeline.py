@@ -28,8 +28,8 @@ import torch
 from . import config as cfgmod
 from . import faults
 from .atomic import append_jsonl, write_json, write_npy, write_npz, write_text
-from .config import Config
-from .runs.queue import device_slots, wait_until_held
+from .config import Config, tricks
+from .runs.queue import device_slots, scheduled, wait_until_held
 from .runs.rundir import RunDir
 from .runs.status import StatusWriter
 
@@ -110,7 +110,8 @@ def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = Fals
         device = dist.resolve_device(cfg.device, info)
         status.update(device=str(device) if not info.enabled else f"{device.type} x{info.world_size}")
         with ExitStack() as stack:
-            _claim_devices(stack, run, dist.job_devices(cfg.device, info), info, status, stop)
+            if not scheduled():  # a cluster scheduler (Ray) already placed the run on its device
+                _claim_devices(stack, run, dist.job_devices(cfg.device, info), info, status, stop)
             dist.init(info, device)
             stack.callback(dist.shutdown, info)
             status.update(state="running", message="started")
@@ -202,9 +203,11 @@ class _Pipeline:
         for s in stages:
             self.base[s] = (acc / total, _STAGE_WEIGHT[s] / total)
             acc += _STAGE_WEIGHT[s]
+        self.entered: dict[str, float] = {}  # stage -> unix time this process entered it (stage_times_s)
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, stage: str, frac: float = 0.0, **extra) -> None:
+        self.entered.setdefault(stage, time.time())
         start, width = self.base.get(stage, (0.0, 0.0))
         self.status.update(stage=stage, progress=min(1.0, start + width * frac), **extra)
 
@@ -231,7 +234,9 @@ class _Pipeline:
         results = self._evaluate(data, trainer, strategy)
         if not self.info.is_main:  # rank 0 evaluates and writes; the others are done after training
             return {}
-        results["total_time_s"] = time.time() - t_start
+        end = time.time()
+        results["total_time_s"] = end - t_start
+        results["stage_times_s"] = stage_durations(self.entered, end)
         write_json(self.run.results, results)
         return results
 
@@ -368,7 +373,8 @@ class _Pipeline:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every resume
         try:
             model, self.weights = build_model(cfg.model.backbone, k + (1 if strategy.extra_class else 0),
-                                              cfg.model.dropout, cfg.model.pretrained)
+                                              cfg.model.dropout, cfg.model.pretrained,
+                                              last_stride=cfg.model.last_stride, neck=cfg.model.neck)
         except WeightsNotFound as exc:  # the weights were there at launch and are gone now
             raise RunFailed(str(exc), "install the weights or set model.pretrained=none, then resume") from None
         log.info("model: %s, %s", cfg.model.backbone, self.weights.describe())
@@ -415,9 +421,12 @@ class _Pipeline:
             bar = tqdm(total=epochs, initial=trainer.state.epoch, desc=f"train {cfg.train.method}", unit="epoch",
                        bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
         self._stage("train", done0, epochs=epochs, message=f"training {cfg.train.method} on {self.device}")
-        log.info("training %s: %d labeled + %d unlabeled images, %d epochs x %d iterations, batch %d",
-                 cfg.train.method, data.num_labeled, data.num_unlabeled if strategy.uses_unlabeled else 0, epochs,
-                 trainer.iters_per_epoch(), cfg.train.batch_size)
+        t = cfg.train
+        batch = (f"batch {t.batch_size // t.pk_instances} identities x {t.pk_instances} + "
+                 f"{trainer.unlabeled_per_batch} unlabeled" if t.sampler == "pk" else f"batch {t.batch_size}")
+        log.info("training %s: %d labeled + %d unlabeled images, %d epochs x %d iterations, %s", t.method,
+                 data.num_labeled, data.num_unlabeled if strategy.uses_unlabeled else 0, epochs,
+                 trainer.iters_per_epoch(), batch)
         try:
             trainer.fit()
         finally:
@@ -439,8 +448,8 @@ class _Pipeline:
         model = trainer.model
         dt = amp_dtype(cfg, self.device)
         ex = dict(device=self.device, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip, dtype=dt)
-        qf, _ = extract(model, d.query_imgs, **ex)
-        gf, _ = extract(model, d.gallery_imgs, **ex)
+        qf, _ = extract(model, d.query_imgs, retrieval=True, **ex)
+        gf, _ = extract(model, d.gallery_imgs, retrieval=True, **ex)
         faults.point("eval")
         self._stage("eval", 0.3, message="evaluating")
         ds = d.ds
@@ -463,7 +472,8 @@ class _Pipeline:
         results.update(method=cfg.train.method, num_unlabeled=len(d.unl_paths) if strategy.uses_unlabeled else 0,
                        unlabeled_source=d.source, epochs=cfg.train.epochs, train_time_s=self.train_time,
                        device=str(self.device), world_size=self.info.world_size, num_classes=ds.num_classes,
-                       seed=cfg.seed, backbone=cfg.model.backbone, weights=self.weights.to_dict())
+                       seed=cfg.seed, backbone=cfg.model.backbone, weights=self.weights.to_dict(),
+                       tricks=tricks(cfg))
         # Results first (the headline), then the artifacts the inspection pages read.
         write_json(run.results, results)
         write_npz(run.retrieval, **retrieval)
@@ -472,7 +482,7 @@ class _Pipeline:
         tf, _ = extract(model, d.train_imgs[d.keep], **ex)
         uf, ul = (extract(model, d.unl_imgs, with_logits=True, **ex) if len(d.unl_imgs)
                   else (torch.zeros(0, tf.shape[1]), None))
-        centers = trainer.state.centers.float().cpu()
+        centers = trainer.state.centers.detach().float().cpu()
         valid = trainer.state.center_valid.cpu()
         self._check_disk(4 * (len(tf) + len(uf) + len(qf) + len(gf)) * tf.shape[1], "features")
         feat_dir = run.features
@@ -574,6 +584,13 @@ def _state_bytes(state: dict) -> int:
         elif isinstance(v, dict):
             total += _state_bytes(v)
     return total
+
+
+def stage_durations(entered: dict[str, float], end: float) -> dict[str, float]:
+    """Seconds spent in each stage: from entering it (unix time) to entering the next one, the last to ``end``.
+    ``entered`` is in the order the stages ran."""
+    times = [*entered.values(), end]
+    return {stage: times[i + 1] - t for i, (stage, t) in enumerate(entered.items())}
 
 
 def summary_line(results: dict) -> str:

@@ -61,7 +61,8 @@ def _model(run: RunDir, cfg):
     # The classifier's width (K, or K + 1 for all-in-one) is read from the checkpoint itself; it does not
     # affect the pool5 feature, but strict loading needs the same shapes.
     num_classes = int(state["classifier.weight"].shape[0])
-    model, _ = build_model(cfg.model.backbone, num_classes, cfg.model.dropout, "none")
+    model, _ = build_model(cfg.model.backbone, num_classes, cfg.model.dropout, "none",
+                           last_stride=cfg.model.last_stride, neck=cfg.model.neck)
     model.load_state_dict(state)
     return model.eval()
 
@@ -94,7 +95,7 @@ def rank_gallery(run: RunDir, image: Path, topk: int = 20) -> dict:
         raise QueryError(f"{run.id}: features/gallery.csv and gallery.npy disagree ({len(rows)} vs {len(gallery)})")
     images = _image_tensor(image, cfg.data.height, cfg.data.width)
     model = _model(run, cfg)
-    feat, _ = extract(model, images, torch.device("cpu"), flip=cfg.eval.flip)
+    feat, _ = extract(model, images, torch.device("cpu"), flip=cfg.eval.flip, retrieval=True)
     if feat.shape[1] != gallery.shape[1]:
         raise QueryError(f"{run.id}: the checkpoint's feature has {feat.shape[1]} dimensions, the gallery's "
                          f"{gallery.shape[1]}")

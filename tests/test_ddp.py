@@ -58,13 +58,17 @@ class TinyNet(nn.Module):
                 {"params": list(self.classifier.parameters()), "lr": lr * mult, "name": "classifier"}]
 
 
-def _cfg() -> Config:
+def _cfg(tricks: bool = False) -> Config:
     c = Config()
     c.data.root = "unused"
     c.train.epochs, c.train.batch_size, c.train.lr, c.train.log_every = 2, 8, 0.05, 1
     c.train.lr_milestones = [1]
     c.train.center_weight = 0.01
     c.augment.pad, c.augment.random_erasing = 2, 0.5
+    if tricks:  # the strong-baseline options whose math sharding must not change (batch-hard mining is per rank)
+        # share 0.5: 8 GAN images per batch for 1 and 2 processes alike (other shares round to a multiple of W)
+        c.train.sampler, c.train.pk_instances, c.train.label_smoothing, c.train.unlabeled_share = "pk", 2, 0.1, 0.5
+        c.train.center_update, c.train.lr_warmup_epochs = "sgd", 1
     return c
 
 
@@ -74,33 +78,35 @@ def _data() -> TrainData:
     return TrainData(images=images, labels=torch.arange(24) % 4, num_labeled=24, num_classes=4)
 
 
-def _train(info: DistInfo):
+def _train(info: DistInfo, tricks: bool = False):
     torch.manual_seed(0)
     model = TinyNet(4)
-    tr = Trainer(_cfg(), _data(), model, get_strategy(_cfg().train), torch.device("cpu"), info)
+    cfg = _cfg(tricks)
+    tr = Trainer(cfg, _data(), model, get_strategy(cfg.train), torch.device("cpu"), info)
     tr.fit()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, tr.state
 
 
-def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out: str, tricks: bool) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    weights, state = _train(DistInfo(rank, world, rank))
-    torch.save({"weights": weights, "centers": state.centers, "labels": np.stack(state.history_labels)},
+    weights, state = _train(DistInfo(rank, world, rank), tricks)
+    torch.save({"weights": weights, "centers": state.centers.detach(), "labels": np.stack(state.history_labels)},
                f"{out}.{rank}")
     tdist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process_of_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("tricks", [False, True], ids=["paper", "pk-sgd-centers-smoothing-warmup"])
+def test_two_ranks_equal_one_process_of_the_same_global_batch(tmp_path, tricks):
     torch.set_num_threads(1)
-    ref_w, ref_state = _train(DistInfo())
+    ref_w, ref_state = _train(DistInfo(), tricks)
     out = str(tmp_path / "rank")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out, tricks), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
     for r in ranks:
         for k, v in ref_w.items():
             assert torch.allclose(r["weights"][k], v, atol=1e-5, rtol=1e-4), k
-        assert torch.allclose(r["centers"], ref_state.centers, atol=1e-5)
+        assert torch.allclose(r["centers"], ref_state.centers.detach(), atol=1e-5)
         assert np.array_equal(r["labels"], np.stack(ref_state.history_labels))  # same pseudo-labels
     assert torch.equal(ranks[0]["centers"], ranks[1]["centers"])  # bit-identical across ranks
 

@@ -26,7 +26,7 @@ def test_parse():
 
 
 def _env(fault: str, **extra: str) -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("CPL_FAULT", "RANK")} | (
+    return {k: v for k, v in os.environ.items() if k not in ("CPL_FAULT", "CPL_FAULT_ONCE", "RANK")} | (
         {"CPL_FAULT": fault} if fault else {}) | extra
 
 
@@ -60,3 +60,12 @@ def test_stop_freezes_once_until_continued():
     os.kill(proc.pid, signal.SIGCONT)
     assert proc.stdout.read().strip() == "alive"  # the second reach of the point does not stop it again
     assert proc.wait(timeout=60) == 0
+
+
+def test_once_fires_in_the_first_process_only(tmp_path):
+    marker = tmp_path / "fired"
+    env = _env("kill:eval", CPL_FAULT_ONCE=str(marker))
+    first = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == -9 and marker.read_text().strip().isdigit()
+    second = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert (second.returncode, second.stdout.strip()) == (0, "alive")

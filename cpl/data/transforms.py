@@ -31,6 +31,10 @@ class AugmentParams:
         return AugmentParams(self.flip[start:stop], self.offset[start:stop], self.erase[start:stop],
                              self.box[start:stop])
 
+    def take(self, index: torch.Tensor) -> AugmentParams:
+        """The parameters of the images at ``index`` [B'] int64, in that order."""
+        return AugmentParams(self.flip[index], self.offset[index], self.erase[index], self.box[index])
+
 
 def draw_params(n: int, height: int, width: int, *, flip: bool, pad: int, erasing: float,
                 generator: torch.Generator) -> AugmentParams:

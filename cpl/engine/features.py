@@ -14,10 +14,12 @@ from ..data.transforms import normalize
 @torch.no_grad()
 def extract(model: nn.Module, images: torch.Tensor, device: torch.device, *, batch_size: int = 256,
             flip: bool = False, dtype: torch.dtype | None = None, normalize_features: bool = True,
-            with_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pool5 features of uint8 images [N, 3, H, W] → ([N, D] float32 on CPU, logits [N, C] float32 or None).
+            with_logits: bool = False, retrieval: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of uint8 images [N, 3, H, W] → ([N, D] float32 on CPU, logits [N, C] float32 or None).
 
-    ``flip`` averages the feature of each image and its mirror before L2 normalisation.
+    The features are pool5, the space of the class centers, or with ``retrieval`` the space retrieval ranks in
+    (after a BNNeck; the same as pool5 without one). ``flip`` averages the feature of each image and its mirror
+    before L2 normalisation.
     """
     was_training = model.training
     model.eval()
@@ -31,6 +33,8 @@ def extract(model: nn.Module, images: torch.Tensor, device: torch.device, *, bat
                 if flip:
                     f2, z2 = model(x.flip(3))
                     f, z = (f + f2) / 2, (z + z2) / 2
+                if retrieval:  # the neck is affine in eval mode: averaging before it equals averaging after
+                    f = model.retrieval_features(f)
             f = f.float()
             feats.append((F.normalize(f, dim=1) if normalize_features else f).cpu())
             if with_logits:

@@ -72,6 +72,7 @@ class RunDir:
     embedding = property(lambda self: self.path / "embedding.npz")
     features = property(lambda self: self.path / "features")
     checkpoints = property(lambda self: self.path / "checkpoints")
+    placement = property(lambda self: self.path / "placement.json")  # a Ray sweep cell's attempts (cpl/sweep_ray.py)
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files an atomic write left behind when its process was killed mid-write
