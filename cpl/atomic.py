@@ -107,16 +107,20 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file, skipping a torn last line left by a killed writer."""
+    """The JSON objects of a JSON-lines file, skipping a torn last line left by a killed writer and any line
+    that is not an object; a missing or unreadable file (a directory, no permission) reads as empty."""
     out: list[dict] = []
-    p = Path(path)
-    if not p.exists():
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
         return out
-    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out

@@ -1,12 +1,14 @@
 """Deterministic fault injection for tests: SIGKILL (or freeze) this process at a named point of a run.
 
 Off unless ``CPL_FAULT`` is set (read once, at the first point reached). Its form is
-``<action>:<point>[:key=value[:key=value...]]``, e.g. ``CPL_FAULT=kill:train:epoch=1:iter=2``: the first time
-the process reaches ``<point>`` with every given key equal to the value passed there, it
+``<action>:<point>[:key=value[:key=value...]]``, e.g. ``CPL_FAULT=kill:train:epoch=1:iter=2``. The first time
+the process reaches ``<point>`` with every given key equal to the value passed there (``rank``, torchrun's
+RANK, 0 in a single process, is always given), the action happens:
 
-* ``kill``: kills itself with SIGKILL (no cleanup, no atexit, exactly like the OOM killer or a power cut);
-* ``stop``: stops itself with SIGSTOP (frozen, heartbeat thread included) so that a test can act on it or on
-  its parent at a known point of the run, with no race against the machine's speed.
+* ``kill``: SIGKILL this process (no cleanup, no atexit, exactly like the OOM killer);
+* ``killpg``: SIGKILL this process's whole group (a sweep and the cell it runs: a power cut);
+* ``stop``: SIGSTOP this process, frozen with everything it holds (its device in the run queue) until the
+  test sends SIGCONT.
 
 With ``CPL_FAULT_ONCE=PATH`` the fault fires only in the process that creates ``PATH`` first (it writes its
 pid there): of several runs sharing one environment (the cells of a sweep, a retried cell), exactly one is hit.
@@ -23,6 +25,7 @@ Points (docs/reliability.md):
 ``rerank``              before re-ranking
 ``umap``                before the UMAP
 ``results``             after results.json and every artifact, before the final status
+``sweep``               in ``cpl sweep``, before a cell starts (``cell``: its index, from 0)
 ======================  =================================================================
 
 A testing aid only: nothing in the product sets it.
@@ -33,8 +36,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("data", "gan-train", "gan-sample", "train", "train-end", "eval", "rerank", "umap", "results")
-ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+POINTS = ("data", "gan-train", "gan-sample", "train", "train-end", "eval", "rerank", "umap", "results", "sweep")
+ACTIONS = ("kill", "killpg", "stop")
 _UNREAD = object()
 _spec: object = _UNREAD
 
@@ -45,7 +48,7 @@ def parse(text: str) -> tuple[str, str, dict[str, str]] | None:
         return None
     parts = text.split(":")
     if len(parts) < 2 or parts[0] not in ACTIONS or parts[1] not in POINTS:
-        raise ValueError(f"CPL_FAULT: expected kill|stop:<point>[:key=value...] with a point from "
+        raise ValueError(f"CPL_FAULT: expected {'|'.join(ACTIONS)}:<point>[:key=value...] with a point from "
                          f"{', '.join(POINTS)}, got {text!r}")
     conds = {}
     for item in parts[2:]:
@@ -68,17 +71,20 @@ def _claim(marker: str) -> bool:
 
 
 def point(name: str, **where: object) -> None:
-    """Mark fault point ``name`` (one of :data:`POINTS`); kills or stops the process when ``CPL_FAULT`` selects
-    it."""
+    """Mark fault point ``name`` (one of :data:`POINTS`); acts when ``CPL_FAULT`` selects it."""
     global _spec
     if _spec is _UNREAD:
         _spec = parse(os.environ.get("CPL_FAULT", ""))
     if _spec is None:
         return
     action, target, conds = _spec  # type: ignore[misc]
+    where = {"rank": os.environ.get("RANK", "0"), **where}
     if target != name or not all(str(where.get(k)) == v for k, v in conds.items()):
         return
     marker = os.environ.get("CPL_FAULT_ONCE")
     if marker and not _claim(marker):
         return
-    os.kill(os.getpid(), ACTIONS[action])
+    _spec = None  # fires once: a stopped process continues past this point after SIGCONT
+    if action == "killpg":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)

@@ -29,7 +29,7 @@ from . import config as cfgmod
 from . import faults
 from .atomic import append_jsonl, write_json, write_npy, write_npz, write_text
 from .config import Config, tricks
-from .runs.queue import device_slot, scheduled
+from .runs.queue import device_slots, scheduled, wait_until_held
 from .runs.rundir import RunDir
 from .runs.status import StatusWriter
 
@@ -110,11 +110,8 @@ def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = Fals
         device = dist.resolve_device(cfg.device, info)
         status.update(device=str(device) if not info.enabled else f"{device.type} x{info.world_size}")
         with ExitStack() as stack:
-            if info.is_main and not info.enabled and not scheduled():
-                stack.enter_context(device_slot(
-                    run.runs_root, str(device),
-                    on_wait=lambda: status.update(state="queued", message=f"waiting for {device} (another run)"),
-                    should_stop=stop))
+            if not scheduled():  # a cluster scheduler (Ray) already placed the run on its device
+                _claim_devices(stack, run, dist.job_devices(cfg.device, info), info, status, stop)
             dist.init(info, device)
             stack.callback(dist.shutdown, info)
             status.update(state="running", message="started")
@@ -137,6 +134,26 @@ def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = Fals
         if handler:
             log.removeHandler(handler)
             handler.close()
+
+
+def _claim_devices(stack: ExitStack, run: RunDir, devices: list[str], info, status: StatusWriter,
+                   stop: _Stop) -> None:
+    """Take the run queue's slot of every device the job uses (cpl/runs/queue.py) for the rest of ``stack``.
+
+    Rank 0 claims them all on behalf of a torchrun job, so a multi-GPU run and a single-GPU run on one of its
+    GPUs wait for each other; the other ranks wait until the claim is held before they join the process group
+    (so a long wait in the queue never runs into the group's timeout). status.json shows ``waiting_for`` (the
+    device the claim is blocked on) while queued, and ``devices`` (all of them) once they are held.
+    """
+    if not info.is_main:
+        wait_until_held(run.runs_root, devices, run.id, should_stop=stop)
+        return
+
+    def waiting(device: str) -> None:
+        status.update(state="queued", waiting_for=device, message=f"waiting for {device} (another run)")
+
+    stack.enter_context(device_slots(run.runs_root, devices, on_wait=waiting, should_stop=stop, holder=run.id))
+    status.update(devices=devices, waiting_for=None)
 
 
 def _stopped_types() -> tuple[type, ...]:

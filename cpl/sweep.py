@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from . import faults
 from .atomic import write_json, write_text
 from .backbones import resolve as resolve_weights
 from .config import METHODS, ConfigError, fast_dev_run, from_dict, load_config, to_dict
@@ -202,6 +203,7 @@ def run_local(spec: dict, folder: Path, runs_root: Path, status: StatusWriter, s
     for i, c in enumerate(cells):
         if stop.is_set():
             return None
+        faults.point("sweep", cell=i)  # between cells: the previous one finished and its tables are written
         run = RunDir(runs_root / c["run_id"])
         status.update(epoch=i, progress=i / len(cells), message=f"cell {i + 1}/{len(cells)}: "
                       f"{c['method']}, {c['gan_images']} unlabeled, seed {c['seed']}")
@@ -224,6 +226,7 @@ def run_sweep(folder: Path, runs_root: Path, executor: dict | None = None) -> in
     the tables. Returns the number of failed cells."""
     spec = yaml.safe_load((folder / "sweep.json").read_text())
     sweep_run = RunDir(folder)  # reuses the status writer: a sweep has a status.json like a run
+    sweep_run.remove_stale_temp_files()  # a killed sweep's heartbeat may have died inside a status.json write
     status = StatusWriter(sweep_run)
     status.update(state="running", stage="train", epoch=0, epochs=len(spec["cells"]), message="starting")
     status.start_heartbeat()
@@ -296,8 +299,10 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
 def where_ran(run: RunDir, status: dict) -> dict:
     """Where a cell ran: ``host`` (its status.json, written by the cell process on its machine) and ``attempts``
     (how many times a Ray task started it, from placement.json; None for the local executor)."""
-    attempts = len((run.read_json(run.placement.name) or {}).get("attempts") or [])
-    return {"host": status.get("host") or "", "attempts": attempts or None}
+    placement = run.read_json(run.placement.name)
+    attempts = placement.get("attempts") if isinstance(placement, dict) else None
+    return {"host": str(status.get("host") or ""), "attempts": len(attempts) if isinstance(attempts, list) and attempts
+            else None}
 
 
 def _epoch_records(run: RunDir) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, readers, settings
+from app import charts, health, readers, settings
 from app.safety import safe_run, safe_sweep
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.status import read_status
@@ -47,17 +47,20 @@ def sweep_section(root) -> None:
     agg = readers.csv_file(folder / "results.csv")
     cells = readers.csv_file(folder / "runs.csv")
     done = int((cells["state"] == "finished").sum()) if "state" in cells else 0
-    st.caption(f"{charts.state_label(status)} · {done}/{len(spec.get('cells', []))} cells finished · "
-               f"{readers.executor_label(spec)} · mean ± std over "
-               f"seeds {', '.join(map(str, spec.get('seeds', [])))} · rank-1 and mAP in percent"
+    st.caption(f"{charts.state_label(status)} · {done}/{len(readers.sweep_cell_specs(folder))} cells finished · "
+               f"{readers.executor_label(spec)} · mean ± std over seeds {', '.join(readers.spec_list(spec, 'seeds'))}"
+               " · rank-1 and mAP in percent"
                + (" · fast dev run: numbers only show the pipeline works" if spec.get("fast_dev_run") else ""))
     if agg.empty:
         st.info("No cell has finished yet: the table fills in as cells finish (see **Runs**).")
         return
+    if not {"method", "gan_images", "n", "rank1", "mAP"} <= set(agg.columns):
+        st.warning(f"`{folder.name}/results.csv` is damaged (columns missing): run the sweep again to rewrite it.")
+        return
     has_rr = "rr_rank1" in agg and agg["rr_rank1"].notna().any()
     rerank = st.toggle("With k-reciprocal re-ranking", key="rerank", disabled=not has_rr,
                        help="Zhong et al. CVPR 2017 (k1, k2, λ from the run's eval settings)")
-    table = charts.table1_frame(agg, spec.get("methods", []), rerank=rerank and has_rr)
+    table = charts.table1_frame(agg, readers.spec_list(spec, "methods"), rerank=rerank and has_rr)
     st.dataframe(table, hide_index=True, width="stretch")
     suffix = " (re-ranked)" if rerank and has_rr else ""
     left, right = st.columns(2)
@@ -101,22 +104,27 @@ def _from_url(root) -> list[str]:
 
 
 def run_row(run: RunDir) -> dict:
+    """A run's settings and final metrics; a field its damaged files do not hold is empty, and ``problem``
+    says what is wrong (app/health.py)."""
     res = readers.results(run) or {}
     cfg = readers.config(run)
-    rr = res.get("rerank") or {}
-    train, unl = cfg.get("train") or {}, cfg.get("unlabeled") or {}
-    method = train.get("method")
+    rr = readers.as_dict(res.get("rerank"))
+    train, unl = readers.as_dict(cfg.get("train")), readers.as_dict(cfg.get("unlabeled"))
+    method = readers.text(train.get("method"))
+    num = readers.number
     return {
-        "run": run.id, "state": read_status(run).get("state"), "method": method,
+        "run": run.id, "state": readers.text(read_status(run).get("state")),
+        "problem": "; ".join(map(str, health.run_problems(run))), "method": method,
         "unlabeled": "none" if method in ("baseline", "center")
         else f"{unl.get('source')} ({res.get('num_unlabeled', unl.get('num_images'))})",
-        "epochs": train.get("epochs"), "λ": train.get("center_weight"), "α": train.get("center_alpha"),
-        "backbone": (cfg.get("model") or {}).get("backbone"), "weights": readers.weights_label(readers.run_facts(run)),
-        "tricks": readers.tricks_label(run),
-        "seed": cfg.get("seed"),
-        "rank-1": res.get("rank1"), "rank-5": res.get("rank5"), "rank-10": res.get("rank10"), "mAP": res.get("mAP"),
-        "mINP": res.get("mINP"), "rank-1 RR": rr.get("rank1"), "mAP RR": rr.get("mAP"),
-        "train time (s)": res.get("train_time_s"), "device": res.get("device"),
+        "epochs": num(train.get("epochs")), "λ": num(train.get("center_weight")), "α": num(train.get("center_alpha")),
+        "backbone": readers.text(readers.as_dict(cfg.get("model")).get("backbone")),
+        "weights": readers.weights_label(readers.run_facts(run)), "tricks": readers.tricks_label(run),
+        "seed": num(cfg.get("seed")),
+        "rank-1": num(res.get("rank1")), "rank-5": num(res.get("rank5")), "rank-10": num(res.get("rank10")),
+        "mAP": num(res.get("mAP")), "mINP": num(res.get("mINP")), "rank-1 RR": num(rr.get("rank1")),
+        "mAP RR": num(rr.get("mAP")), "train time (s)": num(res.get("train_time_s")),
+        "device": readers.text(res.get("device")),
     }
 
 

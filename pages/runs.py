@@ -2,8 +2,10 @@
 results, and the actions cancel / resume / delete.
 
 State comes from status.json through :func:`cpl.runs.status.read_status`, so a run whose process died
-shows as failed with its error. While something is active the views refresh every 2 s in fragments;
-refreshing the page or restarting the app re-attaches to runs, which live in their own processes.
+shows as failed with its error. A damaged run directory (app/health.py) is marked in the table's ``problem``
+column and above its own view, whose parts that cannot be drawn from the damaged files are left out. While
+something is active the views refresh every 2 s in fragments; refreshing the page or restarting the app
+re-attaches to runs, which live in their own processes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, readers, settings
+from app import charts, health, readers, settings
 from app.launching import start_sweep
 from app.nav import select_run
 from app.safety import safe_sweep
@@ -32,16 +34,23 @@ def _text(value) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
-def _when(ts: float | None) -> str:
-    return "–" if ts is None or pd.isna(ts) else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+def _when(ts) -> str:
+    ts = readers.number(ts)
+    if ts is None:
+        return "–"
+    try:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):  # a hand-edited time far outside the calendar
+        return "–"
 
 
 def _unlabeled(run: RunDir, method: str | None) -> str:
-    cfg = readers.config(run)
-    source = (cfg.get("unlabeled") or {}).get("source")
+    unl = readers.as_dict(readers.config(run).get("unlabeled"))
+    source = unl.get("source")
     if method in ("baseline", "center") or not source or source == "none":
         return "none"
-    return f"gan × {cfg['unlabeled'].get('num_images', 0):,}" if source == "gan" else source
+    count = readers.number(unl.get("num_images"))
+    return (f"gan × {int(count):,}" if count is not None else "gan") if source == "gan" else str(source)
 
 
 def _weights_text(w: dict | None) -> str:
@@ -52,17 +61,26 @@ def _weights_text(w: dict | None) -> str:
     return f"ImageNet, {w.get('source')} (`{Path(w.get('file') or '').name}`, sha256 {str(w.get('sha256'))[:12]})"
 
 
+def _stray_row(rec: dict) -> dict:
+    """A runs-root entry that cannot be read as a run (a file, an unreadable folder): its name and problem."""
+    return {"run": rec["run"], "state": "damaged", "problem": "; ".join(rec["problems"]), "progress": 0.0}
+
+
 def runs_frame(root) -> pd.DataFrame:
-    """The runs table as shown: one row per run, newest first."""
+    """The runs table as shown: one row per run, newest first, then the entries that are not readable runs."""
     table = readers.runs_table(root)
     if table.empty:
         return table
     rows = []
     for rec in table.to_dict("records"):
+        if rec["state"] == "damaged":
+            rows.append(_stray_row(rec))
+            continue
         run = RunDir(root / rec["run"])
         status = read_status(run)
         rows.append({
-            "run": rec["run"], "state": charts.state_label(status), "stage": _text(rec["stage"]),
+            "run": rec["run"], "state": charts.state_label(status), "problem": "; ".join(rec["problems"]),
+            "stage": _text(rec["stage"]),
             "progress": rec["progress"], "ETA": charts.duration(rec["eta_s"]) if status.get("state") in ACTIVE else "",
             "device": _text(rec["device"]), "host": _text(rec["host"]), "method": _text(rec["method"]),
             "unlabeled": _unlabeled(run, rec["method"]), "backbone": _text(rec["backbone"]),
@@ -74,6 +92,8 @@ def runs_frame(root) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for col in ("rank-1", "mAP", "rank-1 RR", "mAP RR"):  # None -> NaN: an empty cell, not the word "None"
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    text_cols = [c for c in frame.columns if frame[c].dtype == object]
+    frame[text_cols] = frame[text_cols].fillna("")  # the columns a stray entry's row has no value for
     return frame
 
 
@@ -89,10 +109,17 @@ COLUMNS = {
     "rank-1 RR": st.column_config.NumberColumn("rank-1 RR", format="%.1f", help="with k-reciprocal re-ranking"),
     "mAP RR": st.column_config.NumberColumn("mAP RR", format="%.1f", help="with k-reciprocal re-ranking"),
     "message": st.column_config.TextColumn("message", width="large"),
+    "problem": st.column_config.TextColumn("problem", help="what is wrong with the run directory (empty when "
+                                                           "nothing is): a damaged, missing or unreadable file"),
     "host": st.column_config.TextColumn("host", help="the machine the run's process ran on (status.json)"),
     "attempts": st.column_config.NumberColumn("attempts", help="Ray sweep cells: how many times a Ray task started "
                                                                "the cell (a retry resumes from its last checkpoint)"),
 }
+
+
+def _selectable(frame: pd.DataFrame) -> list[str | None]:
+    """Per table row, the run id a click selects; None for an entry that is not a readable run."""
+    return [None if state == "damaged" else run for run, state in zip(frame["run"], frame["state"])]
 
 
 def _select_from_table() -> None:
@@ -100,7 +127,7 @@ def _select_from_table() -> None:
     event = st.session_state.get(TABLE_KEY)
     ids = st.session_state.get(f"{TABLE_KEY}-ids") or []
     rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-    if not rows or rows[0] >= len(ids):
+    if not rows or rows[0] >= len(ids) or ids[rows[0]] is None:
         return
     chosen = ids[rows[0]]
     if chosen != st.session_state.get(f"{TABLE_KEY}-applied"):
@@ -120,16 +147,20 @@ def runs_section(root) -> None:
     def table() -> None:
         current = runs_frame(root)
         counts = current["state"].value_counts()
-        st.caption(" · ".join(f"{n} {state}" for state, n in counts.items()) + f" — runs folder `{root}`")
-        st.session_state[f"{TABLE_KEY}-ids"] = list(current["run"])
+        damaged = int((current["problem"] != "").sum())
+        st.caption(" · ".join(f"{n} {state}" for state, n in counts.items())
+                   + (f" · **{damaged} with problems** (see the problem column)" if damaged else "")
+                   + f" — runs folder `{root}`")
+        ids = _selectable(current)
+        st.session_state[f"{TABLE_KEY}-ids"] = ids
         st.dataframe(current, hide_index=True, column_config=COLUMNS, on_select="rerun",
                      selection_mode="single-row", key=TABLE_KEY, width="stretch",
                      height=min(36 * (len(current) + 1) + 4, 420))
         now_active = current["state"].str.contains("running|queued|starting").any()
         picked = st.session_state.get(TABLE_KEY)
         rows = list(getattr(getattr(picked, "selection", None), "rows", []) or [])
-        if now_active != active or (rows and rows[0] < len(current)
-                                    and current["run"].iloc[rows[0]] != st.session_state.get(f"{TABLE_KEY}-applied")):
+        chosen = ids[rows[0]] if rows and rows[0] < len(ids) else None
+        if now_active != active or (chosen is not None and chosen != st.session_state.get(f"{TABLE_KEY}-applied")):
             st.rerun()  # a run changed state or a row was picked: redraw the whole page
 
     table()
@@ -150,6 +181,14 @@ def _log_tail(run: RunDir, max_bytes: int = LOG_TAIL_BYTES) -> str:
     return text.split("\n", 1)[1] if size > max_bytes and "\n" in text else text
 
 
+def _config_text(run: RunDir) -> str:
+    """config.yaml as text for display; "" when it is missing or unreadable."""
+    try:
+        return run.config.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def header(run: RunDir, status: dict) -> None:
     state = status.get("state")
     cols = st.columns([2, 1, 1, 1])
@@ -157,11 +196,12 @@ def header(run: RunDir, status: dict) -> None:
     with cols[0]:
         st.badge(label, color=color, icon=icon)
     cols[1].metric("stage", status.get("stage") or "–")
-    epochs = status.get("epochs")
+    epochs = readers.number(status.get("epochs"))
     training = status.get("stage") in ("train", "eval", "artifacts", "done")  # epoch is 0-based in status.json
-    cols[2].metric("epoch", f"{int(status.get('epoch') or 0) + 1}/{epochs}" if epochs and training else "–")
-    cols[3].metric("device", status.get("device") or "–")
-    progress = min(max(float(status.get("progress") or 0.0), 0.0), 1.0)
+    epoch = int(readers.number(status.get("epoch")) or 0) + 1
+    cols[2].metric("epoch", f"{epoch}/{int(epochs)}" if epochs and training else "–")
+    cols[3].metric("device", str(status.get("device") or "–"))
+    progress = readers.fraction(status.get("progress"))
     eta = f" · about {charts.duration(status.get('eta_s'))} left" if state in ACTIVE and status.get("eta_s") else ""
     st.progress(progress, text=f"{100 * progress:.0f}% — {status.get('message') or ''}{eta}")
     if state == "failed":
@@ -169,9 +209,9 @@ def header(run: RunDir, status: dict) -> None:
                  + (f"\n\n{status.get('hint')}" if status.get("hint") else ""))
     elif state == "queued" and "waiting for" in str(status.get("message") or ""):
         st.info(f"Queued: {status['message']}. It starts by itself when the device is free.")
-    started, finished = status.get("started"), status.get("finished")
+    started, finished = readers.number(status.get("started")), readers.number(status.get("finished"))
     if started:
-        took = (finished or status.get("updated") or started) - started
+        took = (finished or readers.number(status.get("updated")) or started) - started
         st.caption(f"started {_when(started)} · {'ran' if finished else 'running for'} {charts.duration(took)}"
                    + (f" · pid {status.get('pid')} on {status.get('host')}" if state in ACTIVE else ""))
 
@@ -184,9 +224,9 @@ def actions(run: RunDir, status: dict) -> None:
                            "after 30 s. A cancelled run can be resumed."):
         launch_cancel(run)
         st.toast(f"Cancelling {run.id}…")
-    if cols[1].button("Resume run", key="resume", disabled=state not in ("failed", "cancelled"),
+    if cols[1].button("Resume run", key="resume", disabled=state not in ("failed", "cancelled", "unknown"),
                       icon=":material/play_circle:", help="Continue from the last checkpoint in the background."):
-        nproc = int((run.read_json("launch.json") or {}).get("nproc") or 1)
+        nproc = int(readers.number((run.read_json("launch.json") or {}).get("nproc")) or 1)
         launch_resume(run, nproc=nproc)
         st.toast(f"Resuming {run.id}")
         st.rerun()
@@ -211,20 +251,22 @@ def results_block(run: RunDir) -> None:
     res = readers.results(run)
     if not res:
         return
-    rr = res.get("rerank") or {}
+    rr = readers.as_dict(res.get("rerank"))
     keys = [("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mAP", "mAP"), ("mINP", "mINP")]
     cols = st.columns(len(keys))
     for col, (k, label) in zip(cols, keys):
-        if k in res:
-            change = rr[k] - res[k] if k in rr else None
+        value, reranked = readers.number(res.get(k)), readers.number(rr.get(k))
+        if value is not None:
+            change = reranked - value if reranked is not None else None
             moved = change is not None and abs(change) >= 0.05
             delta = None if change is None else (f"{change:+.1f} with re-ranking" if moved
                                                  else "same with re-ranking")
-            col.metric(f"{label} (%)", f"{res[k]:.1f}", delta=delta, delta_color="normal" if moved else "off",
+            col.metric(f"{label} (%)", f"{value:.1f}", delta=delta, delta_color="normal" if moved else "off",
                        delta_arrow="auto" if moved else "off")
+    unlabeled = readers.number(res.get("num_unlabeled")) or 0
     facts = [f"method **{res.get('method')}**", f"{res.get('num_classes', '?')} training identities",
-             f"{res.get('num_unlabeled', 0):,} unlabeled images ({res.get('unlabeled_source', 'none')})",
-             f"{res.get('epochs')} epochs in {charts.duration(res.get('train_time_s'))}",
+             f"{int(unlabeled):,} unlabeled images ({res.get('unlabeled_source', 'none')})",
+             f"{res.get('epochs')} epochs in {charts.duration(readers.number(res.get('train_time_s')))}",
              f"{res.get('num_valid_queries', '?')} queries", f"backbone {res.get('backbone', '?')}",
              f"weights: {_weights_text(res.get('weights'))}"]
     st.caption(" · ".join(facts))
@@ -274,11 +316,12 @@ def curves(run: RunDir) -> None:
         info = readers.dataset_info(run)
         if info:
             left.markdown(f"**Dataset** `{info.get('root')}` — {info.get('num_classes')} training identities")
-            splits = pd.DataFrame(info.get("splits") or {}).T.reset_index(names="split")
-            left.dataframe(splits, hide_index=True)
-            for w in info.get("warnings") or []:
-                left.warning(w)
-        right.code(run.config.read_text() if run.config.is_file() else "", language="yaml", height=360)
+            splits = {k: v for k, v in readers.as_dict(info.get("splits")).items() if isinstance(v, dict)}
+            left.dataframe(pd.DataFrame(splits).T.reset_index(names="split"), hide_index=True)
+            warnings = info.get("warnings")
+            for w in warnings if isinstance(warnings, list) else []:
+                left.warning(str(w))
+        right.code(_config_text(run), language="yaml", height=360)
 
 
 def run_section(run: RunDir) -> None:
@@ -294,11 +337,15 @@ def run_section(run: RunDir) -> None:
         now = read_status(run)
         if (now.get("state") in ACTIVE) != active:
             st.rerun()  # started or ended: redraw with (or without) the timer
-        header(run, now)
-        actions(run, now)
-        results_block(run)
-        inspect_links(run)
-        curves(run)
+        problems = health.run_problems(run)
+        if problems:
+            st.warning("**This run directory is damaged**: " + "; ".join(map(str, problems)), icon=":material/warning:")
+        for part, draw in (("status", header), ("actions", actions)):
+            with health.drawn_unless_damaged(problems, part):
+                draw(run, now)
+        for part, draw in (("results", results_block), ("links", inspect_links), ("curves", curves)):
+            with health.drawn_unless_damaged(problems, part):
+                draw(run)
 
     live()
 
@@ -332,11 +379,10 @@ def sweeps_section(root) -> None:
 
 def sweep_body(root, folder, status: dict, cells: pd.DataFrame) -> None:
     spec = readers.sweep_spec(folder)
-    st.caption(f"methods {', '.join(spec.get('methods', []))} · unlabeled images "
-               f"{', '.join(map(str, spec.get('gan_images', [])))} · seeds {', '.join(map(str, spec.get('seeds', [])))}"
+    grid = {key: ", ".join(readers.spec_list(spec, key)) for key in ("methods", "gan_images", "seeds")}
+    st.caption(f"methods {grid['methods']} · unlabeled images {grid['gan_images']} · seeds {grid['seeds']}"
                f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
-    progress = min(max(float(status.get("progress") or 0.0), 0.0), 1.0)
-    st.progress(progress, text=status.get("message") or "")
+    st.progress(readers.fraction(status.get("progress")), text=str(status.get("message") or ""))
     if status.get("state") == "failed" and status.get("error"):
         st.error(status["error"])
     if not cells.empty:

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Session fixtures building real run directories for the app tests, shared by every test module.
 from app_fixtures import app_env, app_run, app_sweep, app_world, holdout_run  # noqa: E402, F401
+from messy_runs import messy_root  # noqa: E402, F401 - 300 fabricated run directories, 30 damaged
 
 
 def shared_data_dir() -> Path:
@@ -40,3 +41,17 @@ def _isolated_app_settings(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("CPL_RUNS_ROOT", str(base / "runs"))
         mp.setenv("CPL_DATA_ROOTS", str(base / "data"))
         yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the shared fixture runs (tests/app_fixtures.py) go last: the runs start at the first test
+    (:func:`_start_app_world_early`) and train on one core while every other test runs on the other."""
+    items.sort(key=lambda item: "app_world" in item.fixturenames)  # stable: the file order stays within each part
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _start_app_world_early(request: pytest.FixtureRequest) -> None:
+    """Start the fixture runs' processes at the first test when any selected test needs them (they run
+    detached; the tests that need them wait for them)."""
+    if any("app_world" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("app_world")

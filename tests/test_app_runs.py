@@ -33,6 +33,8 @@ def test_finished_fixture_run_shows_its_metrics(app_env, app_run: RunDir) -> Non
     res = json.loads(app_run.results.read_text())
     row = _run_row(at, "r1")
     assert row["state"] == "finished" and row["stage"] == "done" and row["progress"] == pytest.approx(1.0)
+    table = at.dataframe[0].value
+    assert set(table["problem"]) == {""}  # a real pipeline's runs (this one, the sweep's cells) are healthy
     assert row["method"] == "cpl" and row["unlabeled"] == "gan × 64"
     # the weights the run started from, and its DCGAN's quality next to the real-vs-real floor
     weights = json.loads(app_run.run_json.read_text())["weights"]

@@ -260,5 +260,4 @@ def test_cuhk01(shared_data: Path) -> None:
         "query": (972, 486, 2, 0, 0, 0, {"RGB": 972}),
         "gallery": (972, 486, 2, 0, 0, 0, {"RGB": 972}),
     }
-    print(f"cpl check cuhk01: 3,884 images decoded in {seconds:.2f} s")
-    assert seconds < 60  # ~1.5 s on 2 shared cores; the bound only catches a pathological slowdown
+    print(f"cpl check cuhk01: 3,884 images decoded in {seconds:.2f} s")  # a report, not a bound: data_speed.py

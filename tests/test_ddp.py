@@ -6,26 +6,34 @@
 2. End to end: `torchrun --nproc-per-node 2 -m cpl run` finishes, rank 0 writes the run directory, the
    centers are identical on both ranks, and the metrics are within a stated tolerance of a single-process
    run (BatchNorm statistics are per rank: 8 images instead of 16, so the runs are not bit-identical).
+3. The run queue: two torchrun launches on one device run one after the other (slow tier).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
+from app_fixtures import wait_for
 from torch import nn
 
-from cpl.config import Config
+from cpl.config import Config, fast_dev_run, load_config
+from cpl.data.synth import ensure
 from cpl.engine.dist import DistInfo
 from cpl.engine.trainer import TrainData, Trainer
 from cpl.pseudo import get_strategy
+from cpl.runs.launch import launch_resume, prepare_run
+from cpl.runs.queue import lock_holder
+from cpl.runs.status import FINAL, read_raw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +115,7 @@ def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # three processes train two runs (~30 s); sharding is tested exactly in-process
 @pytest.mark.timeout(900)
 def test_torchrun_two_gloo_processes_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CPL_RUNS_ROOT": str(tmp_path)}
@@ -130,3 +139,50 @@ def test_torchrun_two_gloo_processes_end_to_end(tmp_path):
     assert abs(res_ddp["mAP"] - res_single["mAP"]) <= 15.0
     files = lambda run: sorted(p.name for p in (tmp_path / run).iterdir())  # noqa: E731
     assert files("ddp") == files("single")  # rank 0 wrote the whole run directory
+
+
+def _frozen_rank0(run) -> int | None:
+    """The pid of the run's rank 0 (status.json) once it is stopped (SIGSTOP: state ``T`` in /proc), else None."""
+    pid = (read_raw(run) or {}).get("pid")
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text() if pid else ""
+    except OSError:
+        return None
+    return pid if stat and stat[stat.rindex(")") + 2] == "T" else None
+
+
+def _waiting(run) -> dict | None:
+    """The run's status once it waits in the queue for a device, else None."""
+    raw = read_raw(run) or {}
+    return raw if raw.get("waiting_for") else None
+
+
+@pytest.mark.slow  # two torchrun jobs of two gloo processes each, one after the other
+@pytest.mark.timeout(900)
+def test_two_torchrun_launches_on_one_device_wait_for_each_other(tmp_path):
+    """Job A (2 gloo processes on the CPU) is frozen after its training with the CPU claimed
+    (``CPL_FAULT=stop:train-end:rank=0``: deterministic, no race with the machine's speed). Job B, launched the
+    same way, must wait in the queue for the CPU (status ``queued``, ``waiting_for: cpu``, A still the lock's
+    holder); once A continues, both finish, each with the CPU claimed for its two processes."""
+    data = ensure(tmp_path / "synthetic", ids=12, seed=0, cameras=4)
+    cfg = fast_dev_run(load_config(os.path.join(REPO, "configs/synthetic.yaml"), [
+        f"data.root={data}", "data.synthetic.ids=12", "unlabeled.source=none", "train.method=baseline",
+        "eval.umap=false", "device=cpu"]))
+    a, b = (prepare_run(cfg, tmp_path, tmp_path / name) for name in ("a", "b"))
+    env = {"OMP_NUM_THREADS": "1"}
+    launch_resume(a, nproc=2, env={**env, "CPL_FAULT": "stop:train-end:rank=0"})
+    pid_a = wait_for(lambda: _frozen_rank0(a), 600, what="job A to freeze after its training")
+    assert read_raw(a)["devices"] == ["cpu"] and lock_holder(tmp_path, "cpu").endswith(" a")
+    launch_resume(b, nproc=2, env=env)
+    try:
+        queued = wait_for(lambda: _waiting(b), 600, what="job B to queue for the CPU")
+        assert (queued["state"], queued["waiting_for"], queued["devices"]) == ("queued", "cpu", None)
+        assert lock_holder(tmp_path, "cpu").endswith(" a") and not b.results.exists()
+    finally:
+        os.kill(pid_a, signal.SIGCONT)
+    for run in (a, b):
+        wait_for(lambda r=run: (read_raw(r) or {}).get("state") in FINAL, 600, what=f"{run.id} to end")
+    for run in (a, b):
+        raw = read_raw(run)
+        assert (raw["state"], raw["devices"], raw["waiting_for"]) == ("finished", ["cpu"], None), run.log.read_text()
+        assert json.loads(run.results.read_text())["world_size"] == 2

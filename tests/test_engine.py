@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ import torch
 
 from cpl.config import Config
 from cpl.engine.trainer import Hooks, NonFiniteLoss, Stopped, TrainData, Trainer
+from cpl.losses import soft_cross_entropy
 from cpl.models.reid import ReIDNet
-from cpl.pseudo import get_strategy
+from cpl.pseudo import Targets, get_strategy
 
 
 def _cfg(method="cpl", epochs=2) -> Config:
@@ -86,22 +88,108 @@ def test_resume_from_epoch_checkpoint_is_bit_identical():
     assert all(np.array_equal(x, y) for x, y in zip(full.state.history_labels, resumed.state.history_labels))
 
 
-@pytest.mark.parametrize("method", ["baseline", "center", "cpl", "fapl", "lsro", "onehot", "mprl1", "mprl2",
-                                    "allinone"])
-def test_every_method_trains(method):
-    cfg = _cfg(method, epochs=1)
-    cfg.train.warmup_epochs = 0  # onehot / mprl2 count unlabeled images from the start
-    tr = _trainer(cfg, _data(truth=True))
-    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+@dataclass
+class _Call:
+    """One call of a strategy inside the training loop: its inputs (copied: the centers move in place) and
+    what it returned. B unlabeled images of the batch, K = 4 identities, C classifier outputs."""
+
+    epoch: int
+    feats: torch.Tensor  # [B, D]
+    logits: torch.Tensor  # [B, C]
+    centers: torch.Tensor  # [K, D]
+    valid: torch.Tensor  # [K] bool
+    targets: Targets
+
+
+def _spied_fit(method: str, warmup: int, epochs: int) -> tuple[Trainer, list[tuple[dict, _Call | None]]]:
+    """Train ``method`` with every iteration logged; returns the trainer and, per iteration record, the
+    strategy call of that iteration (None when the batch had no unlabeled image or the method is inactive)."""
+    cfg = _cfg(method, epochs=epochs)
+    cfg.train.warmup_epochs = warmup
+    cfg.train.log_every = 1
+    pending: list[_Call] = []
+    pairs: list[tuple[dict, _Call | None]] = []
+
+    def on_record(rec: dict) -> None:
+        if rec["type"] == "iter":
+            pairs.append((rec, pending.pop() if pending else None))
+
+    tr = _trainer(cfg, _data(truth=True), Hooks(on_record=on_record))
+    inner = tr.strategy.targets
+
+    def spy(feats, logits, centers, valid, epoch):
+        tg = inner(feats, logits, centers, valid, epoch)
+        pending.append(_Call(epoch, feats.clone(), logits.clone(), centers.clone(), valid.clone(), tg))
+        return tg
+
+    tr.strategy.targets = spy
     tr.fit()
-    after = tr.model.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
-    n_out = tr.model.classifier.out_features
-    assert n_out == (5 if method == "allinone" else 4)
-    if method in ("baseline", "center"):
-        assert tr.num_train_images(0) == 16 and tr.state.history_labels[0].max() == -1
-    else:
-        assert tr.num_train_images(0) == 24
+    return tr, pairs
+
+
+def _expected_probs(method: str, call: _Call) -> torch.Tensor:
+    """The target each method must produce, computed independently of cpl.pseudo (docs/methods.md)."""
+    k, c = call.centers.shape[0], call.logits.shape[1]
+    cos = torch.nn.functional.normalize(call.feats, dim=1) @ torch.nn.functional.normalize(call.centers, dim=1).T
+    cos = cos.masked_fill(~call.valid, float("-inf"))
+    if method == "cpl":  # one-hot at the nearest center by cosine
+        return torch.nn.functional.one_hot(cos.argmax(1), c).float()
+    if method == "fapl":  # softmax of the cosines (T = 1), nothing on untouched centers
+        return torch.softmax(cos, dim=1)
+    if method == "lsro":  # uniform over the identities
+        return torch.full((len(cos), c), 1.0 / c)
+    if method == "onehot":  # one-hot at the classifier's own argmax
+        return torch.nn.functional.one_hot(call.logits.argmax(1), c).float()
+    if method in ("mprl1", "mprl2"):  # 2 r / (K (K + 1)), r the ascending rank of p_k
+        ranks = call.logits.argsort(1).argsort(1).float() + 1
+        return 2 * ranks / (k * (k + 1))
+    if method == "allinone":  # every unlabeled image in the extra class K + 1
+        return torch.nn.functional.one_hot(torch.full((len(cos),), k), c).float()
+    raise AssertionError(method)
+
+
+# (warm-up epochs, epochs, the unlabeled weight after the warm-up): onehot and mprl2 are the published
+# warm-up methods with weight 0.1; the others start at once with weight 1.
+METHOD_RUNS = {"cpl": (0, 1, 1.0), "fapl": (0, 1, 1.0), "lsro": (0, 1, 1.0), "onehot": (1, 2, 0.1),
+               "mprl1": (0, 1, 1.0), "mprl2": (1, 2, 0.1), "allinone": (0, 1, 1.0)}
+
+
+@pytest.mark.parametrize("method", list(METHOD_RUNS))
+def test_every_method_trains_towards_its_own_target(method):
+    """Inside the real loop, each method's targets are its published rule applied to the batch's own features,
+    logits and centers, with its own weight from the end of its warm-up; and the logged unlabeled loss is
+    exactly the weighted soft cross-entropy towards them, so the targets reach the gradient."""
+    warmup, epochs, weight = METHOD_RUNS[method]
+    tr, pairs = _spied_fit(method, warmup, epochs)
+    assert tr.model.classifier.out_features == (5 if method == "allinone" else 4)
+    assert tr.num_train_images(epochs - 1) == 24
+    calls = [(rec, call) for rec, call in pairs if call is not None]
+    assert calls and all(call.epoch >= warmup for _, call in calls)  # nothing during the warm-up
+    assert all(rec["loss_unlabeled"] == 0 for rec, call in pairs if call is None)
+    for rec, call in calls:
+        tg = call.targets
+        if method in ("cpl", "fapl") and not call.valid.any():  # the very first batch: no center yet
+            assert torch.all(tg.weight == 0) and torch.all(tg.label == -1)
+            continue
+        assert torch.allclose(tg.probs, _expected_probs(method, call), atol=1e-6)
+        assert torch.allclose(tg.probs.sum(1), torch.ones(len(tg.probs)), atol=1e-6)
+        assert torch.all(tg.weight == weight)
+        m = tr.cfg.train.batch_size
+        expected_loss = float((soft_cross_entropy(call.logits, tg.probs) * tg.weight).sum()) / m
+        assert rec["loss_unlabeled"] == pytest.approx(expected_loss, rel=1e-5, abs=1e-7)
+    assert any(rec["loss_unlabeled"] > 0 for rec, _ in calls)
+
+
+@pytest.mark.parametrize("method", ["baseline", "center"])
+def test_reference_methods_train_on_labeled_images_only(method):
+    """baseline: cross-entropy alone; center: plus λ times a center term that is positive from the start."""
+    tr, pairs = _spied_fit(method, warmup=0, epochs=1)
+    assert tr.num_train_images(0) == 16 and tr.state.history_labels[0].max() == -1
+    assert all(call is None and rec["loss_unlabeled"] == 0 for rec, call in pairs)
+    lam = tr.cfg.train.center_weight
+    for rec, _ in pairs:
+        assert (rec["loss_center"] > 0) == (method == "center")
+        assert rec["loss"] == pytest.approx(rec["loss_ce"] + lam * rec["loss_center"], rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["cpl", "fapl", "lsro", "onehot"])

@@ -134,6 +134,7 @@ def _worker(cache_root: str, ready_file: str, result_file: str) -> None:
     Path(result_file).write_text(json.dumps({"gan_records": len(gan_records), "folder": str(folder)}))
 
 
+@pytest.mark.slow  # two processes train a DCGAN (~45 s); the lock itself is tested fast
 def test_two_processes_train_once(tmp_path: Path) -> None:
     cfg = tiny_cfg()
     key_dir = tmp_path / gan_key(FINGERPRINT, cfg, 0)

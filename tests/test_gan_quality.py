@@ -23,6 +23,7 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow  # feature extraction of ~600 images (~30 s)
 def test_noise_sits_far_above_the_floor_and_real_images_near_it(tmp_path):
     generate(tmp_path / "synth", ids=24, seed=0, cameras=2)
     paths = sorted(str(p) for p in (tmp_path / "synth" / "bounding_box_train").glob("*.jpg"))

@@ -36,6 +36,7 @@ def _cpl(runs: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # a whole CLI run (~25 s); tests/test_engine.py covers the loop fast
 def test_non_finite_loss_stops_the_run_with_its_position_and_a_hint(tmp_path, synth):
     out = _cpl(tmp_path, "run", "--config", "configs/synthetic.yaml", "--run-dir", str(tmp_path / "nan"), *TINY,
                "--set", f"data.root={synth}", "--set", "train.lr=1e30", "--set", "unlabeled.source=none")
@@ -83,6 +84,7 @@ def test_bad_settings_are_refused_naming_the_key(tmp_path, override, key):
     assert not any(tmp_path.iterdir())  # no half-made run directory
 
 
+@pytest.mark.slow  # two runs trained (~25 s); tests/test_runs.py covers the queue fast
 def test_two_runs_launched_at_once_queue_for_the_device_and_both_finish(tmp_path, synth):
     cfg = load_config(REPO / "configs/synthetic.yaml", [f"data.root={synth}", "data.synthetic.ids=12",
                                                        "unlabeled.source=none", "train.method=baseline",

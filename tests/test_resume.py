@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# --fast-dev-run applies after --set (cpl.config.fast_dev_run): 2 training epochs of 3 iterations, one DCGAN
+# epoch of 2 steps, whatever the overrides say about those.
 SETTINGS = ["--config", "configs/synthetic.yaml", "--fast-dev-run", "--set", "eval.umap=false",
-            "--set", "train.max_iters_per_epoch=5", "--set", "gan.max_steps_per_epoch=6", "--set", "gan.epochs=3",
-            "--set", "gan.batch_size=16", "--set", "unlabeled.num_images=48", "--set", "data.synthetic.ids=12"]
+            "--set", "unlabeled.num_images=48", "--set", "data.synthetic.ids=12"]
 
 
 def _env(fault: str = "") -> dict:
@@ -77,15 +78,18 @@ def _assert_same(ref: Path, run: Path) -> None:
     assert _status(run)["state"] == "finished"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, Path]:
-    """The uninterrupted run (its own runs root, hence its own GAN cache) and the synthetic data folder."""
-    tmp = tmp_path_factory.mktemp("resume")
+def _reference(tmp: Path, *extra: str) -> tuple[Path, Path]:
+    """An uninterrupted run (its own runs root, hence its own GAN cache) and the synthetic data folder."""
     data, ref_root = tmp / "synthetic", tmp / "ref"
-    out = subprocess.run(_args(ref_root, data, ref_root / "run"), cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(_args(ref_root, data, ref_root / "run") + list(extra), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return ref_root / "run", data
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    return _reference(tmp_path_factory.mktemp("resume"))
 
 
 @pytest.mark.timeout(900)
@@ -123,3 +127,20 @@ def test_every_fault_point_resumes_to_the_same_run(reference, tmp_path, fault):
     _resume(root, run)
     _assert_whole(run, resumed=True)
     _assert_same(ref, run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_killed_in_the_umap_resumes_to_the_same_run_and_layout(tmp_path):
+    """The one point the other runs skip (they turn the UMAP off): killed before the UMAP, resumed, the same
+    run and the same 2-D layout (umap-learn with a fixed random_state runs single-threaded, deterministic)."""
+    ref, data = _reference(tmp_path / "reference", "--set", "eval.umap=true")
+    root = tmp_path / "killed"
+    _killed(_args(root, data, root / "run") + ["--set", "eval.umap=true"], "kill:umap")
+    assert not (root / "run" / "embedding.npz").exists()
+    _assert_whole(root / "run")
+    _resume(root, root / "run")
+    _assert_whole(root / "run", resumed=True)
+    _assert_same(ref, root / "run")
+    a, b = np.load(ref / "embedding.npz"), np.load(root / "run" / "embedding.npz")
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)

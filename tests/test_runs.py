@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from cpl.runs.queue import device_busy, device_slot
+from cpl.engine.dist import DistInfo, device_name, job_devices
+from cpl.runs.queue import device_busy, device_slot, device_slots, lock_holder, wait_until_held
 from cpl.runs.rundir import RunDir, create_run, list_runs, valid_id
 from cpl.runs.status import StatusWriter, read_status
 
@@ -59,6 +61,57 @@ def test_queue_serialises_runs_on_one_device(tmp_path):
     with device_slot(tmp_path, "cuda:0", on_wait=lambda: waited.append(1)):
         pass
     assert waited == []
+
+
+def test_a_job_claims_the_device_of_every_local_process():
+    """What the queue locks: a torchrun job on CUDA one GPU per process, gloo processes the one CPU."""
+    assert [device_name("cuda", r, True) for r in range(3)] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert device_name("auto", 1, True) == "cuda:1" and device_name("auto", 1, False) == "cpu"
+    assert device_name("cuda:1", 0, True) == "cuda:1" and device_name("cpu", 3, True) == "cpu"
+    assert job_devices("cpu", DistInfo(0, 4, 0, 4)) == ["cpu"]
+    assert job_devices("cpu", DistInfo()) == ["cpu"]
+
+
+def test_a_multi_device_claim_waits_for_a_busy_device_in_sorted_order(tmp_path):
+    """An "all GPUs" claim (cuda:1 + cuda:0) against a single-GPU run holding cuda:1: it takes cuda:0 first (the
+    sorted order every claim uses, so two claims can never each hold what the other waits for), waits for cuda:1
+    with the device named, and holds both once it is free."""
+    waiting, holding, done = threading.Event(), threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def job() -> None:
+        def on_wait(device: str) -> None:
+            seen.append(device)
+            waiting.set()
+
+        with device_slots(tmp_path, ["cuda:1", "cuda:0"], on_wait=on_wait, poll_s=0.05, holder="all-gpus"):
+            holding.set()
+            done.wait(60)
+
+    with device_slot(tmp_path, "cuda:1", holder="single"):
+        thread = threading.Thread(target=job)
+        thread.start()
+        assert waiting.wait(60)
+        assert seen == ["cuda:1"] and not holding.is_set()
+        assert lock_holder(tmp_path, "cuda:0").endswith(" all-gpus")
+        assert lock_holder(tmp_path, "cuda:1").endswith(" single")
+    assert holding.wait(60)
+    assert [lock_holder(tmp_path, d).split(" ")[1] for d in ("cuda:0", "cuda:1")] == ["all-gpus", "all-gpus"]
+    done.set()
+    thread.join(60)
+    assert lock_holder(tmp_path, "cuda:0") is None and lock_holder(tmp_path, "cuda:1") is None
+
+
+def test_other_ranks_wait_until_the_claim_is_held(tmp_path):
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(InterruptedError):  # nobody holds it yet: a cancelled rank stops waiting
+        wait_until_held(tmp_path, ["cpu"], "job", should_stop=stop.is_set, poll_s=0.01)
+    with device_slot(tmp_path, "cpu", holder="other"):
+        with pytest.raises(InterruptedError):  # held, but by another run
+            wait_until_held(tmp_path, ["cpu"], "job", should_stop=stop.is_set, poll_s=0.01)
+    with device_slot(tmp_path, "cpu", holder="job"):
+        wait_until_held(tmp_path, ["cpu"], "job", should_stop=stop.is_set)  # returns at once
 
 
 def test_lock_is_released_when_holder_is_killed(tmp_path):

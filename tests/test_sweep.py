@@ -1,5 +1,6 @@
-"""`cpl sweep`: grid planning, the Table-1 layout with mean ± std and the improvement row, and a real tiny
-sweep on the synthetic dataset that is resumable (finished cells are skipped)."""
+"""`cpl sweep`: grid planning, the Table-1 layout with mean ± std and the improvement row, a real tiny
+sweep on the synthetic dataset that is resumable (finished cells are skipped), and the same sweep killed
+between and inside cells (``CPL_FAULT``) then run again: the very tables of the sweep never interrupted."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_resume import _assert_whole
 
 from cpl.sweep import Cell, aggregate, cell_config, markdown_table, pl_accuracy_by_epoch, plan_cells
 
@@ -59,6 +61,7 @@ def test_reference_cells_drop_the_unlabeled_knobs():
     assert (cpl.train.warmup_epochs, cpl.unlabeled.num_images, cpl.seed) == (2, 100, 1)
 
 
+@pytest.mark.slow  # two cells trained (~40 s); the app fixtures run a sweep in the default tier
 def test_tiny_sweep_end_to_end_and_resumable(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "sweep", "--config", "configs/synthetic.yaml",
@@ -80,3 +83,54 @@ def test_tiny_sweep_end_to_end_and_resumable(tmp_path):
     before = (cpl_run / "results.json").stat().st_mtime
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and (cpl_run / "results.json").stat().st_mtime == before  # skipped
+
+
+KILL_SWEEP = ["--config", "configs/synthetic.yaml", "--methods", "baseline,cpl", "--gan-images", "0,24", "--seeds", "0",
+              "--sweep-id", "tiny", "--fast-dev-run", "--set", "eval.umap=false", "--set", "data.synthetic.ids=12"]
+# --fast-dev-run: 2 training epochs of 3 iterations per cell, one DCGAN epoch of 2 steps (cpl.config.fast_dev_run)
+
+
+def _run_sweep(runs: Path, data: Path, fault: str = "") -> subprocess.CompletedProcess:
+    """``cpl sweep`` in its own process group (a ``killpg`` fault takes the sweep and its cell, not pytest)."""
+    env = {k: v for k, v in os.environ.items() if k != "CPL_FAULT"} | {"OMP_NUM_THREADS": "1"}
+    env |= {"CPL_FAULT": fault} if fault else {}
+    cmd = [sys.executable, "-m", "cpl", "--runs-root", str(runs), "sweep", *KILL_SWEEP, "--set", f"data.root={data}"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=800, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def reference_sweep(tmp_path_factory) -> tuple[Path, Path]:
+    """The uninterrupted sweep's runs root (its own GAN cache) and the shared synthetic data folder."""
+    tmp = tmp_path_factory.mktemp("sweep-ref")
+    out = _run_sweep(tmp / "runs", tmp / "synthetic")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "runs", tmp / "synthetic"
+
+
+@pytest.mark.slow  # three cells' worth of training per case, plus the reference sweep
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("fault, where", [
+    ("kill:sweep:cell=1", "between cells: the sweep dies after the baseline cell, before the cpl cell"),
+    ("killpg:train:epoch=1:iter=1", "inside the baseline cell's second epoch, with the sweep (a power cut)"),
+    ("killpg:gan-train:epoch=0", "inside the cpl cell's DCGAN training, with the sweep"),
+])
+def test_sweep_killed_then_run_again_equals_the_uninterrupted_sweep(reference_sweep, tmp_path, fault, where):
+    ref_root, data = reference_sweep
+    runs = tmp_path / "runs"
+    killed = _run_sweep(runs, data, fault)
+    assert killed.returncode == -9, (where, killed.stderr[-3000:])
+    folder = runs / "sweeps" / "tiny"
+    assert json.loads((folder / "status.json").read_text())["state"] == "running"  # died, nothing recorded an end
+    _assert_whole(runs)
+    again = _run_sweep(runs, data)
+    assert again.returncode == 0, (where, again.stderr[-3000:])
+    _assert_whole(runs, resumed=True)
+    assert json.loads((folder / "status.json").read_text())["state"] == "finished"
+    ref_folder = ref_root / "sweeps" / "tiny"
+    for name in ("results.csv", "runs.csv", "results.md"):
+        assert (folder / name).read_text() == (ref_folder / name).read_text(), (where, name)
+    for cell in ("tiny--baseline-g0-s0", "tiny--cpl-g24-s0"):
+        ref, got = (json.loads((r / cell / "results.json").read_text()) for r in (ref_root, runs))
+        assert {k: got[k] for k in ("rank1", "mAP", "rerank")} == {k: ref[k] for k in ("rank1", "mAP", "rerank")}
+    assert (runs / "tiny--cpl-g24-s0" / "pseudo_labels.csv").read_text() == \
+        (ref_root / "tiny--cpl-g24-s0" / "pseudo_labels.csv").read_text()

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import multiprocessing
 import re
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -44,12 +43,10 @@ def small(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def default_size(tmp_path_factory) -> tuple[Path, dict, float]:
-    """The default dataset (120 ids per split), its statistics and the CPU seconds it took."""
+def default_size(tmp_path_factory) -> tuple[Path, dict]:
+    """The default dataset (120 ids per split) and its statistics (its generation time: benchmarks/data_speed.py)."""
     root = tmp_path_factory.mktemp("synth") / "default"
-    t0 = time.process_time()
-    stats = generate(root)
-    return root, stats, time.process_time() - t0
+    return root, generate(root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,11 +194,10 @@ def test_hand_crafted_features_shapes():
     assert h.shape == (3, 512) and np.allclose(h.sum(1), 1.0)
 
 
-def test_default_dataset_is_generated_fast(default_size):
-    _, stats, cpu_s = default_size
+def test_default_dataset_size(default_size):
+    _, stats = default_size
     assert stats[TRAIN]["ids"] == stats[QUERY]["ids"] == 120
     assert 2000 < stats["images"] < 3000
-    assert cpu_s < 10.0, f"generating {stats['images']} images took {cpu_s:.1f} CPU s"
 
 
 def test_default_dataset_is_neither_trivial_nor_random(default_size):
@@ -232,14 +228,14 @@ def test_generate_refuses_a_foreign_folder(tmp_path):
         ensure(tmp_path / "file", ids=2)
 
 
-def test_ensure_is_idempotent_and_guards_other_parameters(tmp_path):
+def test_ensure_is_idempotent_and_guards_other_parameters(tmp_path, monkeypatch):
     root = tmp_path / "ds"
     root.mkdir()  # an empty folder is fine to fill
     assert ensure(root, ids=2, seed=1, cameras=3) == root.absolute()
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
-    t0 = time.perf_counter()
-    ensure(root, ids=2, seed=1, cameras=3)
-    assert time.perf_counter() - t0 < 0.5
+    with monkeypatch.context() as mp:  # the second call must not generate at all
+        mp.setattr(synth, "generate", lambda *a, **k: pytest.fail("ensure() regenerated a current dataset"))
+        ensure(root, ids=2, seed=1, cameras=3)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # nothing rewritten
     with pytest.raises(ValueError, match="other parameters"):
         ensure(root, ids=3, seed=1, cameras=3)
@@ -265,7 +261,9 @@ def test_ensure_regenerates_a_dataset_of_an_older_generator(tmp_path):
 
 def test_ensure_is_safe_when_two_processes_race(tmp_path):
     root = tmp_path / "ds"
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork copies whatever lock another thread of the test process (Streamlit's, an
+    # AppTest's) holds at that instant, and the child can wait on it forever
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
         paths = pool.starmap(ensure, [(root, 3, 5, 2), (root, 3, 5, 2)])
     assert paths == [root.absolute()] * 2

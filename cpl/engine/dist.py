@@ -19,6 +19,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes of the job on this host (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -34,21 +35,33 @@ def from_env() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                    int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+
+
+def device_name(spec: str, local_rank: int, cuda_available: bool) -> str:
+    """The device a process of local rank ``local_rank`` uses for the config's ``device``: ``auto`` → CUDA when
+    available, else ``cpu``; ``cuda`` → ``cuda:<local rank>``; anything else as written (``cpu``, ``cuda:1``)."""
+    if spec == "auto":
+        spec = "cuda" if cuda_available else "cpu"
+    return f"cuda:{local_rank}" if spec == "cuda" else spec
+
+
+def job_devices(spec: str, info: DistInfo) -> list[str]:
+    """Every device the job's processes on this host use (sorted, each once): what the run queue must claim.
+    A 4-process ``cuda`` job → cuda:0..cuda:3; any number of gloo processes on ``cpu`` → [cpu]."""
+    available = torch.cuda.is_available()
+    return sorted({device_name(spec, r, available) for r in range(info.local_world_size)})
 
 
 def resolve_device(spec: str, info: DistInfo) -> torch.device:
-    """``auto`` → this rank's CUDA device when CUDA is available, else CPU; ``cuda`` → cuda:<local rank>."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{info.local_rank}"
-    dev = torch.device(spec)
+    """This rank's device (:func:`device_name`), checked against the machine; selects it for CUDA."""
+    dev = torch.device(device_name(spec, info.local_rank, torch.cuda.is_available()))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device: {spec} requested but CUDA is not available on this machine")
+            raise RuntimeError(f"device: {dev} requested but CUDA is not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device: {spec} requested but only {torch.cuda.device_count()} CUDA devices exist")
+            raise RuntimeError(f"device: {dev} requested but only {torch.cuda.device_count()} CUDA devices exist")
         torch.cuda.set_device(dev)
     return dev
 

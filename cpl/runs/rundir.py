@@ -100,10 +100,8 @@ class RunDir:
         return p if p.is_absolute() else (self.path / p)
 
     def read_json(self, name: str) -> dict | None:
-        try:
-            return json.loads((self.path / name).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        """A JSON object file of the run; None when it is missing, unreadable, not JSON or not an object."""
+        return _json_object(self.path / name)
 
 
 def create_run(runs_root: Path, run_id: str | None, config_yaml: str, facts: dict) -> RunDir:
@@ -121,10 +119,33 @@ def create_run(runs_root: Path, run_id: str | None, config_yaml: str, facts: dic
     return run
 
 
+def _json_object(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # ValueError: not UTF-8 or not JSON
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _mtime(path: Path) -> float | None:
+    """Modification time, None when the file cannot be stat'ed (absent, or a folder without permission)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def list_runs(runs_root: Path) -> list[RunDir]:
-    """Run directories under ``runs_root`` (folders holding a run.json), newest first."""
-    if not runs_root.is_dir():
+    """Run directories under ``runs_root`` (folders holding a run.json), newest first. Folders that cannot be
+    read are left out here (app/health.py reports them)."""
+    try:
+        entries = list(runs_root.iterdir())
+    except OSError:  # absent, not a folder, or unreadable
         return []
-    runs = [RunDir(p) for p in runs_root.iterdir()
-            if p.is_dir() and p.name not in RESERVED and (p / "run.json").is_file()]
-    return sorted(runs, key=lambda r: r.run_json.stat().st_mtime, reverse=True)
+    found = []
+    for p in entries:
+        if p.name not in RESERVED and p.is_dir():
+            mtime = _mtime(p / "run.json")
+            if mtime is not None and (p / "run.json").is_file():
+                found.append((mtime, RunDir(p)))
+    return [run for _, run in sorted(found, key=lambda t: t[0], reverse=True)]

@@ -7,7 +7,6 @@ it shows as resumable instead of running forever. Torch-free.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -72,7 +71,8 @@ class StatusWriter:
             "state": "queued", "stage": "queued", "epoch": 0, "epochs": previous.get("epochs"),
             "iter": 0, "iters": None, "progress": previous.get("progress", 0.0), "eta_s": None,
             "pid": pid, "pgid": os.getpgid(pid), "proc_start": proc_start_time(pid), "host": socket.gethostname(),
-            "device": None, "heartbeat": time.time(), "started": time.time(), "updated": time.time(),
+            "device": None, "devices": None, "waiting_for": None,
+            "heartbeat": time.time(), "started": time.time(), "updated": time.time(),
             "finished": None, "error": None, "hint": None, "message": "",
         }
 
@@ -105,21 +105,40 @@ class StatusWriter:
 
 
 def read_raw(run: RunDir) -> dict | None:
+    """status.json as written; None when it is missing, unreadable or not a JSON object."""
+    return run.read_json("status.json")
+
+
+def _present(path: Path) -> bool:
+    """Whether something sits at ``path`` (a broken link and an entry we may not stat count)."""
     try:
-        return json.loads(run.status.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
-        return None
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _number(value, default: float = 0.0) -> float:
+    """A numeric field of a status file; ``default`` for anything else (a hand-edited or damaged file)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 def read_status(run: RunDir, now: float | None = None) -> dict:
     """The run's status with liveness applied: a dead 'running'/'queued' run reads as failed.
 
-    A run with no status file yet (just created) reads as queued.
+    A run with no status file yet (just created) reads as queued; one whose status.json exists but is not a
+    JSON object (damaged: the writer is atomic, so never a torn write) reads as ``unknown``, resumable.
     """
     st = read_raw(run)
+    if st is None and _present(run.status):
+        return {"state": "unknown", "stage": None, "progress": 0.0, "damaged": True,
+                "error": "status.json is damaged (not a readable JSON object)",
+                "hint": "resume the run to rewrite it, or delete it"}
     if st is None:
         launch = run.read_json("launch.json") or {}
-        pid = int(launch.get("pid") or 0)
+        pid = int(_number(launch.get("pid")))
         if pid and not pid_alive(pid):
             return {"state": "failed", "stage": "queued", "progress": 0.0, "dead": True,
                     "error": last_log_line(run) or "the run process exited before it started",
@@ -128,10 +147,10 @@ def read_status(run: RunDir, now: float | None = None) -> dict:
     if st.get("state") in ACTIVE:
         now = now or time.time()
         same_host = st.get("host") == socket.gethostname()
-        alive = pid_alive(int(st.get("pid") or 0), st.get("proc_start")) if same_host else True
-        stale = now - float(st.get("heartbeat") or 0) > STALE_S
+        alive = pid_alive(int(_number(st.get("pid"))), st.get("proc_start")) if same_host else True
+        stale = now - _number(st.get("heartbeat")) > STALE_S
         if not alive or stale:
-            why = "process is gone" if not alive else f"no heartbeat for {int(now - float(st.get('heartbeat') or 0))} s"
+            why = "process is gone" if not alive else f"no heartbeat for {int(now - _number(st.get('heartbeat')))} s"
             st = dict(st, state="failed", stage=st.get("stage"), dead=True,
                       error=st.get("error") or f"the run process died ({why}): killed, out of memory or a reboot",
                       hint=st.get("hint") or "resume it with `cpl resume` (or Resume in the app)")
