@@ -173,17 +173,23 @@ def _frozen_pid(marker: Path) -> int | None:
     return int(text) if stat[stat.rindex(")") + 2] == "T" else None
 
 
+@contextmanager
+def _frozen_ray_sweep(root: Path, marker: Path, fault: str):
+    """A Ray sweep on a local 2-CPU cluster whose first cell to reach ``fault`` (a ``stop:`` point) is frozen
+    there; yields (the sweep process, the frozen cell's pid)."""
+    with ray_cluster(_env(CPL_FAULT=fault, CPL_FAULT_ONCE=str(marker))) as address:
+        sweep = subprocess.Popen(_sweep_argv(root, "--executor", "ray", "--address", address), cwd=REPO, env=_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        yield sweep, _wait(lambda: _frozen_pid(marker), "a cell to freeze at the fault point")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_worker_killed_mid_cell_is_retried_from_its_checkpoint(local_sweep, tmp_path):
     root, marker = tmp_path / "ray", tmp_path / "fault-fired"
     # The first cell to reach the 2nd iteration of its 2nd epoch (after the epoch-1 checkpoint) freezes there.
-    workers = _env(CPL_FAULT="stop:train:epoch=1:iter=1", CPL_FAULT_ONCE=str(marker))
-    with ray_cluster(workers) as address:
-        sweep = subprocess.Popen(_sweep_argv(root, "--executor", "ray", "--address", address), cwd=REPO, env=_env(),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _frozen_ray_sweep(root, marker, "stop:train:epoch=1:iter=1") as (sweep, pid):
         try:
-            pid = _wait(lambda: _frozen_pid(marker), "a cell to freeze at the fault point")
             cell = next(p for p in root.iterdir() if (p / "status.json").is_file()
                         and json.loads((p / "status.json").read_text())["pid"] == pid)
             worker = json.loads((cell / "placement.json").read_text())["attempts"][-1]["worker_pid"]
@@ -214,12 +220,8 @@ def _pending_signal(pid: int, sig: int) -> bool:
 def test_sigterm_to_the_driver_cancels_the_cells(tmp_path):
     root, marker = tmp_path / "ray", tmp_path / "fault-fired"
     # Frozen after its first training iteration: five iterations are left in which to see the stop request.
-    workers = _env(CPL_FAULT="stop:train:epoch=0:iter=0", CPL_FAULT_ONCE=str(marker))
-    with ray_cluster(workers) as address:
-        sweep = subprocess.Popen(_sweep_argv(root, "--executor", "ray", "--address", address), cwd=REPO, env=_env(),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _frozen_ray_sweep(root, marker, "stop:train:epoch=0:iter=0") as (sweep, pid):
         try:
-            pid = _wait(lambda: _frozen_pid(marker), "a cell to freeze at the fault point")
             sweep.send_signal(signal.SIGTERM)  # what `cpl cancel SWEEP` sends
             # The driver cancels the task, the task passes SIGTERM on to its cell: once it is pending at the frozen
             # cell, let the cell go on; it stops at its next iteration.
@@ -233,6 +235,7 @@ def test_sigterm_to_the_driver_cancels_the_cells(tmp_path):
                 and json.loads((p / "status.json").read_text())["pid"] == pid)
     assert _state(cell) == "cancelled"
     assert json.loads((root / "sweeps" / "grid" / "status.json").read_text())["state"] == "cancelled"
-    # Nothing is left running: every other cell finished, was cancelled too, or never started (no run directory).
+    # Nothing is left running: every other cell finished, was cancelled too, or never started (no run directory;
+    # how many got that far depends on the other worker's speed, so no count is asserted).
     others = [_state(root / c) if (root / c / "status.json").is_file() else "pending" for c in CELLS if c != cell.name]
-    assert set(others) <= {"finished", "cancelled", "pending"} and "pending" in others
+    assert set(others) <= {"finished", "cancelled", "pending"}
