@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from cpl.atomic import write_json
 from cpl.config import Config, ConfigError, fast_dev_run, load_config, read_yaml
 from cpl.data.check import CheckReport
 from cpl.data.market import SPLIT_FOLDERS
+from cpl.runs.atomic import write_json
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
-from cpl.sweep import create_sweep, executor_argv
+from cpl.sweep.grid import create_sweep
+from cpl.sweep.runner import executor_argv
 
 from .safety import safe_data_dir
 

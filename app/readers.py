@@ -20,11 +20,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from cpl.atomic import read_jsonl
 from cpl.config import tricks_of
+from cpl.runs.atomic import read_jsonl
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs, valid_id
 from cpl.runs.status import read_status
-from cpl.sweep import where_ran
+from cpl.sweep.tables import where_ran
 
 from . import health
 from .safety import safe_file

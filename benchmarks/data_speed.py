@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from cpl.data.check import check_dataset
-from cpl.data.synth import generate
+from cpl.synth import generate
 
 
 def timed(fn, *args, **kwargs) -> tuple[object, float, float]:

@@ -31,8 +31,8 @@ from eval_common import (
     timed,
 )
 
-from cpl.atomic import write_json
 from cpl.evaluation import evaluate
+from cpl.runs.atomic import write_json
 
 
 def only_ours(folder: str) -> None:

@@ -33,8 +33,8 @@ import torch
 import train_throughput as tt
 from eval_common import REPO, market_labels, msmt_labels, peak_rss_mb, synthetic_features
 
-from cpl.atomic import write_json, write_text
 from cpl.evaluation import evaluate, rerank_features
+from cpl.runs.atomic import write_json, write_text
 
 BUDGET_S = 480  # the GPU run's target: one short device lease
 

@@ -34,8 +34,8 @@ from eval_common import (
     timed,
 )
 
-from cpl.atomic import write_json
 from cpl.evaluation import evaluate, rerank, rerank_features
+from cpl.runs.atomic import write_json
 
 
 def only_ours(folder: str) -> None:

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from cpl.config import Config, GanConfig
+from cpl.engine.seeding import make_generator
 from cpl.engine.trainer import TrainData, Trainer, amp_dtype
 from cpl.gan.dcgan import build_models
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import get_strategy
-from cpl.seeding import make_generator
 
 
 def _sync(device: torch.device) -> None:

@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError, fast_dev_run, load_config
-from .runs.rundir import RunDir, default_runs_root, list_runs
+from cpl import __version__
+from cpl.config import ConfigError, fast_dev_run, load_config
+from cpl.runs.rundir import RunDir, default_runs_root, list_runs
 
 
 def _err(msg: str, code: int = 2) -> int:
@@ -33,7 +33,7 @@ def _err(msg: str, code: int = 2) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .data.check import check_dataset
+    from cpl.data.check import check_dataset
 
     t0 = time.time()
     report = check_dataset(Path(args.data_dir), decode=not args.no_decode)
@@ -43,7 +43,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synth import generate
+    from cpl.synth import generate
 
     t0 = time.time()
     try:
@@ -58,9 +58,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _run_outcome(run: RunDir, fn) -> int:
-    from .engine.trainer import Stopped
-    from .gan import Stopped as GanStopped
-    from .pipeline import summary_line
+    from cpl.engine.trainer import Stopped
+    from cpl.gan import Stopped as GanStopped
+    from cpl.pipeline import summary_line
 
     try:
         results = fn()
@@ -68,7 +68,7 @@ def _run_outcome(run: RunDir, fn) -> int:
         print(f"cancelled: {run.path} (resume with `cpl resume {run.path}`)", file=sys.stderr)
         return 130
     except Exception as exc:  # recorded in status.json by the pipeline; print the one-line reason
-        from .runs.status import read_raw
+        from cpl.runs.status import read_raw
 
         st = read_raw(run) or {}
         print(f"cpl: run failed: {st.get('error') or exc}", file=sys.stderr)
@@ -85,7 +85,7 @@ def _run_outcome(run: RunDir, fn) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runs.launch import prepare_run as prepare
+    from cpl.runs.launch import prepare_run as prepare
 
     try:
         cfg = load_config(args.config, args.set)
@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs_root = Path(args.runs_root)
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.detach:
-        from .runs.launch import launch_resume
+        from cpl.runs.launch import launch_resume
 
         try:
             run = prepare(cfg, runs_root, run_dir, argv=sys.argv)
@@ -105,8 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         pid = launch_resume(run)
         print(f"{run.path} (pid {pid})")
         return 0
-    from .engine import dist
-    from .pipeline import execute
+    from cpl.engine import dist
+    from cpl.pipeline import execute
 
     info = dist.from_env()
     if info.enabled:  # torchrun: rank 0 creates the run directory, every rank learns its path
@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .runs.status import read_status
+    from cpl.runs.status import read_status
 
     run = RunDir(Path(args.run_dir))
     if not run.config.is_file():
@@ -137,12 +137,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if st.get("state") == "running" and not st.get("dead") and st.get("pid") and args.detach is False:
         return _err(f"{run.id}: is already running (pid {st.get('pid')})")
     if args.detach:
-        from .runs.launch import launch_resume
+        from cpl.runs.launch import launch_resume
 
         print(f"{run.path} (pid {launch_resume(run)})")
         return 0
-    from .engine import dist
-    from .pipeline import execute
+    from cpl.engine import dist
+    from cpl.pipeline import execute
 
     info = dist.from_env()
     if info.enabled:
@@ -151,7 +151,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from .runs.launch import cancel
+    from cpl.runs.launch import cancel
 
     run = RunDir(Path(args.run_dir))
     if not (run.run_json.is_file() or (run.path / "sweep.json").is_file()):
@@ -161,7 +161,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .runs.status import read_status
+    from cpl.runs.status import read_status
 
     runs = list_runs(Path(args.runs_root))
     if not runs:
@@ -178,13 +178,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .query import query_main
+    from cpl.evaluation.query import query_main
 
     return query_main(args)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep_main
+    from cpl.sweep.runner import sweep_main
 
     return sweep_main(args)
 
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the result as JSON here (default: print it)")
     s.set_defaults(fn=cmd_query)
 
-    from .sweep import add_sweep_arguments
+    from cpl.sweep.runner import add_sweep_arguments
 
     s = sub.add_parser("sweep", help="run a grid of methods x GAN-image counts x seeds and tabulate it")
     add_sweep_arguments(s)

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from cpl.models.catalog import BACKBONES
+
 
 class ConfigError(ValueError):
     """A configuration problem a user can act on; the message names the key."""
@@ -320,7 +322,6 @@ def validate(cfg: Config) -> None:
     _check(g.seed >= 0, "gan.seed", "must be >= 0", g.seed)
     _check(g.max_steps_per_epoch >= 0, "gan.max_steps_per_epoch", "must be >= 0", g.max_steps_per_epoch)
 
-    from .backbones import BACKBONES  # the table (torch-free); imported here as it imports ConfigError
 
     m = c.model
     _check(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}", m.backbone)

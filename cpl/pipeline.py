@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config as cfgmod
-from . import faults
-from .atomic import append_jsonl, write_json, write_npy, write_npz, write_text
-from .config import Config, tricks
-from .runs.queue import device_slots, scheduled, wait_until_held
-from .runs.rundir import RunDir
-from .runs.status import StatusWriter
+from cpl import config as cfgmod
+from cpl.config import Config, tricks
+from cpl.runs import faults
+from cpl.runs.atomic import append_jsonl, write_json, write_npy, write_npz, write_text
+from cpl.runs.queue import device_slots, scheduled, wait_until_held
+from cpl.runs.rundir import RunDir
+from cpl.runs.status import StatusWriter
 
 log = logging.getLogger("cpl")
 
@@ -94,12 +94,12 @@ def _setup_logging(run: RunDir, is_main: bool) -> logging.Handler | None:
 def execute(run: RunDir, *, stop: _Stop | None = None, progress_bar: bool = False) -> dict:
     """Run or resume the prepared run ``run``; returns results.json's content. Raises on failure after
     recording it in status.json (state failed / cancelled)."""
-    from .engine import dist
+    from cpl.engine import dist
 
     info = dist.from_env()
     cfg = load_run_config(run)
     if info.is_main:
-        run.remove_stale_temp_files()  # a killed predecessor's; its targets are whole (cpl/atomic.py)
+        run.remove_stale_temp_files()  # a killed predecessor's; its targets are whole (cpl/runs/atomic.py)
     stop = stop or _Stop()
     stop.install()
     status = StatusWriter(run, enabled=info.is_main)
@@ -157,15 +157,15 @@ def _claim_devices(stack: ExitStack, run: RunDir, devices: list[str], info, stat
 
 
 def _stopped_types() -> tuple[type, ...]:
-    from .engine.trainer import Stopped
-    from .gan import Stopped as GanStopped
+    from cpl.engine.trainer import Stopped
+    from cpl.gan import Stopped as GanStopped
 
     return (Stopped, GanStopped)
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
     """One-line message + hint for the status file."""
-    from .engine.trainer import NonFiniteLoss
+    from cpl.engine.trainer import NonFiniteLoss
 
     if isinstance(exc, RunFailed):
         return str(exc), exc.hint
@@ -224,7 +224,7 @@ class _Pipeline:
 
     # ------------------------------------------------------------------ stages
     def stages(self) -> dict:
-        from .pseudo import get_strategy
+        from cpl.pseudo import get_strategy
 
         cfg = self.cfg
         t_start = time.time()
@@ -241,16 +241,16 @@ class _Pipeline:
         return results
 
     def _load_data(self):
-        from .data.check import check_dataset, raise_if_invalid
-        from .data.holdout import holdout_split
-        from .data.images import list_images, load_images
-        from .data.market import load_market
+        from cpl.data.check import check_dataset, raise_if_invalid
+        from cpl.data.holdout import holdout_split
+        from cpl.data.images import list_images, load_images
+        from cpl.data.market import load_market
 
         cfg = self.cfg
         self._stage("data", 0.0, message="checking the dataset")
         root = Path(cfg.data.root)
         if cfg.data.kind == "synthetic":
-            from .data.synth import ensure
+            from cpl.synth import ensure
 
             s = cfg.data.synthetic
             log.info("synthetic dataset at %s (ids=%d, seed=%d)", root, s.ids, s.seed)
@@ -308,7 +308,7 @@ class _Pipeline:
                      gallery_imgs=gallery_imgs, unl_imgs=unl_imgs, unl_paths=unl_paths, truth=truth, source=src)
 
     def _gan_samples(self, train_imgs: torch.Tensor, fingerprint: str) -> list[str]:
-        from .gan import ensure_samples, list_samples
+        from cpl.gan import ensure_samples, list_samples
 
         cfg = self.cfg
         n = cfg.unlabeled.num_images
@@ -332,7 +332,7 @@ class _Pipeline:
                                     seed=cfg.gan.seed, device=self.device, on_progress=on_progress,
                                     should_stop=self.stop)
             self._write_gan_json(folder.parent)
-        from .engine import dist
+        from cpl.engine import dist
 
         dist.barrier()
         folder = dist.broadcast_object(str(folder) if folder else None)
@@ -342,7 +342,7 @@ class _Pipeline:
 
     def _write_gan_json(self, key_dir: Path) -> None:
         """The run's copy of its DCGAN's record (the app reads run directories only)."""
-        from .gan.cache import read_info
+        from cpl.gan.cache import read_info
 
         info = read_info(key_dir) or {}
         keep = ("key", "config", "seed", "epochs_done", "train_time_s", "num_images", "samples", "quality")
@@ -363,10 +363,10 @@ class _Pipeline:
         write_text(self.run.unlabeled, buf.getvalue())
 
     def _train(self, d: _Data, strategy):
-        from .backbones import WeightsNotFound
-        from .checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
-        from .engine.trainer import Hooks, TrainData, Trainer
-        from .models.reid import build_model
+        from cpl.engine.checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
+        from cpl.engine.trainer import Hooks, TrainData, Trainer
+        from cpl.models.backbones import WeightsNotFound
+        from cpl.models.reid import build_model
 
         cfg = self.cfg
         k = d.ds.num_classes
@@ -437,9 +437,9 @@ class _Pipeline:
         return trainer
 
     def _evaluate(self, d: _Data, trainer, strategy) -> dict:
-        from .engine.features import extract
-        from .engine.trainer import amp_dtype
-        from .evaluation import evaluate, rerank_features, topk
+        from cpl.engine.features import extract
+        from cpl.engine.trainer import amp_dtype
+        from cpl.evaluation import evaluate, rerank_features, topk
 
         cfg, run = self.cfg, self.run
         if not self.info.is_main:
@@ -498,7 +498,7 @@ class _Pipeline:
         if cfg.eval.umap:
             self._stage("eval", 0.75, message="UMAP of train + unlabeled features and centers")
             faults.point("umap")
-            from .embedding import umap_layout
+            from cpl.evaluation.embedding import umap_layout
 
             emb = umap_layout(tf.numpy(), d.labels[d.keep], uf.numpy(), unl_labels, centers.numpy(),
                               neighbors=cfg.eval.umap_neighbors, min_dist=cfg.eval.umap_min_dist,
@@ -520,7 +520,7 @@ class _Pipeline:
     def _write_pseudo_labels(self, d: _Data, uf: torch.Tensor, ul: torch.Tensor, centers: torch.Tensor,
                              valid: torch.Tensor, strategy, trainer) -> np.ndarray:
         """Final assignment table; returns the center-based label of every unlabeled image."""
-        from .pseudo import cosine_to_centers, top2
+        from cpl.pseudo import cosine_to_centers, top2
 
         sims = cosine_to_centers(uf, centers, valid)
         lab, cos1, run_up, cos2 = top2(sims)

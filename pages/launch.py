@@ -13,11 +13,11 @@ import streamlit as st
 from app import launching, settings
 from app.launching import CENTER_LOSS, METHOD_INFO, NO_UNLABELED, SOURCE_INFO, RunChoices
 from app.safety import safe_data_dir
-from cpl.backbones import BACKBONES
-from cpl.backbones import resolve as resolve_weights
 from cpl.config import METHODS, Config, ConfigError, dump_yaml, tricks
 from cpl.data.check import CheckReport, check_dataset
-from cpl.sweep import plan_cells
+from cpl.models.backbones import resolve as resolve_weights
+from cpl.models.catalog import BACKBONES
+from cpl.sweep.grid import plan_cells
 
 
 @st.cache_data(show_spinner="Checking the dataset…", max_entries=32)

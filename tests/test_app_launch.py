@@ -14,8 +14,9 @@ from app_fixtures import open_app, wait_for
 from PIL import Image
 
 from app import launching
-from cpl.backbones import BACKBONES, torchvision_cache_file
 from cpl.config import ConfigError, load_config
+from cpl.models.backbones import torchvision_cache_file
+from cpl.models.catalog import BACKBONES
 from cpl.runs.launch import cancel
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.status import read_raw, read_status

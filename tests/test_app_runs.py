@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from app_fixtures import open_app, wait_for
 
-from cpl.atomic import write_json
 from cpl.config import dump_yaml, fast_dev_run, load_config
+from cpl.runs.atomic import write_json
 from cpl.runs.launch import cancel, launch_resume, prepare_run
 from cpl.runs.rundir import RunDir, create_run
 from cpl.runs.status import read_raw, read_status

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cpl.atomic import append_jsonl, read_jsonl, write_json
+from cpl.runs.atomic import append_jsonl, read_jsonl, write_json
 
 
 def test_exception_mid_write_keeps_previous_file_and_no_temp(tmp_path):
@@ -25,7 +25,7 @@ def test_exception_mid_write_keeps_previous_file_and_no_temp(tmp_path):
 
 def test_sigkill_during_rewrites_never_leaves_a_torn_file(tmp_path):
     target = tmp_path / "big.json"
-    code = ("import sys, itertools; from cpl.atomic import write_json\n"
+    code = ("import sys, itertools; from cpl.runs.atomic import write_json\n"
             f"p = {str(target)!r}\n"
             "for i in itertools.count():\n"
             "    write_json(p, {'i': i, 'payload': 'x' * 2_000_000})\n"

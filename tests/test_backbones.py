@@ -12,9 +12,10 @@ import sklearn.datasets
 import torch
 from PIL import Image
 
-from cpl.backbones import BACKBONES, WeightsNotFound, resolve, wheel_file
 from cpl.config import ConfigError, load_config
 from cpl.data.transforms import normalize
+from cpl.models.backbones import WeightsNotFound, resolve, wheel_file
+from cpl.models.catalog import BACKBONES
 from cpl.models.reid import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpl.checkpoints import CheckpointError, list_checkpoints, load_latest, read_checkpoint, save_checkpoint
+from cpl.engine.checkpoints import CheckpointError, list_checkpoints, load_latest, read_checkpoint, save_checkpoint
 
 
 def _state(v: float) -> dict:

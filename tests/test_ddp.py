@@ -27,13 +27,13 @@ from app_fixtures import wait_for
 from torch import nn
 
 from cpl.config import Config, fast_dev_run, load_config
-from cpl.data.synth import ensure
 from cpl.engine.dist import DistInfo
 from cpl.engine.trainer import TrainData, Trainer
 from cpl.pseudo import get_strategy
 from cpl.runs.launch import launch_resume, prepare_run
 from cpl.runs.queue import lock_holder
 from cpl.runs.status import FINAL, read_raw
+from cpl.synth import ensure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cpl.config import Config
+from cpl.engine.losses import soft_cross_entropy
 from cpl.engine.trainer import Hooks, NonFiniteLoss, Stopped, TrainData, Trainer
-from cpl.losses import soft_cross_entropy
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import Targets, get_strategy
 

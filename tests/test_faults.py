@@ -1,4 +1,4 @@
-"""CPL_FAULT: the testing aid that kills or freezes a run at a named point (cpl/faults.py)."""
+"""CPL_FAULT: the testing aid that kills or freezes a run at a named point (cpl/runs/faults.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from cpl.faults import POINTS, parse
+from cpl.runs.faults import POINTS, parse
 
-SCRIPT = "from cpl import faults; faults.point('train', epoch=0, iter=1); faults.point('eval'); print('alive')"
+SCRIPT = "from cpl.runs import faults; faults.point('train', epoch=0, iter=1); faults.point('eval'); print('alive')"
 
 
 def test_parse():
@@ -53,7 +53,7 @@ def test_killpg_takes_the_whole_group_down():
 
 
 def test_stop_freezes_once_until_continued():
-    script = "from cpl import faults; faults.point('eval'); faults.point('eval'); print('alive', flush=True)"
+    script = "from cpl.runs import faults; faults.point('eval'); faults.point('eval'); print('alive', flush=True)"
     proc = subprocess.Popen([sys.executable, "-c", script], env=_env("stop:eval"), stdout=subprocess.PIPE, text=True)
     _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns when the child stops itself
     assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from cpl.config import GanConfig
+from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Discriminator, Generator, build_models
-from cpl.seeding import make_generator
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cpl.data.images import load_images
-from cpl.data.synth import generate
 from cpl.gan.quality import frechet_distance, gan_quality
+from cpl.synth import generate
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():

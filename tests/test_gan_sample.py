@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from cpl.config import GanConfig
+from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Generator, build_models
 from cpl.gan.errors import Stopped
 from cpl.gan.sample import list_samples, read_manifest, sample_to_folder, sample_z
-from cpl.seeding import make_generator
 
 CPU = torch.device("cpu")
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpl.checkpoints import list_checkpoints as _list
-from cpl.checkpoints import load_latest
 from cpl.config import GanConfig
+from cpl.engine.checkpoints import list_checkpoints as _list
+from cpl.engine.checkpoints import load_latest
+from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import build_models
 from cpl.gan.errors import NonFiniteLoss, Stopped
 from cpl.gan.train import PREFIX, prepare_images, train_gan
-from cpl.seeding import make_generator
 
 CPU = torch.device("cpu")
 

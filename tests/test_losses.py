@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cpl.losses import apply_center_update, center_loss, center_update_stats, soft_cross_entropy
+from cpl.engine.losses import apply_center_update, center_loss, center_update_stats, soft_cross_entropy
 
 
 def test_center_update_matches_hand_computation():

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpl.query import QueryError, query_main, rank_gallery
+from cpl.evaluation.query import QueryError, query_main, rank_gallery
 
 
 def test_a_gallery_image_finds_itself_first(app_run, tmp_path):

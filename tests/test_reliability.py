@@ -25,7 +25,7 @@ TINY = ["--fast-dev-run", "--set", "eval.umap=false", "--set", "unlabeled.num_im
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    from cpl.data.synth import ensure
+    from cpl.synth import ensure
 
     return ensure(tmp_path_factory.mktemp("data") / "synthetic", ids=12, seed=0, cameras=4)
 

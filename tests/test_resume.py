@@ -1,4 +1,4 @@
-"""Resume equivalence, for real: kill `cpl run` with SIGKILL at a named point (``CPL_FAULT``, cpl/faults.py),
+"""Resume equivalence, for real: kill `cpl run` with SIGKILL at a named point (``CPL_FAULT``, cpl/runs/faults.py),
 `cpl resume`, and get exactly the results, pseudo-labels and features of the same run left alone (CPU, fixed
 seed). The kill points are deterministic: no polling, no race with the machine's speed."""
 

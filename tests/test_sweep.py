@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from test_resume import _assert_whole
 
-from cpl.sweep import Cell, aggregate, cell_config, markdown_table, pl_accuracy_by_epoch, plan_cells
+from cpl.sweep.grid import Cell, cell_config, plan_cells
+from cpl.sweep.tables import aggregate, markdown_table, pl_accuracy_by_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -102,7 +102,7 @@ def test_without_ray_one_line_says_how_to_install_it(tmp_path, capsys, monkeypat
 
 
 def test_cell_resources():
-    from cpl.sweep_ray import cell_resources
+    from cpl.sweep.on_ray import cell_resources
 
     assert cell_resources("cpu", 8, 3) == {"num_cpus": 3}
     assert cell_resources("auto", 0, 2) == {"num_cpus": 2}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import multiprocessing
 import re
@@ -13,10 +14,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpl.data import synth
-from cpl.data.synth import GALLERY, MARKER, QUERY, TRAIN, ensure, generate
-from cpl.data.synth_difficulty import difficulty, histogram_features, market_rank1_map, pixel_features
-from cpl.data.synth_people import Pose, distinct, draw_person, near_duplicate, random_identity
+from cpl.synth import GALLERY, MARKER, QUERY, TRAIN, ensure, generate
+from cpl.synth import dataset as synth
+from cpl.synth.people import Pose, distinct, draw_person, near_duplicate, random_identity
+
+
+def _load_difficulty():
+    # tools/ is a folder of scripts, not a package: load the analysis script by path
+    path = Path(__file__).resolve().parents[1] / "tools" / "synth_difficulty.py"
+    spec = importlib.util.spec_from_file_location("synth_difficulty", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_difficulty = _load_difficulty()
+difficulty, histogram_features = _difficulty.difficulty, _difficulty.histogram_features
+market_rank1_map, pixel_features = _difficulty.market_rank1_map, _difficulty.pixel_features
 
 MARKET_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 LOADER_NAME = re.compile(r"([-\d]+)_c(\d+)")  # what the Market loader parses

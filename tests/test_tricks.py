@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from cpl.config import CENTER_LOSS_METHODS, METHODS, Config, ConfigError, load_config, tricks, validate
 from cpl.engine import sampling
+from cpl.engine.losses import batch_hard_triplet, center_loss_sgd, cross_entropy, soft_cross_entropy
 from cpl.engine.trainer import Hooks, TrainData, Trainer, batch_augmentation, lr_at
-from cpl.losses import batch_hard_triplet, center_loss_sgd, cross_entropy, soft_cross_entropy
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import STRATEGIES, get_strategy
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.transforms import normalize
+from cpl.data.transforms import normalize
 
 
 @torch.no_grad()

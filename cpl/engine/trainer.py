@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import faults
-from ..config import AugmentConfig, Config
-from ..data.transforms import AugmentParams, augment, draw_params
-from ..losses import (
+from cpl.config import AugmentConfig, Config
+from cpl.data.transforms import AugmentParams, augment, draw_params
+from cpl.engine import dist, sampling
+from cpl.engine.dist import DistInfo
+from cpl.engine.losses import (
     apply_center_update,
     batch_hard_triplet,
     center_loss,
@@ -35,10 +36,9 @@ from ..losses import (
     cross_entropy,
     soft_cross_entropy,
 )
-from ..pseudo import Strategy, cosine_to_centers, top2
-from ..seeding import derive_seed, make_generator
-from . import dist, sampling
-from .dist import DistInfo
+from cpl.engine.seeding import derive_seed, make_generator
+from cpl.pseudo import Strategy, cosine_to_centers, top2
+from cpl.runs import faults
 
 
 class NonFiniteLoss(RuntimeError):

@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from cpl import atomic
 from cpl.config import GanConfig
 from cpl.gan.dcgan import Generator
 from cpl.gan.errors import Stopped
 from cpl.gan.sample import read_manifest, sample_to_folder, samples_ready
 from cpl.gan.train import train_gan
+from cpl.runs import atomic
 
 # Bump when a code change makes earlier cached GANs or samples different from what the code now produces.
 CACHE_VERSION = 1

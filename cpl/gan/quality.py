@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from cpl.seeding import make_generator
+from cpl.engine.seeding import make_generator
 
 FEATURE_SPACE = "efficientnet_lite0 (ImageNet) stage-5 features, globally averaged (112-d), images at 128x128"
 _SIZE = 128

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cpl import atomic, faults
+from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Generator
 from cpl.gan.errors import Stopped
-from cpl.seeding import make_generator
+from cpl.runs import atomic, faults
 
 MANIFEST = "manifest.csv"
 SETTINGS = "sampling.json"  # what the existing files were drawn with; a mismatch invalidates them

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cpl import faults
-from cpl.checkpoints import load_latest, save_checkpoint
 from cpl.config import GanConfig
+from cpl.engine.checkpoints import load_latest, save_checkpoint
+from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Discriminator, Generator, build_models
 from cpl.gan.errors import NonFiniteLoss, Stopped
-from cpl.seeding import make_generator
+from cpl.runs import faults
 
 __all__ = ["NonFiniteLoss", "Stopped", "prepare_images", "train_gan"]
 

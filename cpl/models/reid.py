@@ -22,7 +22,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ..backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone, WeightsInfo, resolve, sha256_file
+from cpl.models.backbones import WeightsInfo, resolve, sha256_file
+from cpl.models.catalog import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone
 
 log = logging.getLogger("cpl")
 
@@ -149,7 +150,7 @@ def build_model(backbone: str, num_classes: int, dropout: float, pretrained: str
                 neck: str = "none") -> tuple[ReIDNet, WeightsInfo]:
     """Build the re-ID network and load its trunk weights per ``model.pretrained``; returns (model, what it got).
 
-    Raises :class:`cpl.backbones.WeightsNotFound` when ``pretrained='auto'`` finds nothing.
+    Raises :class:`cpl.models.backbones.WeightsNotFound` when ``pretrained='auto'`` finds nothing.
     """
     model = ReIDNet(backbone, num_classes, dropout, last_stride, neck)
     info = load_weights(model, resolve(backbone, pretrained))

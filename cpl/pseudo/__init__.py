@@ -3,9 +3,9 @@ no-unlabeled references (baseline, center)."""
 
 from __future__ import annotations
 
-from ..config import TrainConfig
-from .base import Strategy, Targets, cosine_to_centers, top2
-from .methods import STRATEGIES
+from cpl.config import TrainConfig
+from cpl.pseudo.base import Strategy, Targets, cosine_to_centers, top2
+from cpl.pseudo.methods import STRATEGIES
 
 
 def get_strategy(train: TrainConfig) -> Strategy:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Strategy, Targets, cosine_to_centers
+from cpl.pseudo.base import Strategy, Targets, cosine_to_centers
 
 
 def _onehot(label: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..atomic import write_json
-from ..config import Config, dump_yaml
-from .rundir import RunDir, create_run, new_run_id
-from .status import ACTIVE, FINAL, StatusWriter, pid_alive, read_raw, read_status
+from cpl.config import Config, dump_yaml
+from cpl.runs.atomic import write_json
+from cpl.runs.rundir import RunDir, create_run, new_run_id
+from cpl.runs.status import ACTIVE, FINAL, StatusWriter, pid_alive, read_raw, read_status
 
 
 def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv: list[str] | None = None,
@@ -29,7 +29,7 @@ def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv:
     Refuses (:class:`cpl.models.weights.WeightsNotFound`, a ValueError with one actionable line) a config whose
     ``model.pretrained`` names weights this machine does not have: no run directory is made then.
     """
-    from ..backbones import resolve
+    from cpl.models.backbones import resolve
 
     weights = resolve(cfg.model.backbone, cfg.model.pretrained)
     if run_dir is not None:

@@ -10,7 +10,7 @@ sorted order: two jobs sharing devices can never each hold one the other waits f
 id are written into the lock file while it is held (:func:`lock_holder`), so the other ranks of the job can
 wait for the claim (:func:`wait_until_held`) without a process-group timeout running.
 
-A run started by a cluster scheduler (a sweep cell on Ray, ``cpl/sweep_ray.py``) skips the lock: the scheduler
+A run started by a cluster scheduler (a sweep cell on Ray, ``cpl/sweep/on_ray.py``) skips the lock: the scheduler
 already gave it its device (Ray sets ``CUDA_VISIBLE_DEVICES`` per task, so every such run sees ``cuda:0``, and
 the runs root is shared by all nodes), and a lock on it would serialise the whole cluster. The scheduler says so
 with ``CPL_SCHEDULER=<name>`` in the run's environment.
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .rundir import LOCKS_DIR
+from cpl.runs.rundir import LOCKS_DIR
 
 SCHEDULER_ENV = "CPL_SCHEDULER"
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import write_json, write_text
+from cpl.runs.atomic import write_json, write_text
 
 CACHE_DIR = "_cache"
 LOCKS_DIR = "_locks"
@@ -72,7 +72,7 @@ class RunDir:
     embedding = property(lambda self: self.path / "embedding.npz")
     features = property(lambda self: self.path / "features")
     checkpoints = property(lambda self: self.path / "checkpoints")
-    placement = property(lambda self: self.path / "placement.json")  # a Ray sweep cell's attempts (cpl/sweep_ray.py)
+    placement = property(lambda self: self.path / "placement.json")  # a Ray sweep cell's attempts (cpl/sweep/on_ray.py)
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files an atomic write left behind when its process was killed mid-write

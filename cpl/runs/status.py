@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..atomic import write_json
-from .rundir import RunDir
+from cpl.runs.atomic import write_json
+from cpl.runs.rundir import RunDir
 
 STALE_S = 60.0
 HEARTBEAT_S = 5.0

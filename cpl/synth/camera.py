@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance
 
-from cpl.data.synth_people import VIEWS, Identity, choose, draw_person, random_pose
+from cpl.synth.people import VIEWS, Identity, choose, draw_person, random_pose
 
 SCENES = ("plaza", "street", "park", "indoor", "brick", "station")
 

@@ -9,7 +9,7 @@ Hand-crafted features, each ranked by Euclidean distance under the Market-1501 p
 * ``histogram_full``: the same histogram over the whole crop, dominated by each camera's background.
 
 Used by the tests and ``docs/synthetic-dataset.md`` to show that the synthetic dataset is neither
-trivial nor random. Run ``python -m cpl.data.synth_difficulty DIR`` to print the table for a folder.
+trivial nor random. Run ``python tools/synth_difficulty.py DIR`` to print the table for a folder.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .market import parse_name
+from cpl.data.market import parse_name
 
 
 def load_folder(folder: str | Path, size: tuple[int, int] = (64, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,7 +91,7 @@ def difficulty(root: str | Path) -> dict[str, dict[str, float]]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m cpl.data.synth_difficulty DATASET_DIR", file=sys.stderr)
+        print("usage: python tools/synth_difficulty.py DATASET_DIR", file=sys.stderr)
         return 2
     for name, r in difficulty(argv[0]).items():
         print(f"{name:14s} rank-1 {r['rank1']:5.1f}%  mAP {r['mAP']:5.1f}%  "

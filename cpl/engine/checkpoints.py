@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import atomic
+from cpl.runs import atomic
 
 log = logging.getLogger("cpl")
 

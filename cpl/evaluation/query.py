@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_text
-from .config import ConfigError, load_config
-from .runs.rundir import RunDir
+from cpl.config import ConfigError, load_config
+from cpl.runs.atomic import write_text
+from cpl.runs.rundir import RunDir
 
 
 class QueryError(RuntimeError):
@@ -31,7 +31,7 @@ def _image_tensor(path: Path, height: int, width: int):
     import torch
     from PIL import Image
 
-    from .data.images import UploadError, decode_upload
+    from cpl.data.images import UploadError, decode_upload
 
     try:
         data = path.read_bytes()
@@ -48,8 +48,8 @@ def _image_tensor(path: Path, height: int, width: int):
 
 def _model(run: RunDir, cfg):
     """The run's network with the weights of its newest loadable checkpoint, on the CPU, in eval mode."""
-    from .checkpoints import TRAIN_PREFIX, CheckpointError, load_latest
-    from .models.reid import build_model
+    from cpl.engine.checkpoints import TRAIN_PREFIX, CheckpointError, load_latest
+    from cpl.models.reid import build_model
 
     try:
         found = load_latest(run.checkpoints, TRAIN_PREFIX, map_location="cpu")
@@ -76,7 +76,7 @@ def rank_gallery(run: RunDir, image: Path, topk: int = 20) -> dict:
     """
     import torch
 
-    from .engine.features import extract
+    from cpl.engine.features import extract
 
     if topk < 1:
         raise QueryError(f"--topk must be at least 1, got {topk}")

@@ -40,12 +40,13 @@ from pathlib import Path
 
 import ray
 
-from .atomic import write_json
-from .config import ConfigError, from_dict
-from .runs.queue import SCHEDULER_ENV
-from .runs.rundir import RunDir
-from .runs.status import ACTIVE, STALE_S, StatusWriter, read_status
-from .sweep import cell_argv, cell_state, prepare_cell, write_tables
+from cpl.config import ConfigError, from_dict
+from cpl.runs.atomic import write_json
+from cpl.runs.queue import SCHEDULER_ENV
+from cpl.runs.rundir import RunDir
+from cpl.runs.status import ACTIVE, STALE_S, StatusWriter, read_status
+from cpl.sweep.grid import cell_argv, cell_state, prepare_cell
+from cpl.sweep.tables import write_tables
 
 # Attempts after the first for a cell whose worker, node or process died; each one resumes from the last
 # checkpoint, so a few cover preemptions and lost nodes without looping forever on a cell that always dies.
