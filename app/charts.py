@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from cpl.runs.state import QueueReason, State, parse
+
 HEIGHT = 360
 # The fixed colour of each method across every chart (Plotly's qualitative "D3" palette).
 METHOD_COLORS = {"baseline": "#7f7f7f", "center": "#8c564b", "cpl": "#d62728", "fapl": "#ff7f0e",
@@ -185,18 +187,23 @@ def mean_std(mean: float, std: float | None) -> str:
 # ---------------------------------------------------------------------------------------------- text
 
 # st.badge colour and Material icon of each run state.
-STATE_BADGES = {"running": ("blue", ":material/progress_activity:"), "queued": ("orange", ":material/schedule:"),
-                "finished": ("green", ":material/check_circle:"), "failed": ("red", ":material/error:"),
-                "cancelled": ("gray", ":material/stop_circle:"), "pending": ("gray", ":material/more_horiz:")}
+STATE_BADGES = {
+    State.RUNNING: ("blue", ":material/progress_activity:"), State.QUEUED: ("orange", ":material/schedule:"),
+    State.FINISHED: ("green", ":material/check_circle:"), State.FAILED: ("red", ":material/error:"),
+    State.CANCELLED: ("gray", ":material/stop_circle:"), State.PENDING: ("gray", ":material/more_horiz:"),
+}
 
 
 def state_label(status: dict) -> str:
-    """``"running"``; a queued run says whether it waits for its device or is still starting."""
-    state = str(status.get("state") or "unknown")
-    if state == "queued":
-        waiting = status.get("waiting_for") or "waiting for" in str(status.get("message") or "")  # older runs: text
+    """``"running"``; a queued run says whether it waits for its device or is still starting (its
+    ``queue_reason``)."""
+    state = parse(State, status.get("state"))
+    if state is None:
+        return str(status.get("state") or State.UNKNOWN)
+    if state == State.QUEUED:
+        waiting = parse(QueueReason, status.get("queue_reason")) == QueueReason.DEVICE or status.get("waiting_for")
         return "queued (waiting for device)" if waiting else "starting"
-    return state
+    return state.value
 
 
 def state_badge(status: dict) -> tuple[str, str, str]:

@@ -25,9 +25,9 @@ import streamlit as st
 import yaml
 
 from cpl.runs.rundir import RESERVED, RunDir
+from cpl.runs.state import ACTIVE, FINAL, State, parse
 
 FEATURE_SPLITS = ("train", "query", "gallery")  # features/<split>.npy rows match features/<split>.csv rows
-STATES = ("queued", "running", "finished", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def is_number(value: object) -> bool:
 def status_problems(status: dict) -> list[Problem]:
     """Fields of status.json the app relies on, with the wrong type or value."""
     out = []
-    if status.get("state") not in STATES:
+    if parse(State, status.get("state")) not in ACTIVE | FINAL:
         out.append(Problem("status.json", f"unknown state {str(status.get('state'))[:20]!r}"))
     for key in ("progress", "heartbeat", "pid"):
         if status.get(key) is not None and not is_number(status[key]):
@@ -216,7 +216,7 @@ def run_problems(run: RunDir) -> list[Problem]:
     _, run_json = load_object(run.run_json, required=True)
     config, config_yaml = load_config(run.config)
     status, status_json = load_object(run.status, required=False)
-    finished = (status or {}).get("state") == "finished"
+    finished = (status or {}).get("state") == State.FINISHED
     results, results_json = load_object(run.results, required=finished)
     out = [p for p in (run_json, config_yaml, status_json, results_json) if p]
     if status is not None:

@@ -23,6 +23,7 @@ from PIL import Image
 from cpl.config import tricks_of
 from cpl.runs.atomic import read_jsonl
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs, valid_id
+from cpl.runs.state import State
 from cpl.runs.status import read_status
 from cpl.sweep.tables import where_ran
 
@@ -247,7 +248,7 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
             "problems": [str(p) for p in health.run_problems(run)],
         })
     for name, problem in health.stray_entries(runs_root, {r.id for r in runs}).items():
-        rows.append({"run": name, "state": "damaged", "progress": 0.0, "problems": [str(problem)]})
+        rows.append({"run": name, "state": State.DAMAGED, "progress": 0.0, "problems": [str(problem)]})
     return pd.DataFrame(rows)
 
 
@@ -300,7 +301,7 @@ def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
     for c in sweep_cell_specs(folder):
         run = RunDir(runs_root / c["run_id"])
         present = run.run_json.is_file()
-        st_ = read_status(run) if present else {"state": "pending"}
+        st_ = read_status(run) if present else {"state": State.PENDING}
         res = (results(run) or {}) if present else {}
         rr = as_dict(res.get("rerank"))
         rows.append({"run": c["run_id"], "method": text(c.get("method")), "gan_images": c.get("gan_images"),

@@ -22,6 +22,7 @@ from pathlib import Path
 from cpl import __version__
 from cpl.config import ConfigError, fast_dev_run, load_config
 from cpl.runs.rundir import RunDir, default_runs_root, list_runs
+from cpl.runs.state import State
 
 
 def _err(msg: str, code: int = 2) -> int:
@@ -134,7 +135,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not run.config.is_file():
         return _err(f"{run.path}: not a run directory (no config.yaml)")
     st = read_status(run)
-    if st.get("state") == "running" and not st.get("dead") and st.get("pid") and args.detach is False:
+    if st.get("state") == State.RUNNING and not st.get("dead") and st.get("pid") and args.detach is False:
         return _err(f"{run.id}: is already running (pid {st.get('pid')})")
     if args.detach:
         from cpl.runs.launch import launch_resume

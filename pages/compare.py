@@ -12,6 +12,7 @@ import streamlit as st
 from app import charts, health, readers, settings
 from app.safety import safe_run, safe_sweep
 from cpl.runs.rundir import RunDir, list_runs
+from cpl.runs.state import State
 from cpl.runs.status import read_status
 
 # Epoch-record columns worth overlaying, with their titles; fractions are shown in percent.
@@ -46,7 +47,7 @@ def sweep_section(root) -> None:
     status = read_status(RunDir(folder))
     agg = readers.csv_file(folder / "results.csv")
     cells = readers.csv_file(folder / "runs.csv")
-    done = int((cells["state"] == "finished").sum()) if "state" in cells else 0
+    done = int((cells["state"] == State.FINISHED).sum()) if "state" in cells else 0
     st.caption(f"{charts.state_label(status)} · {done}/{len(readers.sweep_cell_specs(folder))} cells finished · "
                f"{readers.executor_label(spec)} · mean ± std over seeds {', '.join(readers.spec_list(spec, 'seeds'))}"
                " · rank-1 and mAP in percent"

@@ -19,7 +19,8 @@ from app import charts, readers
 from app.gallery import AMBER, GREEN, NEUTRAL, RED, Card, card_image, grid, page_bounds, reset_on_run_change
 from app.nav import select_run
 from cpl.runs.rundir import RunDir
-from cpl.runs.status import ACTIVE, read_status
+from cpl.runs.state import ACTIVE
+from cpl.runs.status import read_status
 
 SORTS = {
     "Sample index": ("index", True),

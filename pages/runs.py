@@ -23,7 +23,8 @@ from app.nav import select_run
 from app.safety import safe_sweep
 from cpl.runs.launch import delete, launch_cancel, launch_resume
 from cpl.runs.rundir import RunDir
-from cpl.runs.status import ACTIVE, read_status
+from cpl.runs.state import ACTIVE, RESUMABLE, TRAINED, QueueReason, Stage, State, parse
+from cpl.runs.status import read_status
 
 REFRESH_S = 2.0
 LOG_TAIL_BYTES = 12_000
@@ -63,7 +64,7 @@ def _weights_text(w: dict | None) -> str:
 
 def _stray_row(rec: dict) -> dict:
     """A runs-root entry that cannot be read as a run (a file, an unreadable folder): its name and problem."""
-    return {"run": rec["run"], "state": "damaged", "problem": "; ".join(rec["problems"]), "progress": 0.0}
+    return {"run": rec["run"], "state": State.DAMAGED, "problem": "; ".join(rec["problems"]), "progress": 0.0}
 
 
 def runs_frame(root) -> pd.DataFrame:
@@ -73,7 +74,7 @@ def runs_frame(root) -> pd.DataFrame:
         return table
     rows = []
     for rec in table.to_dict("records"):
-        if rec["state"] == "damaged":
+        if rec["state"] == State.DAMAGED:
             rows.append(_stray_row(rec))
             continue
         run = RunDir(root / rec["run"])
@@ -119,7 +120,7 @@ COLUMNS = {
 
 def _selectable(frame: pd.DataFrame) -> list[str | None]:
     """Per table row, the run id a click selects; None for an entry that is not a readable run."""
-    return [None if state == "damaged" else run for run, state in zip(frame["run"], frame["state"])]
+    return [None if state == State.DAMAGED else run for run, state in zip(frame["run"], frame["state"])]
 
 
 def _select_from_table() -> None:
@@ -197,18 +198,20 @@ def header(run: RunDir, status: dict) -> None:
         st.badge(label, color=color, icon=icon)
     cols[1].metric("stage", status.get("stage") or "–")
     epochs = readers.number(status.get("epochs"))
-    training = status.get("stage") in ("train", "eval", "artifacts", "done")  # epoch is 0-based in status.json
+    stage = parse(Stage, status.get("stage"))
+    training = stage == Stage.TRAIN or stage in TRAINED  # epoch is 0-based in status.json
     epoch = int(readers.number(status.get("epoch")) or 0) + 1
     cols[2].metric("epoch", f"{epoch}/{int(epochs)}" if epochs and training else "–")
     cols[3].metric("device", str(status.get("device") or "–"))
     progress = readers.fraction(status.get("progress"))
     eta = f" · about {charts.duration(status.get('eta_s'))} left" if state in ACTIVE and status.get("eta_s") else ""
     st.progress(progress, text=f"{100 * progress:.0f}% — {status.get('message') or ''}{eta}")
-    if state == "failed":
+    if state == State.FAILED:
         st.error(f"**Failed:** {status.get('error') or 'unknown error'}"
                  + (f"\n\n{status.get('hint')}" if status.get("hint") else ""))
-    elif state == "queued" and "waiting for" in str(status.get("message") or ""):
-        st.info(f"Queued: {status['message']}. It starts by itself when the device is free.")
+    elif state == State.QUEUED and parse(QueueReason, status.get("queue_reason")) == QueueReason.DEVICE:
+        st.info(f"Queued: waiting for {status.get('waiting_for') or 'its device'} (another run holds it). "
+                "It starts by itself when the device is free.")
     started, finished = readers.number(status.get("started")), readers.number(status.get("finished"))
     if started:
         took = (finished or readers.number(status.get("updated")) or started) - started
@@ -224,7 +227,7 @@ def actions(run: RunDir, status: dict) -> None:
                            "after 30 s. A cancelled run can be resumed."):
         launch_cancel(run)
         st.toast(f"Cancelling {run.id}…")
-    if cols[1].button("Resume run", key="resume", disabled=state not in ("failed", "cancelled", "unknown"),
+    if cols[1].button("Resume run", key="resume", disabled=state not in RESUMABLE,
                       icon=":material/play_circle:", help="Continue from the last checkpoint in the background."):
         nproc = int(readers.number((run.read_json("launch.json") or {}).get("nproc")) or 1)
         launch_resume(run, nproc=nproc)
@@ -369,7 +372,7 @@ def sweeps_section(root) -> None:
         for folder in folders:
             status = read_status(RunDir(folder))
             cells = readers.sweep_cells(folder, root)
-            done = int((cells["state"] == "finished").sum()) if not cells.empty else 0
+            done = int((cells["state"] == State.FINISHED).sum()) if not cells.empty else 0
             title = f"**{folder.name}** · {charts.state_label(status)} · {done}/{len(cells)} cells finished"
             with st.expander(title, expanded=folder.name == wanted or status.get("state") in ACTIVE):
                 sweep_body(root, folder, status, cells)
@@ -383,7 +386,7 @@ def sweep_body(root, folder, status: dict, cells: pd.DataFrame) -> None:
     st.caption(f"methods {grid['methods']} · unlabeled images {grid['gan_images']} · seeds {grid['seeds']}"
                f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
     st.progress(readers.fraction(status.get("progress")), text=str(status.get("message") or ""))
-    if status.get("state") == "failed" and status.get("error"):
+    if status.get("state") == State.FAILED and status.get("error"):
         st.error(status["error"])
     if not cells.empty:
         shown = cells.assign(state=[charts.state_label({"state": s}) for s in cells["state"]])
@@ -399,7 +402,7 @@ def sweep_body(root, folder, status: dict, cells: pd.DataFrame) -> None:
         launch_cancel(RunDir(folder))
         st.toast(f"Cancelling sweep {folder.name}…")
     if cols[1].button("Resume sweep", key=f"resume-sweep-{folder.name}",
-                      disabled=active or status.get("state") == "finished", icon=":material/play_circle:",
+                      disabled=active or status.get("state") == State.FINISHED, icon=":material/play_circle:",
                       help="Run the unfinished cells; finished ones are kept."):
         start_sweep(root, folder)
         st.rerun()

@@ -95,11 +95,15 @@ def test_dead_run_shows_failed_and_queued_run_waits(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("CPL_DEMO", "0")
     _fake_run(tmp_path, "dead", {"state": "running", "pid": _dead_pid(), "pgid": 0, "message": "epoch 4/12"})
     _fake_run(tmp_path, "waiting", {"state": "queued", "stage": "queued", "pid": os.getpid(), "pgid": os.getpgid(0),
-                                    "message": "waiting for cpu (another run)"})
+                                    "queue_reason": "device", "waiting_for": "cpu", "message": "no sentence is parsed"})
+    # a queued run whose message says "waiting for" but whose queue_reason does not: the app reads fields only
+    _fake_run(tmp_path, "starting", {"state": "queued", "stage": "queued", "pid": os.getpid(), "pgid": os.getpgid(0),
+                                     "queue_reason": "starting", "message": "waiting for cpu (another run)"})
     at = open_app(run="dead")
     assert not at.exception
     assert _run_row(at, "dead")["state"] == "failed"
     assert _run_row(at, "waiting")["state"] == "queued (waiting for device)"
+    assert _run_row(at, "starting")["state"] == "starting"
     assert _run_row(at, "waiting")["ETA"] == "1 min 35 s"
     assert any("the run process died (process is gone)" in e.value for e in at.error)
     buttons = {b.label: b for b in at.button}
@@ -107,7 +111,7 @@ def test_dead_run_shows_failed_and_queued_run_waits(tmp_path: Path, monkeypatch:
 
     at.query_params["run"] = "waiting"
     at.run()
-    assert any("waiting for cpu (another run)" in i.value for i in at.info)
+    assert any("waiting for cpu (another run holds it)" in i.value for i in at.info)
     assert not {b.label: b for b in at.button}["Cancel run"].disabled
 
 

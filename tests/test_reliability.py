@@ -50,9 +50,10 @@ def test_non_finite_loss_stops_the_run_with_its_position_and_a_hint(tmp_path, sy
 
 def test_full_disk_fails_before_writing_gan_samples(tmp_path, synth, monkeypatch):
     from cpl import pipeline
+    from cpl.stages import context
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
+    monkeypatch.setattr(context.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
     cfg = load_config(REPO / "configs/synthetic.yaml", [f"data.root={synth}", "data.synthetic.ids=12",
                                                        "unlabeled.num_images=5000"])
     run = prepare_run(cfg, tmp_path)

@@ -99,7 +99,7 @@ def test_killed_mid_gan_and_mid_epoch_then_resumed_equals_uninterrupted(referenc
     run = root / "run"
     # 1. Killed inside DCGAN training, right after its first epoch's checkpoint.
     _killed(_args(root, data, run), "kill:gan-train:epoch=0")
-    assert _status(run).get("stage") == "gan"
+    assert _status(run).get("stage") == "unlabeled"
     info = json.loads(next((root / "_cache" / "gan").glob("*/gan.json")).read_text())
     assert info["state"] == "training" and info["epochs_done"] == 1
     # 2. Resumed, killed again in the middle of the second training epoch.

@@ -18,6 +18,7 @@ from pathlib import Path
 from cpl.config import Config, dump_yaml
 from cpl.runs.atomic import write_json
 from cpl.runs.rundir import RunDir, create_run, new_run_id
+from cpl.runs.state import State
 from cpl.runs.status import ACTIVE, FINAL, StatusWriter, pid_alive, read_raw, read_status
 
 
@@ -102,8 +103,8 @@ def cancel(run: RunDir, grace_s: float = 30.0, poll_s: float = 0.5) -> str:
     if raw.get("state") not in FINAL:
         writer = StatusWriter(run)
         writer.state.update({k: v for k, v in raw.items() if k not in ("pid", "pgid", "proc_start", "host")})
-        writer.update(state="cancelled", finished=time.time(), message="cancelled (process group killed)")
-    return "cancelled"
+        writer.update(state=State.CANCELLED, finished=time.time(), message="cancelled (process group killed)")
+    return State.CANCELLED
 
 
 def _killpg(pgid: int, sig: int) -> None:

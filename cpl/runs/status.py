@@ -16,11 +16,11 @@ from pathlib import Path
 
 from cpl.runs.atomic import write_json
 from cpl.runs.rundir import RunDir
+from cpl.runs.state import ACTIVE, FINAL, QueueReason, Stage, State
 
 STALE_S = 60.0
 HEARTBEAT_S = 5.0
-ACTIVE = ("queued", "running")
-FINAL = ("finished", "failed", "cancelled")
+__all__ = ["ACTIVE", "FINAL", "StatusWriter", "read_raw", "read_status", "pid_alive", "last_log_line"]
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -68,7 +68,8 @@ class StatusWriter:
         previous = read_raw(run) or {}
         pid = os.getpid()
         self.state: dict = {
-            "state": "queued", "stage": "queued", "epoch": 0, "epochs": previous.get("epochs"),
+            "state": State.QUEUED, "stage": Stage.QUEUED, "queue_reason": QueueReason.STARTING,
+            "epoch": 0, "epochs": previous.get("epochs"),
             "iter": 0, "iters": None, "progress": previous.get("progress", 0.0), "eta_s": None,
             "pid": pid, "pgid": os.getpgid(pid), "proc_start": proc_start_time(pid), "host": socket.gethostname(),
             "device": None, "devices": None, "waiting_for": None,
@@ -133,17 +134,18 @@ def read_status(run: RunDir, now: float | None = None) -> dict:
     """
     st = read_raw(run)
     if st is None and _present(run.status):
-        return {"state": "unknown", "stage": None, "progress": 0.0, "damaged": True,
+        return {"state": State.UNKNOWN, "stage": None, "progress": 0.0, "damaged": True,
                 "error": "status.json is damaged (not a readable JSON object)",
                 "hint": "resume the run to rewrite it, or delete it"}
     if st is None:
         launch = run.read_json("launch.json") or {}
         pid = int(_number(launch.get("pid")))
         if pid and not pid_alive(pid):
-            return {"state": "failed", "stage": "queued", "progress": 0.0, "dead": True,
+            return {"state": State.FAILED, "stage": Stage.QUEUED, "progress": 0.0, "dead": True,
                     "error": last_log_line(run) or "the run process exited before it started",
                     "hint": "see log.txt"}
-        return {"state": "queued", "stage": "queued", "progress": 0.0, "message": "starting", "error": None}
+        return {"state": State.QUEUED, "stage": Stage.QUEUED, "queue_reason": QueueReason.STARTING, "progress": 0.0,
+                "message": "starting", "error": None}
     if st.get("state") in ACTIVE:
         now = now or time.time()
         same_host = st.get("host") == socket.gethostname()
@@ -151,7 +153,7 @@ def read_status(run: RunDir, now: float | None = None) -> dict:
         stale = now - _number(st.get("heartbeat")) > STALE_S
         if not alive or stale:
             why = "process is gone" if not alive else f"no heartbeat for {int(now - _number(st.get('heartbeat')))} s"
-            st = dict(st, state="failed", stage=st.get("stage"), dead=True,
+            st = dict(st, state=State.FAILED, stage=st.get("stage"), dead=True,
                       error=st.get("error") or f"the run process died ({why}): killed, out of memory or a reboot",
                       hint=st.get("hint") or "resume it with `cpl resume` (or Resume in the app)")
     return st

@@ -44,6 +44,7 @@ from cpl.config import ConfigError, from_dict
 from cpl.runs.atomic import write_json
 from cpl.runs.queue import SCHEDULER_ENV
 from cpl.runs.rundir import RunDir
+from cpl.runs.state import State
 from cpl.runs.status import ACTIVE, STALE_S, StatusWriter, read_status
 from cpl.sweep.grid import cell_argv, cell_state, prepare_cell
 from cpl.sweep.tables import write_tables
@@ -126,7 +127,7 @@ def run_cell(spec: dict, cell: dict, runs_root: str, log_path: str, cwd: str) ->
     # ignored, as it is in a worker of a cluster started from a background job (`ray start ... &`, nohup).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     run = prepare_cell(spec, cell, Path(runs_root))
-    if cell_state(run) == "finished":  # a retry of an attempt that finished just before its worker died
+    if cell_state(run) == State.FINISHED:  # a retry of an attempt that finished just before its worker died
         return 0
     wait_until_free(run)
     where = record_attempt(run)
@@ -200,7 +201,7 @@ def run_cells(spec: dict, folder: Path, runs_root: Path, status: StatusWriter, s
         resources = cell_resources(from_dict(spec["config"]).device, ray.cluster_resources().get("GPU", 0),
                                    int(executor.get("cpus_per_cell") or 1))
         cells = spec["cells"]
-        todo = [c for c in cells if cell_state(RunDir(runs_root / c["run_id"])) != "finished"]
+        todo = [c for c in cells if cell_state(RunDir(runs_root / c["run_id"])) != State.FINISHED]
         log = str((folder / "log.txt").resolve())
         pending = [run_cell.options(**resources).remote(spec, c, str(runs_root), log, os.getcwd()) for c in todo]
         done, failed = len(cells) - len(todo), 0

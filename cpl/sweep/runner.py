@@ -32,6 +32,7 @@ from cpl.config import METHODS, ConfigError
 from cpl.runs import faults
 from cpl.runs.atomic import write_json
 from cpl.runs.rundir import RunDir
+from cpl.runs.state import Stage, State
 from cpl.runs.status import StatusWriter
 from cpl.sweep.grid import cell_argv, cell_state, create_sweep, prepare_cell
 from cpl.sweep.tables import write_tables
@@ -102,7 +103,7 @@ def run_local(spec: dict, folder: Path, runs_root: Path, status: StatusWriter, s
         run = RunDir(runs_root / c["run_id"])
         status.update(epoch=i, progress=i / len(cells), message=f"cell {i + 1}/{len(cells)}: "
                       f"{c['method']}, {c['gan_images']} unlabeled, seed {c['seed']}")
-        if cell_state(run) == "finished":
+        if cell_state(run) == State.FINISHED:
             continue
         run = prepare_cell(spec, c, runs_root)
         with open(folder / "log.txt", "ab") as logf:
@@ -123,7 +124,7 @@ def run_sweep(folder: Path, runs_root: Path, executor: dict | None = None) -> in
     sweep_run = RunDir(folder)  # reuses the status writer: a sweep has a status.json like a run
     sweep_run.remove_stale_temp_files()  # a killed sweep's heartbeat may have died inside a status.json write
     status = StatusWriter(sweep_run)
-    status.update(state="running", stage="train", epoch=0, epochs=len(spec["cells"]), message="starting")
+    status.update(state=State.RUNNING, stage=Stage.TRAIN, epoch=0, epochs=len(spec["cells"]), message="starting")
     status.start_heartbeat()
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -139,15 +140,15 @@ def run_sweep(folder: Path, runs_root: Path, executor: dict | None = None) -> in
             failed = run_local(spec, folder, runs_root, status, stop)
         write_tables(folder, runs_root)
         if failed is None or stop.is_set():
-            status.update(state="cancelled", finished=time.time(), message="cancelled")
+            status.update(state=State.CANCELLED, finished=time.time(), message="cancelled")
             return failed or 0
-        status.update(state="finished" if not failed else "failed", stage="done", progress=1.0,
+        status.update(state=State.FINISHED if not failed else State.FAILED, stage=Stage.DONE, progress=1.0,
                       finished=time.time(), epoch=len(spec["cells"]),
                       error=f"{failed} cell(s) failed" if failed else None,
                       message=f"{len(spec['cells']) - failed}/{len(spec['cells'])} cells finished")
         return failed
     except BaseException as exc:
-        status.update(state="failed", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+        status.update(state=State.FAILED, finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         status.stop_heartbeat()

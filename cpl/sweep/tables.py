@@ -12,6 +12,7 @@ import yaml
 
 from cpl.runs.atomic import write_text
 from cpl.runs.rundir import RunDir
+from cpl.runs.state import State
 from cpl.runs.status import read_status
 
 
@@ -31,12 +32,12 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
     for c in spec["cells"]:
         run = RunDir(runs_root / c["run_id"])
         res = run.read_json("results.json") or {}
-        status = read_status(run) if run.run_json.is_file() else {"state": "pending"}
+        status = read_status(run) if run.run_json.is_file() else {"state": State.PENDING}
         st = status.get("state")
         weights = (run.read_json("run.json") or {}).get("weights") or {}
         row = {"method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"], "run_id": c["run_id"],
                "state": st, "weights": weights.get("source", ""), **where_ran(run, status)}
-        if "rank1" in res and st == "finished":
+        if "rank1" in res and st == State.FINISHED:
             row.update(rank1=res["rank1"], mAP=res["mAP"])
             if res.get("rerank"):
                 row.update(rr_rank1=res["rerank"]["rank1"], rr_mAP=res["rerank"]["mAP"])

@@ -1,0 +1,185 @@
+"""Stages ``data`` and ``unlabeled``: the labeled dataset decoded into memory, and the unlabeled set beside it.
+
+``data`` checks and decodes the Market-layout dataset and decides which training images are labeled (all of them,
+or all but a holdout) and where the unlabeled images come from; it writes ``dataset.json``.
+``unlabeled`` produces those images: a DCGAN trained (or reused from the cache) and sampled, a folder decoded,
+or the held-out training images; it writes ``unlabeled.csv`` and, for a GAN, ``gan.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cpl.runs import faults
+from cpl.runs.artifacts import write_gan_record, write_unlabeled_csv
+from cpl.runs.atomic import write_json
+from cpl.stages.context import RunContext, RunFailed
+
+log = logging.getLogger("cpl")
+
+
+@dataclass
+class LoadedData:
+    """The decoded dataset. Images are ``[N, 3, H, W] uint8``; ``labels`` ``[N_train] int64`` are class indices
+    0..K-1 of every training image; ``keep`` indexes the labeled ones."""
+
+    ds: object  # cpl.data.market.MarketDataset
+    labels: np.ndarray
+    keep: np.ndarray
+    train_imgs: torch.Tensor
+    query_imgs: torch.Tensor
+    gallery_imgs: torch.Tensor
+    source: str  # where the unlabeled images come from: gan | folder | holdout | none
+    hidden: np.ndarray  # holdout: the indices of the training images used as unlabeled ones
+    folder_files: list[str]  # folder: the image files
+
+
+@dataclass
+class Unlabeled:
+    """The unlabeled set: ``images`` ``[M, 3, H, W] uint8``, their files, and (holdout only) their true class
+    ``truth`` ``[M] int64``."""
+
+    images: torch.Tensor
+    paths: list[str]
+    truth: np.ndarray | None
+
+
+def load_data(ctx: RunContext) -> None:
+    """Stage ``data``: check, decode and split the dataset (``ctx.data``); write ``dataset.json``."""
+    from cpl.data.check import check_dataset, raise_if_invalid
+    from cpl.data.images import load_images
+    from cpl.data.market import load_market
+
+    cfg = ctx.cfg
+    ctx.progress(0.0, "checking the dataset")
+    root = Path(cfg.data.root)
+    if cfg.data.kind == "synthetic":
+        from cpl.synth import ensure
+
+        s = cfg.data.synthetic
+        log.info("synthetic dataset at %s (ids=%d, seed=%d)", root, s.ids, s.seed)
+        ensure(root, ids=s.ids, seed=s.seed, cameras=s.cameras)
+    report = check_dataset(root, decode=False)
+    raise_if_invalid(report)
+    for w in report.warnings:
+        log.warning("dataset: %s", w)
+    ds = load_market(root, max_train=cfg.data.max_train_images, max_query=cfg.data.max_query_images,
+                     max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
+    h, w = cfg.data.height, cfg.data.width
+    ctx.progress(0.2, f"decoding {len(ds.train) + len(ds.query) + len(ds.gallery)} images")
+    train_imgs = load_images(ds.train.paths, h, w)
+    ctx.progress(0.6)
+    query_imgs = load_images(ds.query.paths, h, w)
+    gallery_imgs = load_images(ds.gallery.paths, h, w)
+    labels = np.asarray(ds.train_labels, dtype=np.int64)
+    faults.point("data")
+    ctx.data = _split(ctx, ds, labels, train_imgs, query_imgs, gallery_imgs)
+    ctx.unlabeled = _empty(h, w)  # until the unlabeled stage, if the run has one, fills it
+    if ctx.is_main:
+        write_json(ctx.run.dataset, _dataset_record(ctx.data, root, report.warnings, cfg.unlabeled.num_images))
+    ctx.progress(1.0)
+
+
+def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs: torch.Tensor, query_imgs: torch.Tensor,
+           gallery_imgs: torch.Tensor) -> LoadedData:
+    """Which training images stay labeled, and where the unlabeled ones come from."""
+    from cpl.data.holdout import holdout_split
+    from cpl.data.images import list_images
+
+    cfg = ctx.cfg
+    src = cfg.unlabeled.source if cfg.uses_unlabeled else "none"
+    keep, hidden, files = np.arange(len(labels)), np.zeros(0, dtype=np.int64), []
+    if src == "holdout":
+        keep, hidden = holdout_split(labels, cfg.unlabeled.holdout_fraction, cfg.seed)
+    elif src == "folder":
+        files = [str(p) for p in list_images(Path(cfg.unlabeled.folder), limit=cfg.unlabeled.num_images)]
+        if not files:
+            raise RunFailed(f"unlabeled.folder: no images in {cfg.unlabeled.folder}")
+    return LoadedData(ds=ds, labels=labels, keep=keep, train_imgs=train_imgs, query_imgs=query_imgs,
+                      gallery_imgs=gallery_imgs, source=src, hidden=hidden, folder_files=files)
+
+
+def _dataset_record(d: LoadedData, root: Path, warnings: list[str], num_gan: int) -> dict:
+    """``dataset.json``: the splits, the labeled/unlabeled counts and the dataset's warnings."""
+    ds = d.ds
+    return {
+        "root": str(root.resolve()), "num_classes": ds.num_classes, "fingerprint": ds.fingerprint(),
+        "splits": {name: {"images": len(sp), "ids": int(len(np.unique(sp.pids))),
+                          "cameras": int(len(np.unique(sp.camids)))}
+                   for name, sp in (("train", ds.train), ("query", ds.query), ("gallery", ds.gallery))},
+        "labeled_train_images": int(len(d.keep)), "unlabeled_source": d.source,
+        "unlabeled_images": {"holdout": len(d.hidden), "folder": len(d.folder_files), "gan": num_gan}.get(d.source, 0),
+        "warnings": list(warnings),
+    }
+
+
+def build_unlabeled(ctx: RunContext) -> None:
+    """Stage ``unlabeled``: the unlabeled images (``ctx.unlabeled``); write ``unlabeled.csv`` (+ ``gan.json``)."""
+    from cpl.data.images import load_images
+
+    d, cfg = ctx.data, ctx.cfg
+    h, w = cfg.data.height, cfg.data.width
+    images, paths, truth = _empty(h, w).images, [], None
+    if d.source == "holdout":
+        images, truth = d.train_imgs[d.hidden], d.labels[d.hidden]
+        paths = [d.ds.train.paths[i] for i in d.hidden]
+    elif d.source == "folder":
+        paths = d.folder_files
+        images = load_images(paths, h, w)
+    elif d.source == "gan" and cfg.unlabeled.num_images > 0:
+        paths = _gan_samples(ctx)
+        images = load_images(paths, h, w)
+    ctx.unlabeled = Unlabeled(images=images, paths=paths, truth=truth)
+    if ctx.is_main:
+        write_unlabeled_csv(ctx.run, paths, d.source, truth, d.ds.label_to_pid)
+    log.info("data: %d train (%d labeled, K=%d), %d query, %d gallery, %d unlabeled (%s)", len(d.labels),
+             len(d.keep), d.ds.num_classes, len(d.ds.query), len(d.ds.gallery), len(paths), d.source)
+    ctx.progress(1.0)
+
+
+def _empty(h: int, w: int) -> Unlabeled:
+    return Unlabeled(images=torch.zeros(0, 3, h, w, dtype=torch.uint8), paths=[], truth=None)
+
+
+def _gan_samples(ctx: RunContext) -> list[str]:
+    """Train (or reuse) the DCGAN and sample ``unlabeled.num_images`` images; returns their files (every rank)."""
+    from cpl.engine import dist
+    from cpl.gan import ensure_samples, list_samples
+    from cpl.gan.cache import read_info
+
+    cfg = ctx.cfg
+    n = cfg.unlabeled.num_images
+    ctx.check_disk(n * 3 * cfg.gan.image_size ** 2, f"{n} GAN samples")
+    ctx.progress(0.0, "DCGAN: training or reusing a cached one")
+
+    def on_progress(rec: dict) -> None:
+        import time
+
+        rec = {"type": "gan", **rec, "time": time.time()}
+        ctx.record(rec)
+        if rec["type"] == "sampling":
+            done = rec.get("done", 0) / max(1, rec.get("total", n))
+            ctx.progress(0.9 + 0.1 * done, f"sampling GAN images: {rec.get('done', 0)}/{n}")
+            return
+        frac = (rec.get("epoch", 0) + rec.get("step", 0) / max(1, rec.get("steps", 1))) / cfg.gan.epochs
+        ctx.progress(0.9 * min(1.0, frac), f"DCGAN epoch {rec.get('epoch', 0) + 1}/{cfg.gan.epochs}",
+                     epoch=rec.get("epoch", 0), epochs=cfg.gan.epochs)
+
+    folder = None
+    if ctx.is_main:
+        folder = ensure_samples(ctx.data.train_imgs, ctx.data.ds.fingerprint(), cfg.gan, n,
+                                ctx.run.cache_root / "gan", seed=cfg.gan.seed, device=ctx.device,
+                                on_progress=on_progress, should_stop=ctx.should_stop)
+        info = write_gan_record(ctx.run, read_info(folder.parent) or {})
+        q = info.get("quality")
+        if q:
+            log.info("DCGAN %s: Fréchet distance %.1f to the real images (real-vs-real floor %.1f, %d images a side)",
+                     info.get("key"), q["fd"], q["fd_floor"], q["n"])
+    dist.barrier()
+    folder = dist.broadcast_object(str(folder) if folder else None)
+    return [str(p) for p in list_samples(Path(folder), n)]

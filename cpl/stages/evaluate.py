@@ -1,0 +1,83 @@
+"""Stage ``evaluate``: query and gallery features, the Market-1501 protocol (CMC, mAP, mINP) and optional
+k-reciprocal re-ranking; writes ``results.json`` (the headline, first) and ``retrieval.npz``. Rank 0 only;
+recomputed from the final checkpoint on resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cpl.config import tricks
+from cpl.runs import faults
+from cpl.runs.atomic import write_json, write_npz
+from cpl.stages.context import RunContext
+
+
+@dataclass
+class Evaluated:
+    """Query/gallery retrieval features ``[Nq, D]`` / ``[Ng, D]`` float32 (L2-normalised) and results.json."""
+
+    query: torch.Tensor
+    gallery: torch.Tensor
+    results: dict
+
+
+def metrics(res: dict) -> dict:
+    """results.json's metrics (percent) from :func:`cpl.evaluation.evaluate`'s output."""
+    cmc = np.asarray(res["cmc"])
+    at = lambda r: float(cmc[min(r, len(cmc)) - 1]) * 100  # noqa: E731
+    return {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": float(res["mAP"]) * 100,
+            "mINP": float(res["mINP"]) * 100, "num_valid_queries": int(res.get("num_valid", 0))}
+
+
+def extract_options(ctx: RunContext) -> dict:
+    """How every split's features are extracted (device, batch, flip, AMP dtype)."""
+    from cpl.engine.trainer import amp_dtype
+
+    cfg = ctx.cfg
+    return dict(device=ctx.device, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip,
+                dtype=amp_dtype(cfg, ctx.device))
+
+
+def evaluate(ctx: RunContext) -> None:
+    """Stage ``evaluate`` (``ctx.evaluated``)."""
+    from cpl.engine.features import extract
+    from cpl.evaluation import evaluate as protocol
+    from cpl.evaluation import rerank_features, topk
+
+    cfg, d, t = ctx.cfg, ctx.data, ctx.trained
+    ctx.progress(0.0, "extracting features")
+    ex = extract_options(ctx)
+    qf, _ = extract(t.trainer.model, d.query_imgs, retrieval=True, **ex)
+    gf, _ = extract(t.trainer.model, d.gallery_imgs, retrieval=True, **ex)
+    faults.point("eval")
+    ctx.progress(0.5, "evaluating")
+    q, g = d.ds.query, d.ds.gallery
+    dist_qg = (1.0 - qf @ gf.T).numpy()  # cosine distance; same ranking as Euclidean on unit vectors
+    base = protocol(dist_qg, q.pids, g.pids, q.camids, g.camids)
+    results = metrics(base)
+    idx, dst = topk(dist_qg, min(cfg.eval.topk, len(gf)))
+    retrieval = {"index": idx, "dist": dst, "ap": np.asarray(base["all_AP"], dtype=np.float32)}
+    if cfg.eval.rerank:
+        ctx.progress(0.6, "re-ranking")
+        faults.point("rerank")
+        rr = rerank_features(qf.numpy(), gf.numpy(), k1=cfg.eval.k1, k2=cfg.eval.k2,
+                             lambda_value=cfg.eval.lambda_value)
+        rr_res = protocol(rr, q.pids, g.pids, q.camids, g.camids)
+        results["rerank"] = metrics(rr_res)
+        ridx, rdst = topk(rr, min(cfg.eval.topk, len(gf)))
+        retrieval.update(rr_index=ridx, rr_dist=rdst, rr_ap=np.asarray(rr_res["all_AP"], dtype=np.float32))
+    ctx.record({"type": "eval", "time": time.time(), **{k: v for k, v in results.items() if k != "rerank"},
+                **{f"rerank_{k}": v for k, v in results.get("rerank", {}).items()}})
+    results.update(method=cfg.train.method,
+                   num_unlabeled=len(ctx.unlabeled.paths) if t.strategy.uses_unlabeled else 0,
+                   unlabeled_source=d.source, epochs=cfg.train.epochs, train_time_s=t.time_s,
+                   device=str(ctx.device), world_size=ctx.dist.world_size, num_classes=d.ds.num_classes,
+                   seed=cfg.seed, backbone=cfg.model.backbone, weights=t.weights.to_dict(), tricks=tricks(cfg))
+    write_json(ctx.run.results, results)
+    write_npz(ctx.run.retrieval, **retrieval)
+    ctx.evaluated = Evaluated(query=qf, gallery=gf, results=results)
+    ctx.progress(1.0)

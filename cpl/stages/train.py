@@ -1,0 +1,130 @@
+"""Stage ``train``: the re-ID network trained with the run's method, checkpointed every epoch.
+
+A resumed run continues from its newest checkpoint (model, optimizer, centers, RNG states, pseudo-label
+history): the result is bit-identical to an uninterrupted run on the CPU (tests/test_faults.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cpl.runs import faults
+from cpl.runs.atomic import write_npz
+from cpl.stages.context import RunContext, RunFailed
+
+log = logging.getLogger("cpl")
+
+
+@dataclass
+class Trained:
+    """The training stage's product: the trainer (model, centers, pseudo-label history), the method's
+    strategy, what the trunk was initialised with, and the training time in seconds."""
+
+    trainer: object  # cpl.engine.trainer.Trainer
+    strategy: object  # cpl.pseudo.base.Strategy
+    weights: object  # cpl.models.backbones.WeightsInfo
+    time_s: float
+
+
+def _state_bytes(state: dict) -> int:
+    """Bytes of every tensor in a (nested) state dict: what a checkpoint of it will take on disk."""
+    total = 0
+    for v in state.values():
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, dict):
+            total += _state_bytes(v)
+    return total
+
+
+def _build(ctx: RunContext, strategy):
+    """The network (identical initial weights on every rank and every resume) and its training data."""
+    from cpl.engine.trainer import TrainData
+    from cpl.models.backbones import WeightsNotFound
+    from cpl.models.reid import build_model
+
+    cfg, d, u = ctx.cfg, ctx.data, ctx.unlabeled
+    k = d.ds.num_classes
+    torch.manual_seed(cfg.seed)
+    try:
+        model, weights = build_model(cfg.model.backbone, k + (1 if strategy.extra_class else 0), cfg.model.dropout,
+                                     cfg.model.pretrained, last_stride=cfg.model.last_stride, neck=cfg.model.neck)
+    except WeightsNotFound as exc:  # the weights were there at launch and are gone now
+        raise RunFailed(str(exc), "install the weights or set model.pretrained=none, then resume") from None
+    log.info("model: %s, %s", cfg.model.backbone, weights.describe())
+    labeled = d.train_imgs[d.keep]
+    images = torch.cat([labeled, u.images]) if strategy.uses_unlabeled else labeled
+    truth = torch.from_numpy(u.truth) if u.truth is not None and strategy.uses_unlabeled else None
+    data = TrainData(images=images, labels=torch.from_numpy(d.labels[d.keep]), num_labeled=len(d.keep),
+                     num_classes=k, unlabeled_truth=truth)
+    return model, weights, data
+
+
+def train(ctx: RunContext) -> None:
+    """Stage ``train``: build, resume from the newest checkpoint if any, fit (``ctx.trained``); write
+    ``checkpoints/`` and ``pseudo_history.npz`` every epoch."""
+    from cpl.engine.checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
+    from cpl.engine.trainer import Hooks, Trainer
+    from cpl.pseudo import get_strategy
+
+    cfg, run = ctx.cfg, ctx.run
+    strategy = get_strategy(cfg.train)
+    model, weights, data = _build(ctx, strategy)
+    epochs = cfg.train.epochs
+    t_start = time.time()
+    bar = None
+
+    def on_progress(epoch: int, it: int, iters: int) -> None:
+        done = (epoch + it / iters) / epochs
+        eta = (time.time() - t_start) / max(done - done0, 1e-9) * (1 - done) if done > done0 else None
+        ctx.progress(done, f"epoch {epoch + 1}/{epochs}, iteration {it}/{iters}", epoch=epoch, epochs=epochs,
+                     iter=it, iters=iters, eta_s=eta)
+        if bar is not None:
+            bar.n = round(done * bar.total, 2)
+            bar.refresh()
+
+    def on_epoch_end(epoch: int, state: dict) -> None:
+        if ctx.is_main:
+            ctx.check_disk(_state_bytes(state), "a checkpoint")
+            save_checkpoint(run.checkpoints, TRAIN_PREFIX, state, epoch + 1)
+            if trainer.state.history_labels:
+                write_npz(run.pseudo_history, labels=np.stack(trainer.state.history_labels),
+                          confidence=np.stack(trainer.state.history_conf))
+
+    trainer = Trainer(cfg, data, model, strategy, ctx.device, ctx.dist,
+                      Hooks(on_record=ctx.record, on_epoch_end=on_epoch_end, on_progress=on_progress,
+                            should_stop=ctx.should_stop))
+    found = load_latest(run.checkpoints, TRAIN_PREFIX, map_location=ctx.device)
+    if found:
+        state, path = found
+        trainer.load_state_dict(state)
+        log.info("resuming from %s (epoch %d/%d)", path.name, trainer.state.epoch, epochs)
+    done0 = trainer.state.epoch / epochs
+    if ctx.progress_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs, initial=trainer.state.epoch, desc=f"train {cfg.train.method}", unit="epoch",
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
+    ctx.progress(done0, f"training {cfg.train.method} on {ctx.device}", epochs=epochs)
+    _log_plan(cfg, data, strategy, trainer)
+    try:
+        trainer.fit()
+    finally:
+        if bar is not None:
+            bar.close()
+    ctx.trained = Trained(trainer=trainer, strategy=strategy, weights=weights, time_s=time.time() - t_start)
+    faults.point("train-end")
+
+
+def _log_plan(cfg, data, strategy, trainer) -> None:
+    t = cfg.train
+    batch = (f"batch {t.batch_size // t.pk_instances} identities x {t.pk_instances} + "
+             f"{trainer.unlabeled_per_batch} unlabeled" if t.sampler == "pk" else f"batch {t.batch_size}")
+    log.info("training %s: %d labeled + %d unlabeled images, %d epochs x %d iterations, %s", t.method,
+             data.num_labeled, data.num_unlabeled if strategy.uses_unlabeled else 0, t.epochs,
+             trainer.iters_per_epoch(), batch)
