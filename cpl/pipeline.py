@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cpl import PROG
 from cpl import config as cfgmod
 from cpl.config import Config, tricks
 from cpl.runs import faults
@@ -33,7 +34,7 @@ from cpl.runs.queue import device_slots, scheduled, wait_until_held
 from cpl.runs.rundir import RunDir
 from cpl.runs.status import StatusWriter
 
-log = logging.getLogger("cpl")
+log = logging.getLogger(PROG)
 
 # Share of the whole run's progress bar per stage (when the stage runs).
 _STAGE_WEIGHT = {"data": 0.05, "gan": 0.25, "train": 0.6, "eval": 0.1}
