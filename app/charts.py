@@ -13,13 +13,17 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from cpl.methods import BASELINE, METHODS, has_own_zero_row
 from cpl.runs.state import QueueReason, State, parse
 
 HEIGHT = 360
-# The fixed colour of each method across every chart (Plotly's qualitative "D3" palette).
-METHOD_COLORS = {"baseline": "#7f7f7f", "center": "#8c564b", "cpl": "#d62728", "fapl": "#ff7f0e",
-                 "lsro": "#1f77b4", "onehot": "#2ca02c", "allinone": "#9467bd", "mprl1": "#17becf",
-                 "mprl2": "#bcbd22"}
+
+
+def method_color(method: str | None) -> str | None:
+    """The fixed colour of ``method`` across every chart (the method table's); None (Plotly picks) for a name
+    the table does not hold."""
+    entry = METHODS.get(method)  # type: ignore[arg-type]
+    return entry.color if entry is not None else None
 
 
 def _layout(fig: go.Figure, title: str, height: int = HEIGHT) -> go.Figure:
@@ -153,22 +157,22 @@ def table1_figure(agg: pd.DataFrame, metric: str, title: str) -> go.Figure:
     fig = go.Figure()
     std = f"{metric}_std"
     if not agg.empty and metric in agg:
-        base = agg[(agg["method"] == "baseline") & agg[metric].notna()]
-        for method, rows in agg[agg["method"] != "baseline"].groupby("method", sort=False):
+        base = agg[(agg["method"] == BASELINE) & agg[metric].notna()]
+        for method, rows in agg[agg["method"] != BASELINE].groupby("method", sort=False):
             rows = rows.sort_values("gan_images")
             rows = rows[rows[metric].notna()]
             if rows.empty:
                 continue
-            if not base.empty and method != "center" and 0 not in set(rows["gan_images"]):
+            if not base.empty and not has_own_zero_row(method) and 0 not in set(rows["gan_images"]):
                 rows = pd.concat([base.iloc[:1], rows])  # each curve starts at the shared baseline (0 images)
             err = rows[std] if std in rows and bool((rows["n"] > 1).any()) else None
             fig.add_trace(go.Scatter(
                 x=rows["gan_images"], y=rows[metric], name=method, mode="lines+markers",
-                line={"color": METHOD_COLORS.get(method)},
+                line={"color": method_color(method)},
                 error_y={"type": "data", "array": err, "visible": err is not None}))
         if not base.empty:
             value = float(base[metric].iloc[0])
-            fig.add_hline(y=value, line_dash="dash", line_color=METHOD_COLORS["baseline"],
+            fig.add_hline(y=value, line_dash="dash", line_color=method_color(BASELINE),
                           annotation_text=f"baseline {value:.2f}", annotation_position="bottom right")
     fig.update_xaxes(title_text="unlabeled images")
     fig.update_yaxes(title_text=f"{metric} (%)")
@@ -234,8 +238,8 @@ def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False) ->
     r1, mp = ("rr_rank1", "rr_mAP") if rerank else ("rank1", "mAP")
     records = agg.to_dict("records") if not agg.empty else []
     by = {(r["method"], int(r["gan_images"])): r for r in records}
-    cols = [m for m in methods if m != "baseline"] or ["baseline"]
-    base = by.get(("baseline", 0))
+    cols = [m for m in methods if m != BASELINE] or [BASELINE]
+    base = by.get((BASELINE, 0))
 
     def cell(rec: dict | None, key: str) -> str:
         if rec is None or rec.get(key) is None or pd.isna(rec.get(key)):
@@ -246,13 +250,14 @@ def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False) ->
     for g in sorted({k[1] for k in by}):
         row = {"unlabeled images": "0 (baseline)" if g == 0 else f"{g:,}"}
         for m in cols:
-            rec = by.get((m, g)) or (base if g == 0 and m != "center" else None)
+            rec = by.get((m, g)) or (base if g == 0 and not has_own_zero_row(m) else None)
             row[f"{m} rank-1"], row[f"{m} mAP"] = cell(rec, r1), cell(rec, mp)
         rows.append(row)
     if base is not None and pd.notna(base.get(r1)):
         row = {"unlabeled images": "improvement"}
         for m in cols:
-            cand = [r for (mm, g), r in by.items() if mm == m and (g > 0 or m == "center") and pd.notna(r.get(r1))]
+            cand = [r for (mm, g), r in by.items()
+                    if mm == m and (g > 0 or has_own_zero_row(m)) and pd.notna(r.get(r1))]
             row[f"{m} rank-1"] = f"{max(r[r1] for r in cand) - base[r1]:+.2f}" if cand else ""
             row[f"{m} mAP"] = f"{max(r[mp] for r in cand) - base[mp]:+.2f}" if cand else ""
         rows.append(row)

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cpl import PROG
 from cpl.config import Config, ConfigError, fast_dev_run, load_config, read_yaml
 from cpl.data.check import CheckReport
 from cpl.data.market import SPLIT_FOLDERS
+from cpl.methods import needs_unlabeled
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
@@ -33,23 +35,6 @@ CONFIGS_DIR = REPO / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo.yaml"
 DEMO_MARKER = ".studio-demo.json"
 
-# One line per method, for the method picker (sources: method-notes §3.5 and cpl/pseudo/methods.py).
-METHOD_INFO = {
-    "baseline": "Softmax on the labeled images only: the papers' baseline, no unlabeled images.",
-    "center": "Softmax + center loss on the labeled images only (the CPL paper's Table 4 ablation).",
-    "cpl": "CPL: one-hot label of the nearest class center by cosine, recomputed every mini-batch, "
-           "+ center loss (Ding et al. 2018).",
-    "fapl": "FAPL-d: soft label = softmax of the cosines to every class center, + center loss "
-            "(Ding et al. TMM 2019).",
-    "lsro": "LSRO: a uniform 1/K label over all identities for every unlabeled image (Zheng et al. ICCV 2017).",
-    "onehot": "One-hot pseudo-label = argmax of the classifier's softmax, weight 0.1, after a warm-up (Lee 2013).",
-    "allinone": "All-in-one: every unlabeled image goes to one extra class K+1 (Odena 2016; Salimans et al. 2016).",
-    "mprl1": "dMpRL-I: a label weighted by the ranks of the current softmax, from the first epoch "
-             "(Huang et al. TIP 2019).",
-    "mprl2": "dMpRL-II: dMpRL-I switched on after the warm-up, unlabeled weight 0.1 (Huang et al. TIP 2019).",
-}
-NO_UNLABELED = ("baseline", "center")
-CENTER_LOSS = ("center", "cpl", "fapl")  # the methods whose loss has the λ-weighted center term
 SOURCE_INFO = {
     "gan": "images drawn from a DCGAN trained on the labeled training images (the papers' setting)",
     "holdout": "real training images with their labels hidden: pseudo-labels can be scored right or wrong",
@@ -241,7 +226,7 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
         out.append(f"name={_quote(c.name)}")
     if not sweep:
         out += [f"train.method={c.method}", f"seed={c.seed}"]
-    if sweep or c.method not in NO_UNLABELED:
+    if sweep or needs_unlabeled(c.method):
         out.append(f"unlabeled.source={c.source}")
         if c.source == "gan" and not sweep:
             out.append(f"unlabeled.num_images={c.num_images}")
@@ -389,7 +374,7 @@ def ensure_demo(runs_root: Path, synthetic_root: Path, config_path: Path | None 
         overrides = [f"data.root={_quote(str(synthetic_root))}"] \
             if read_yaml(config_path).get("data", {}).get("kind") == "synthetic" else []
         cfg = load_config(config_path, overrides)
-        run, _ = launch_run(cfg, runs_root, 1, ["cpl", "run", *cli_args(config_path, overrides, False)])
+        run, _ = launch_run(cfg, runs_root, 1, [PROG, "run", *cli_args(config_path, overrides, False)])
     except BaseException:
         (runs_root / DEMO_MARKER).unlink(missing_ok=True)  # let the next start try again
         raise

@@ -33,6 +33,7 @@ import torch
 import train_throughput as tt
 from eval_common import REPO, market_labels, msmt_labels, peak_rss_mb, synthetic_features
 
+from cpl import PROG
 from cpl.evaluation import evaluate, rerank_features
 from cpl.runs.atomic import write_json, write_text
 
@@ -98,7 +99,7 @@ def cpl_run(out: Path, device: torch.device, tiny: bool, timeout_s: float) -> di
     """``cpl run`` on the synthetic dataset (generated into ``out``), then its stage times from its files."""
     run_dir, data = out / "runs" / "cpl-check", out / "data" / ("synthetic-tiny" if tiny else "synthetic-market")
     sets = [f"device={device}", f"data.root={data}", *(TINY_RUN if tiny else MARKET_RUN)]
-    argv = [sys.executable, "-m", "cpl", "--runs-root", str(run_dir.parent), "run", "--config",
+    argv = [sys.executable, "-m", PROG, "--runs-root", str(run_dir.parent), "run", "--config",
             str(REPO / "configs" / "synthetic.yaml"), "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])]
     if tiny:
         argv.append("--fast-dev-run")

@@ -25,6 +25,7 @@ from cpl.config import Config, GanConfig
 from cpl.engine.seeding import make_generator
 from cpl.engine.trainer import TrainData, Trainer, amp_dtype
 from cpl.gan.dcgan import build_models
+from cpl.methods import DEFAULT_METHOD
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import get_strategy
 
@@ -38,7 +39,7 @@ def reid_setup(args, device):
     cfg = Config()
     cfg.train.compile = args.compile
     cfg.data.root = "unused"
-    cfg.train.method = "cpl"
+    cfg.train.method = DEFAULT_METHOD  # CPL
     cfg.train.batch_size = args.batch
     cfg.train.max_iters_per_epoch = args.iters
     cfg.train.log_every = args.iters  # one metrics record per timed epoch

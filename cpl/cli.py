@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from cpl import __version__
+from cpl import PROG, __version__
 from cpl.config import ConfigError, fast_dev_run, load_config
 from cpl.runs.rundir import RunDir, default_runs_root, list_runs
 from cpl.runs.state import State
@@ -194,7 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cpl", description="Center-based Pseudo-Labeling for semi-supervised re-ID")
+    p = argparse.ArgumentParser(prog=PROG, description="Center-based Pseudo-Labeling for semi-supervised re-ID")
     p.add_argument("--version", action="version", version=f"cpl {__version__}")
     p.add_argument("--runs-root", default=str(default_runs_root()),
                    help="folder of run directories (default: $CPL_RUNS_ROOT or ./runs)")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from cpl.methods import CENTER_LOSS_METHODS, DEFAULT_METHOD, METHOD_NAMES, needs_unlabeled
 from cpl.models.catalog import BACKBONES
 
 
@@ -24,8 +25,6 @@ class ConfigError(ValueError):
     """A configuration problem a user can act on; the message names the key."""
 
 
-METHODS = ("baseline", "center", "cpl", "fapl", "lsro", "onehot", "allinone", "mprl1", "mprl2")
-CENTER_LOSS_METHODS = ("center", "cpl", "fapl")  # Strategy.center_loss (a test ties the two)
 UNLABELED_SOURCES = ("gan", "folder", "holdout", "none")
 
 
@@ -99,7 +98,7 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "cpl"
+    method: str = DEFAULT_METHOD  # one of cpl.methods.METHODS
     epochs: int = 50
     batch_size: int = 64  # global batch (split across ranks under torchrun)
     optimizer: str = "sgd"  # sgd (the papers) | adam (converges faster from random init, e.g. on a CPU)
@@ -173,7 +172,8 @@ class Config:
 
     @property
     def uses_unlabeled(self) -> bool:
-        return self.train.method not in ("baseline", "center") and self.unlabeled.source != "none"
+        """Whether the run trains on unlabeled images: its method needs them and a source is set."""
+        return needs_unlabeled(self.train.method) and self.unlabeled.source != "none"
 
 
 def tricks_of(data: dict) -> list[str] | None:
@@ -339,7 +339,7 @@ def validate(cfg: Config) -> None:
                "has no effect without augment.random_erasing > 0 and unlabeled images to train on", True)
 
     t = c.train
-    _check(t.method in METHODS, "train.method", f"must be one of {', '.join(METHODS)}", t.method)
+    _check(t.method in METHOD_NAMES, "train.method", f"must be one of {', '.join(METHOD_NAMES)}", t.method)
     _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
     _check(t.batch_size >= 2, "train.batch_size", "must be >= 2", t.batch_size)
     _check(t.optimizer in ("sgd", "adam"), "train.optimizer", "must be sgd or adam", t.optimizer)

@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import charts, health, readers, settings
 from app.safety import safe_run, safe_sweep
+from cpl.methods import needs_unlabeled
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.state import State
 from cpl.runs.status import read_status
@@ -116,7 +117,7 @@ def run_row(run: RunDir) -> dict:
     return {
         "run": run.id, "state": readers.text(read_status(run).get("state")),
         "problem": "; ".join(map(str, health.run_problems(run))), "method": method,
-        "unlabeled": "none" if method in ("baseline", "center")
+        "unlabeled": "none" if not needs_unlabeled(method)
         else f"{unl.get('source')} ({res.get('num_unlabeled', unl.get('num_images'))})",
         "epochs": num(train.get("epochs")), "λ": num(train.get("center_weight")), "α": num(train.get("center_alpha")),
         "backbone": readers.text(readers.as_dict(cfg.get("model")).get("backbone")),

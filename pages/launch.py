@@ -11,10 +11,12 @@ from pathlib import Path
 import streamlit as st
 
 from app import launching, settings
-from app.launching import CENTER_LOSS, METHOD_INFO, NO_UNLABELED, SOURCE_INFO, RunChoices
+from app.launching import SOURCE_INFO, RunChoices
 from app.safety import safe_data_dir
-from cpl.config import METHODS, Config, ConfigError, dump_yaml, tricks
+from cpl import PROG
+from cpl.config import Config, ConfigError, dump_yaml, tricks
 from cpl.data.check import CheckReport, check_dataset
+from cpl.methods import BASELINE, METHOD_NAMES, METHODS, needs_unlabeled, uses_center_loss
 from cpl.models.backbones import resolve as resolve_weights
 from cpl.models.catalog import BACKBONES
 from cpl.sweep.grid import plan_cells
@@ -79,16 +81,16 @@ def settings_section(base: Config, key: str, mode: str,
     t = base.train
     k = lambda name: f"{name}-{key}"  # noqa: E731 - widgets start over from a newly chosen base config
     if mode == "run":
-        method = st.selectbox("Method", METHODS, index=METHODS.index(t.method), key=k("method"))
-        st.caption(METHOD_INFO[method])
+        method = st.selectbox("Method", METHOD_NAMES, index=METHOD_NAMES.index(t.method), key=k("method"))
+        st.caption(METHODS[method].description)
         methods = [method]
     else:
-        methods = st.multiselect("Methods (columns of Table 1)", METHODS, default=["baseline", t.method]
-                                 if t.method != "baseline" else ["baseline"], key=k("methods"))
+        methods = st.multiselect("Methods (columns of Table 1)", METHOD_NAMES, default=[BASELINE, t.method]
+                                 if t.method != BASELINE else [BASELINE], key=k("methods"))
         method = methods[0] if methods else t.method
         for m in methods:
-            st.caption(f"**{m}**: {METHOD_INFO[m]}")
-    uses_unlabeled = mode == "sweep" or method not in NO_UNLABELED
+            st.caption(f"**{m}**: {METHODS[m].description}")
+    uses_unlabeled = mode == "sweep" or needs_unlabeled(method)
     left, right = st.columns(2)
     with left:
         st.markdown("**Unlabeled images**")
@@ -115,7 +117,7 @@ def settings_section(base: Config, key: str, mode: str,
                 errors.append("unlabeled.folder: name a folder of images inside a data root"
                               + (f" ({name!r} is not one)" if name else ""))
         st.markdown("**Center loss**")
-        centered = any(m in CENTER_LOSS for m in methods)
+        centered = any(uses_center_loss(m) for m in methods)
         weight = st.number_input("λ: center-loss weight (train.center_weight)", min_value=0.0, max_value=1.0,
                                  value=float(t.center_weight), step=1e-5, format="%.1e", key=k("lambda"),
                                  disabled=not centered, help="L = CE + λ · ½ Σ‖x − c‖². FAPL/CPL: 1e-4.")
@@ -296,9 +298,9 @@ ready = cfg is not None and data_ok and not errors
 if cfg is not None:
     with st.expander("Resolved config and the equivalent command"):
         if mode == "run":
-            cmd = ["cpl", "run", *launching.cli_args(base_path, overrides, fast)]
+            cmd = [PROG, "run", *launching.cli_args(base_path, overrides, fast)]
         else:
-            cmd = ["cpl", "sweep", "--config", str(base_path), "--methods", ",".join(methods),
+            cmd = [PROG, "sweep", "--config", str(base_path), "--methods", ",".join(methods),
                    "--gan-images", ",".join(map(str, counts)), "--seeds", ",".join(map(str, seeds)),
                    *sum((["--set", o] for o in overrides), []), *(["--fast-dev-run"] if fast else [])]
         st.code(shlex.join(cmd), language="bash", wrap_lines=True)
@@ -308,7 +310,7 @@ if mode == "run":
     if st.button("Launch run", type="primary", disabled=not ready, icon=":material/rocket_launch:", key="launch"):
         try:
             run, _ = launching.launch_run(cfg, runs_root, nproc,
-                                          ["cpl", "run", *launching.cli_args(base_path, overrides, fast)])
+                                          [PROG, "run", *launching.cli_args(base_path, overrides, fast)])
         except (OSError, ValueError) as exc:
             st.error(f"Could not start the run: {exc}")
         else:

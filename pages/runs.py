@@ -21,6 +21,7 @@ from app import charts, health, readers, settings
 from app.launching import start_sweep
 from app.nav import select_run
 from app.safety import safe_sweep
+from cpl.methods import needs_unlabeled
 from cpl.runs.launch import delete, launch_cancel, launch_resume
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import ACTIVE, RESUMABLE, TRAINED, QueueReason, Stage, State, parse
@@ -48,7 +49,7 @@ def _when(ts) -> str:
 def _unlabeled(run: RunDir, method: str | None) -> str:
     unl = readers.as_dict(readers.config(run).get("unlabeled"))
     source = unl.get("source")
-    if method in ("baseline", "center") or not source or source == "none":
+    if not needs_unlabeled(method) or not source or source == "none":
         return "none"
     count = readers.number(unl.get("num_images"))
     return (f"gan × {int(count):,}" if count is not None else "gan") if source == "gan" else str(source)

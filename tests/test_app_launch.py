@@ -15,6 +15,7 @@ from PIL import Image
 
 from app import launching
 from cpl.config import ConfigError, load_config
+from cpl.methods import METHODS
 from cpl.models.backbones import torchvision_cache_file
 from cpl.models.catalog import BACKBONES
 from cpl.runs.launch import cancel
@@ -152,8 +153,8 @@ def test_form_renders_with_the_base_config_values(data_roots: Path) -> None:
     dataset = at.selectbox(key="dataset")
     assert [o for o in dataset.options] == [launching.SYNTHETIC.label, "broken", "tiny"]
     method = next(s for s in at.selectbox if s.label == "Method")
-    assert method.value == "cpl" and set(method.options) == set(launching.METHOD_INFO)
-    assert any(launching.METHOD_INFO["cpl"] in c.value for c in at.caption)
+    assert method.value == "cpl" and set(method.options) == set(METHODS)
+    assert any(METHODS["cpl"].description in c.value for c in at.caption)
     numbers = {n.label: n.value for n in at.number_input}
     assert numbers["GAN images"] == 1500 and numbers["Epochs"] == 12
     assert numbers["λ: center-loss weight (train.center_weight)"] == pytest.approx(1e-4)

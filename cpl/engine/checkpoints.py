@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from cpl import PROG
 from cpl.runs import atomic
 
-log = logging.getLogger("cpl")
+log = logging.getLogger(PROG)
 
 KEEP = 2
 TRAIN_PREFIX = "train"  # re-ID training checkpoints: <run>/checkpoints/train-eNNNN-s000000-<sha>.pt

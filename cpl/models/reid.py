@@ -22,10 +22,11 @@ import torch
 import torchvision
 from torch import nn
 
+from cpl import PROG
 from cpl.models.backbones import WeightsInfo, resolve, sha256_file
 from cpl.models.catalog import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone
 
-log = logging.getLogger("cpl")
+log = logging.getLogger(PROG)
 
 
 def build_trunk(bb: Backbone, last_stride: int = 2) -> nn.Module:

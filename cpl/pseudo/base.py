@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cpl.methods import METHODS
+
 
 @dataclass
 class Targets:
@@ -25,7 +27,8 @@ class Targets:
 
 
 class Strategy:
-    """Base class. Subclasses set the class attributes and implement :meth:`targets`."""
+    """Base class. A subclass sets ``name`` to a method of the table (:data:`cpl.methods.METHODS`), which sets
+    its flags below (see :meth:`__init_subclass__`), and implements :meth:`targets`."""
 
     name: str = ""
     uses_unlabeled: bool = True  # False: the method trains on labeled images only
@@ -35,6 +38,18 @@ class Strategy:
     # Published labeled-only warm-up as a share of the schedule (LSRO/MpRL: 20 of 50 epochs = 0.4), so that a
     # shorter run keeps the published proportion; train.warmup_epochs >= 0 overrides it.
     default_warmup_fraction: float = 0.0
+
+    def __init_subclass__(cls, **kwargs):
+        """Take the flags of a subclass named after a method from the method table, the one place they are
+        written (a subclass with another name, e.g. a test's, keeps what it sets)."""
+        super().__init_subclass__(**kwargs)
+        method = METHODS.get(cls.__dict__.get("name", ""))
+        if method is not None:
+            cls.uses_unlabeled = method.needs_unlabeled
+            cls.extra_class = method.extra_class
+            cls.center_loss = method.center_loss
+            cls.default_weight = method.unlabeled_weight
+            cls.default_warmup_fraction = method.warmup_fraction
 
     def __init__(self, weight: float = -1.0, warmup_epochs: int = -1, temperature: float = 1.0,
                  ramp_epochs: int = 0, epochs: int = 50):

@@ -1,7 +1,9 @@
 """Every pseudo-labeling method of the CPL paper's Table 1, FAPL, and the no-unlabeled references.
 
 Notation: p = softmax(logits) over the K real identities, c_k the class centers, cos the cosine.
-Sources and published defaults are in docs/methods.md and method-notes §3.
+Sources and published defaults are in docs/methods.md and method-notes §3. Each class names its method;
+its flags (unlabeled images, center loss, extra class, default weight and warm-up) come from that
+method's entry in the method table, cpl/methods.py.
 """
 
 from __future__ import annotations
@@ -20,21 +22,18 @@ class Baseline(Strategy):
     """Softmax only, labeled images only (the papers' baseline)."""
 
     name = "baseline"
-    uses_unlabeled = False
 
 
 class Center(Baseline):
     """Softmax + center loss, labeled images only (CPL Table 4, "center")."""
 
     name = "center"
-    center_loss = True
 
 
 class CPL(Strategy):
     """One-hot label argmax_k cos(x, c_k) over the current centers, every mini-batch (CPL Eq. 2-3)."""
 
     name = "cpl"
-    center_loss = True
 
     def targets(self, feats, logits, centers, center_valid, epoch):
         sims = cosine_to_centers(feats, centers, center_valid)
@@ -55,7 +54,6 @@ class FAPL(Strategy):
     """
 
     name = "fapl"
-    center_loss = True
 
     def targets(self, feats, logits, centers, center_valid, epoch):
         sims = cosine_to_centers(feats, centers, center_valid)
@@ -86,8 +84,6 @@ class OneHot(Strategy):
     """Classic pseudo-label (Lee 2013) as run by LSRO/MpRL: argmax p, weight 0.1, after a warm-up."""
 
     name = "onehot"
-    default_weight = 0.1
-    default_warmup_fraction = 0.4
 
     def targets(self, feats, logits, centers, center_valid, epoch):
         conf, label = torch.softmax(logits.float(), dim=1).max(dim=1)
@@ -119,15 +115,12 @@ class MpRL2(MpRL):
     """dMpRL-II: MpRL switched on after the warm-up, with unlabeled weight 0.1."""
 
     name = "mprl2"
-    default_weight = 0.1
-    default_warmup_fraction = 0.4
 
 
 class AllInOne(Strategy):
     """Every unlabeled image in one extra class K + 1 (Odena 2016; Salimans et al. 2016): loss -log p_{K+1}."""
 
     name = "allinone"
-    extra_class = True
 
     def targets(self, feats, logits, centers, center_valid, epoch):
         n, c = len(feats), logits.shape[1]

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from cpl import PROG
 from cpl.config import Config, dump_yaml
 from cpl.runs.atomic import write_json
 from cpl.runs.rundir import RunDir, create_run, new_run_id
@@ -47,7 +48,7 @@ def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv:
 
 def cpl_command(*args: str) -> list[str]:
     """The argv that runs ``cpl <args>`` with this interpreter (no reliance on PATH)."""
-    return [sys.executable, "-m", "cpl", *args]
+    return [sys.executable, "-m", PROG, *args]
 
 
 def spawn(argv: list[str], log_path: Path, cwd: Path | None = None, env: dict | None = None) -> int:
@@ -66,7 +67,7 @@ def launch_resume(run: RunDir, nproc: int = 1, env: dict | None = None) -> int:
     args = ["--runs-root", str(run.runs_root), "resume", str(run.path)]
     if nproc > 1:
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                "-m", "cpl", *args]
+                "-m", PROG, *args]
     else:
         argv = cpl_command(*args)
     pid = spawn(argv, run.log, env=env)

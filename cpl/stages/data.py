@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cpl import PROG
 from cpl.runs import faults
 from cpl.runs.artifacts import write_gan_record, write_unlabeled_csv
 from cpl.runs.atomic import write_json
 from cpl.stages.context import RunContext, RunFailed
 
-log = logging.getLogger("cpl")
+log = logging.getLogger(PROG)
 
 
 @dataclass

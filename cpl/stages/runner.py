@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 
+from cpl import PROG
 from cpl import config as cfgmod
 from cpl.runs import faults
 from cpl.runs.atomic import write_json
@@ -22,7 +23,7 @@ from cpl.runs.state import QueueReason, Stage, State
 from cpl.runs.status import StatusWriter
 from cpl.stages.context import RunContext, RunFailed, StageSpec
 
-log = logging.getLogger("cpl")
+log = logging.getLogger(PROG)
 
 
 class StopFlag:

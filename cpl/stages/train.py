@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cpl import PROG
 from cpl.runs import faults
 from cpl.runs.atomic import write_npz
 from cpl.stages.context import RunContext, RunFailed
 
-log = logging.getLogger("cpl")
+log = logging.getLogger(PROG)
 
 
 @dataclass

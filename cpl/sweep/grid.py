@@ -9,14 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from cpl.config import METHODS, ConfigError, fast_dev_run, from_dict, load_config, to_dict
+from cpl import PROG
+from cpl.config import ConfigError, fast_dev_run, from_dict, load_config, to_dict
+from cpl.methods import BASELINE, METHOD_NAMES, has_own_zero_row, needs_unlabeled
 from cpl.models.backbones import resolve as resolve_weights
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import prepare_run
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, new_run_id, slug, valid_id
 from cpl.runs.status import read_status
-
-NO_UNLABELED = ("baseline", "center")
 
 
 @dataclass(frozen=True)
@@ -30,21 +30,23 @@ class Cell:
 
 
 def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int]) -> list[Cell]:
-    """Grid cells: baseline/center once per seed (0 GAN images); the others per count > 0 and seed.
+    """Grid cells: the labeled-only methods (baseline, center) once per seed with 0 GAN images; the others per
+    count > 0 and seed.
 
     A count of 0 for a pseudo-labeling method *is* the baseline, so it is not run again; the baseline row
-    comes from ``baseline`` (added to the grid when 0 is among the counts).
+    comes from :data:`~cpl.methods.BASELINE` (added to the grid when 0 is among the counts).
     """
     cells: list[Cell] = []
-    want_baseline = 0 in gan_images or "baseline" in methods
+    want_baseline = 0 in gan_images or BASELINE in methods
+    own_zero = [m for m in METHOD_NAMES if m in methods and has_own_zero_row(m)]  # table order, once each
     for seed in seeds:
         if want_baseline:
-            cells.append(Cell("baseline", 0, seed))
-        if "center" in methods:
-            cells.append(Cell("center", 0, seed))
+            cells.append(Cell(BASELINE, 0, seed))
+        for m in own_zero:
+            cells.append(Cell(m, 0, seed))
         for g in sorted(set(gan_images) - {0}):
             for m in methods:
-                if m not in NO_UNLABELED:
+                if needs_unlabeled(m):
                     cells.append(Cell(m, g, seed))
     return cells
 
@@ -57,8 +59,8 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
                  overrides: list[str], sweep_id: str | None = None, fast: bool = False) -> Path:
     """Validate the grid and write ``sweep.json`` (torch-free; the app calls it). Returns the sweep folder."""
     for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"--methods: unknown method {m!r} (choose from {', '.join(METHODS)})")
+        if m not in METHOD_NAMES:
+            raise ConfigError(f"--methods: unknown method {m!r} (choose from {', '.join(METHOD_NAMES)})")
     for g in gan_images:
         if g < 0:
             raise ConfigError(f"--gan-images: counts must be >= 0, got {g}")
@@ -91,7 +93,7 @@ def cell_config(spec: dict, cell: Cell):
     data["name"] = slug(f"{spec['id']}")
     data["seed"] = cell.seed
     data["train"]["method"] = cell.method
-    if cell.method in NO_UNLABELED:
+    if not needs_unlabeled(cell.method):
         data["unlabeled"]["source"] = "none"
         # the unlabeled-image knobs mean nothing here (and would be refused): the method defaults
         data["train"].update(warmup_epochs=-1, unlabeled_ramp_epochs=0, unlabeled_weight=-1.0)
@@ -110,10 +112,10 @@ def prepare_cell(spec: dict, c: dict, runs_root: Path) -> RunDir:
     run = RunDir(runs_root / c["run_id"])
     if not run.run_json.is_file():
         cell = Cell(c["method"], c["gan_images"], c["seed"])
-        prepare_run(cell_config(spec, cell), runs_root, run.path, argv=["cpl", "sweep"], sweep=spec["id"])
+        prepare_run(cell_config(spec, cell), runs_root, run.path, argv=[PROG, "sweep"], sweep=spec["id"])
     return run
 
 
 def cell_argv(runs_root: Path, run: RunDir) -> list[str]:
     """The command that runs (or continues from its last checkpoint) one cell, whichever executor starts it."""
-    return [sys.executable, "-m", "cpl", "--runs-root", str(runs_root), "resume", str(run.path)]
+    return [sys.executable, "-m", PROG, "--runs-root", str(runs_root), "resume", str(run.path)]

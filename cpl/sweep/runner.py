@@ -28,7 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from cpl.config import METHODS, ConfigError
+from cpl import PROG
+from cpl.config import ConfigError
+from cpl.methods import BASELINE, DEFAULT_METHOD, METHOD_NAMES
 from cpl.runs import faults
 from cpl.runs.atomic import write_json
 from cpl.runs.rundir import RunDir
@@ -53,7 +55,8 @@ def _parse_list(text: str, kind: type, name: str) -> list:
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True)
-    p.add_argument("--methods", default="baseline,cpl", help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--methods", default=f"{BASELINE},{DEFAULT_METHOD}",
+                   help=f"comma-separated, from {','.join(METHOD_NAMES)}")
     p.add_argument("--gan-images", default="0,12000", help="comma-separated unlabeled-image counts")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
@@ -187,7 +190,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     if args.detach:
         from cpl.runs.launch import spawn
 
-        argv = [sys.executable, "-m", "cpl", "--runs-root", str(runs_root), "sweep", "--config", args.config,
+        argv = [sys.executable, "-m", PROG, "--runs-root", str(runs_root), "sweep", "--config", args.config,
                 "--methods", args.methods, "--gan-images", args.gan_images, "--seeds", args.seeds,
                 "--sweep-id", folder.name] + sum((["--set", s] for s in args.set), []) + executor_argv(executor)
         if args.fast_dev_run:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from cpl.methods import BASELINE, has_own_zero_row
 from cpl.runs.atomic import write_text
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import State
@@ -117,23 +118,23 @@ def _fmt(a: dict, key: str) -> str:
 def markdown_table(agg: list[dict], methods: list[str], rerank: bool = False) -> str:
     """Table 1 layout: rows = GAN-image counts (0 = baseline), columns = methods (rank-1 | mAP)."""
     r1, mp = ("rr_rank1", "rr_mAP") if rerank else ("rank1", "mAP")
-    cols = [m for m in methods if m != "baseline"] or ["baseline"]
+    cols = [m for m in methods if m != BASELINE] or [BASELINE]
     by = {(a["method"], a["gan_images"]): a for a in agg}
     counts = sorted({a["gan_images"] for a in agg})
     head = "| #unlabeled | " + " | ".join(f"{m} rank-1 | {m} mAP" for m in cols) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(cols))]
-    base = by.get(("baseline", 0))
+    base = by.get((BASELINE, 0))
     for g in counts:
         cells = []
         for m in cols:
-            a = by.get((m, g)) or (base if g == 0 and m not in ("center",) else None)
+            a = by.get((m, g)) or (base if g == 0 and not has_own_zero_row(m) else None)
             cells += [_fmt(a, r1), _fmt(a, mp)] if a else ["", ""]
         label = "0 (baseline)" if g == 0 else str(g)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if base and r1 in base:
         imp = []
         for m in cols:
-            cand = [a for (mm, g), a in by.items() if mm == m and (g > 0 or m == "center") and r1 in a]
+            cand = [a for (mm, g), a in by.items() if mm == m and (g > 0 or has_own_zero_row(m)) and r1 in a]
             if cand:
                 best1 = max(a[r1] for a in cand)
                 bestm = max(a[mp] for a in cand)
