@@ -32,6 +32,8 @@ FEATURE_SPLITS = ("train", "query", "gallery")  # features/<split>.npy rows matc
 
 @dataclass(frozen=True)
 class Problem:
+    """One thing wrong with one file of a run directory; ``str()`` gives ``<file>: <what>``."""
+
     file: str  # relative to the run directory, "." for the directory itself
     what: str  # a few words: "missing", "not valid JSON", "unreadable (Permission denied)", ...
 
@@ -107,6 +109,7 @@ def load_config(path: Path) -> tuple[dict | None, Problem | None]:
 
 
 def is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (a bool, NaN or infinity is not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -59,18 +59,25 @@ def _json(path: str, version: tuple) -> dict | None:
 
 
 def read_json(path: Path) -> dict | None:
+    """A JSON file holding an object; None when it is missing, damaged or not an object."""
     return _json(str(path), stamp(path))
 
 
 def results(run: RunDir) -> dict | None:
+    """results.json: final metrics in percent (``rank1``, ``mAP``, ..., ``rerank``), times in seconds; None until
+    the run has finished (or when the file is damaged)."""
     return read_json(run.results)
 
 
 def dataset_info(run: RunDir) -> dict | None:
+    """dataset.json: ``splits`` (per split ``images``, ``ids``, ``cameras``), ``num_classes`` (K), the labeled and
+    unlabeled image counts and ``warnings``; None before the data stage has written it."""
     return read_json(run.dataset)
 
 
 def run_facts(run: RunDir) -> dict:
+    """run.json: the run's static facts (``method``, ``created`` in unix time, ``backbone``, ``weights``, ...);
+    {} when missing or damaged."""
     return read_json(run.run_json) or {}
 
 
@@ -116,14 +123,19 @@ def _csv(path: str, version: tuple) -> pd.DataFrame:
 
 
 def csv_file(path: Path) -> pd.DataFrame:
+    """A CSV file as a frame; an empty frame when it is missing or damaged."""
     return _csv(str(path), stamp(path))
 
 
 def pseudo_labels(run: RunDir) -> pd.DataFrame:
+    """pseudo_labels.csv: the final assignment of every unlabeled image, one row each (``label`` a class index
+    0..K-1, ``cos``, ``margin``, ...); empty before the export stage."""
     return csv_file(run.pseudo_labels)
 
 
 def unlabeled(run: RunDir) -> pd.DataFrame:
+    """unlabeled.csv: one row per unlabeled image, ``index, path, source, true_label, true_pid`` (``true_label``
+    -1 unless the source is ``holdout``)."""
     return csv_file(run.unlabeled)
 
 
@@ -142,18 +154,25 @@ def _npz(path: str, version: tuple) -> dict[str, np.ndarray]:
 
 
 def npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file by name; {} when it is missing or damaged."""
     return _npz(str(path), stamp(path))
 
 
 def embedding(run: RunDir) -> dict[str, np.ndarray]:
+    """embedding.npz, the UMAP: ``xy [N, 2] float32``, ``kind [N] int8`` (0 train, 1 unlabeled, 2 center),
+    ``row [N] int32``, ``label [N] int32`` (class index); {} until the export stage has written it."""
     return npz(run.embedding)
 
 
 def retrieval(run: RunDir) -> dict[str, np.ndarray]:
+    """retrieval.npz: ``index [Q, k] int32`` gallery rows best first, ``dist [Q, k] float32``, ``ap [Q] float32``
+    (NaN without a valid match), and with re-ranking ``rr_index``, ``rr_dist``, ``rr_ap``; {} until written."""
     return npz(run.retrieval)
 
 
 def pseudo_history(run: RunDir) -> dict[str, np.ndarray]:
+    """pseudo_history.npz: ``labels [E, U] int32`` (-1 = not seen in that epoch) and ``confidence [E, U]
+    float16``, one row per epoch trained with pseudo-labels; {} before the first or without unlabeled images."""
     return npz(run.pseudo_history)
 
 
@@ -270,6 +289,8 @@ def sweep_folders(runs_root: Path) -> list[Path]:
 
 
 def sweep_spec(folder: Path) -> dict:
+    """The sweep's sweep.json (``id``, ``methods``, ``gan_images``, ``seeds``, ``cells``, ...); {} when missing or
+    damaged."""
     return read_json(folder / "sweep.json") or {}
 
 

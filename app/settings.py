@@ -15,10 +15,12 @@ SYNTHETIC_NAME = "synthetic"
 
 
 def runs_root() -> Path:
+    """The runs folder, absolute: ``$CPL_RUNS_ROOT`` or ``./runs``."""
     return Path(os.environ.get("CPL_RUNS_ROOT", "runs")).resolve()
 
 
 def data_roots() -> list[Path]:
+    """The data roots, absolute, in the order given by ``$CPL_DATA_ROOTS`` (default ``./data``)."""
     raw = os.environ.get("CPL_DATA_ROOTS", "data")
     return [Path(p).resolve() for p in raw.split(os.pathsep) if p.strip()]
 

@@ -72,6 +72,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """Whether the dataset is usable: no errors (warnings allowed)."""
         return not self.errors
 
     def format(self) -> str:

@@ -130,10 +130,12 @@ class MarketDataset:
 
     @property
     def num_classes(self) -> int:
+        """K, the number of training identities (classes 0..K-1)."""
         return int(len(self.label_to_pid))
 
     @property
     def splits(self) -> tuple[Split, Split, Split]:
+        """(train, query, gallery)."""
         return self.train, self.query, self.gallery
 
     def fingerprint(self) -> str:

@@ -28,6 +28,7 @@ class AugmentParams:
     box: torch.Tensor  # [B, 4] int64 (y0, x0, h, w) of the erased rectangle
 
     def slice(self, start: int, stop: int) -> AugmentParams:
+        """The parameters of images ``start``..``stop - 1`` (a rank's share of the global batch)."""
         return AugmentParams(self.flip[start:stop], self.offset[start:stop], self.erase[start:stop],
                              self.box[start:stop])
 

@@ -59,6 +59,7 @@ class Stacked:
         return out.view(*index.shape, -1)
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Stacked:
+        """``fn`` applied to each half, e.g. a dtype or device change; the split stays where it was."""
         return Stacked(fn(self.top), fn(self.bottom))
 
 

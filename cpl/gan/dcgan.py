@@ -71,6 +71,7 @@ class Generator(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z ``[B, z_dim]`` → images ``[B, 3, S, S] float32`` in [-1, 1]."""
         h = self.fc(z).view(z.shape[0], self.top_channels, 4, 4)
         return self.body(h)
 
@@ -99,6 +100,7 @@ class Discriminator(nn.Module):
         self.fc = nn.Linear(c_in * 4 * 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """images ``[B, 3, S, S]`` → logits ``[B] float32``, before the sigmoid (real > 0)."""
         return self.fc(self.body(x).flatten(1)).squeeze(1)
 
 

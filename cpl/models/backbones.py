@@ -53,6 +53,7 @@ class WeightsInfo:
 
     @property
     def pretrained(self) -> bool:
+        """Whether the trunk started from ImageNet weights (anything but random init)."""
         return self.source != RANDOM_INIT
 
     def describe(self) -> str:
@@ -62,10 +63,12 @@ class WeightsInfo:
         return f"ImageNet weights ({self.source}: {self.file}, sha256 {self.sha256[:12]})"
 
     def to_dict(self) -> dict:
+        """The record as JSON types, with ``pretrained`` added, for ``run.json`` and ``results.json``."""
         return {**asdict(self), "pretrained": self.pretrained}
 
 
 def sha256_file(path: Path) -> str:
+    """SHA-256 of the file's bytes, 64 hex digits; read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -58,11 +58,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, creating its folder if needed."""
     with atomic_open(path, "wb") as fh:
         fh.write(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` as UTF-8, atomically."""
     write_bytes(path, text.encode("utf-8"))
 
 
@@ -77,16 +79,20 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Replace ``path`` with ``obj`` as JSON, atomically; numpy scalars/arrays and paths are converted, NaN and
+    infinity raise ``ValueError`` (strict JSON, so any reader can parse it)."""
     write_text(path, json.dumps(obj, indent=indent, default=_json_default, allow_nan=False) + "\n")
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Replace ``path`` with ``array`` in ``.npy`` format (C-contiguous, no pickled objects), atomically."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     write_bytes(path, buf.getvalue())
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Replace ``path`` with an uncompressed ``.npz`` holding ``arrays`` under their keyword names, atomically."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes(path, buf.getvalue())

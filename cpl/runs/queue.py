@@ -36,6 +36,7 @@ def scheduled() -> bool:
 
 
 def lock_name(device: str) -> str:
+    """File name of ``device``'s lock under ``_locks/`` (``cuda:0`` -> ``cuda-0.lock``)."""
     return device.replace(":", "-").replace("/", "-") + ".lock"
 
 

@@ -32,10 +32,14 @@ def valid_id(run_id: str) -> bool:
 
 
 def slug(text: str) -> str:
+    """``text`` reduced to a path-safe fragment of an id: at most 40 characters of ``[A-Za-z0-9._-]``, ``run`` if
+    nothing is left."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
 
 
 def new_run_id(name: str, method: str, seed: int, now: float | None = None) -> str:
+    """A fresh run id, ``<YYYYmmdd-HHMMSS>-<name>-<method>-s<seed>``, stamped in local time; ``now`` is unix time,
+    the current time if not given."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
     return f"{stamp}-{slug(name)}-{slug(method)}-s{seed}"
 
@@ -48,10 +52,12 @@ class RunDir:
 
     @property
     def id(self) -> str:
+        """The run id: the directory's name."""
         return self.path.name
 
     @property
     def runs_root(self) -> Path:
+        """The runs root the run lives in (its parent folder)."""
         return self.path.parent
 
     def __truediv__(self, name: str) -> Path:
@@ -84,6 +90,7 @@ class RunDir:
 
     @property
     def cache_root(self) -> Path:
+        """``<runs root>/_cache``: what runs of one root share (trained DCGANs and their samples, compiled code)."""
         return self.runs_root / CACHE_DIR
 
     def rel(self, file: str | Path) -> str:

@@ -36,6 +36,9 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def pid_alive(pid: int, start_time: int | None = None) -> bool:
+    """Whether process ``pid`` is running on this host (a zombie is not); given ``start_time`` (clock ticks, from
+    :func:`proc_start_time`), also that it is the same process and not a recycled pid. Without ``/proc`` only a
+    signal-0 probe is possible, and a pid we may not signal counts as alive."""
     if pid <= 0:
         return False
     if Path("/proc").is_dir():
@@ -78,6 +81,8 @@ class StatusWriter:
         }
 
     def update(self, **fields) -> None:
+        """Merge ``fields`` into the state (non-finite floats become null), refresh ``updated`` and ``heartbeat``
+        (unix time) and write ``status.json``."""
         with self._lock:
             self.state.update({k: _clean(v) for k, v in fields.items()})
             now = time.time()
@@ -87,6 +92,8 @@ class StatusWriter:
                 write_json(self.run.status, self.state)
 
     def start_heartbeat(self, interval: float = HEARTBEAT_S) -> None:
+        """Rewrite the heartbeat (unix time) every ``interval`` seconds from a daemon thread until
+        :meth:`stop_heartbeat`; a failed write is skipped, never fatal."""
         def beat() -> None:
             while not self._stop.wait(interval):
                 with self._lock:
@@ -100,6 +107,7 @@ class StatusWriter:
         self._thread.start()
 
     def stop_heartbeat(self) -> None:
+        """Stop the heartbeat thread, waiting up to 2 seconds for it to end."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)

@@ -71,6 +71,7 @@ class RunContext:
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0, the one that writes the run's files."""
         return self.dist.is_main
 
     def progress(self, frac: float, message: str | None = None, **fields: Any) -> None:

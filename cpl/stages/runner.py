@@ -33,6 +33,7 @@ class StopFlag:
         self.flag = threading.Event()
 
     def install(self) -> None:
+        """Make SIGTERM and SIGINT set the flag; only possible from the main thread, elsewhere a no-op."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.flag.set())

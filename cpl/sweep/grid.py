@@ -21,11 +21,14 @@ from cpl.runs.status import read_status
 
 @dataclass(frozen=True)
 class Cell:
+    """One cell of the grid: a method trained with ``gan_images`` unlabeled images (0 = none) under one seed."""
+
     method: str
     gan_images: int
     seed: int
 
     def run_id(self, sweep_id: str) -> str:
+        """The cell's run id, ``<sweep id>--<method>-g<gan_images>-s<seed>``."""
         return f"{sweep_id}--{self.method}-g{self.gan_images}-s{self.seed}"
 
 
@@ -52,6 +55,7 @@ def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int]) -> l
 
 
 def sweep_dir(runs_root: Path, sweep_id: str) -> Path:
+    """The sweep's folder, ``<runs root>/sweeps/<sweep id>``."""
     return runs_root / SWEEPS_DIR / sweep_id
 
 
@@ -89,6 +93,8 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
 
 
 def cell_config(spec: dict, cell: Cell):
+    """The cell's run config (a :class:`cpl.config.Config`): the sweep's base config with the cell's method, seed
+    and unlabeled-image count; baseline and center run without unlabeled images."""
     data = to_dict(from_dict(spec["config"]))
     data["name"] = slug(f"{spec['id']}")
     data["seed"] = cell.seed

@@ -54,6 +54,7 @@ def _parse_list(text: str, kind: type, name: str) -> list:
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``cpl sweep`` to ``p``."""
     p.add_argument("--config", required=True)
     p.add_argument("--methods", default=f"{BASELINE},{DEFAULT_METHOD}",
                    help=f"comma-separated, from {','.join(METHOD_NAMES)}")
@@ -175,6 +176,8 @@ def ray_available() -> bool:
 
 
 def sweep_main(args: argparse.Namespace) -> int:
+    """``cpl sweep``: create (or reuse) the sweep folder, then run its cells here or detach into the background.
+    Returns the exit code: 0 all cells finished (or detached), 1 some cell failed, 2 a configuration error."""
     runs_root = Path(args.runs_root)
     try:
         executor = executor_options(args)

@@ -146,6 +146,8 @@ def markdown_table(agg: list[dict], methods: list[str], rerank: bool = False) ->
 
 
 def write_tables(folder: Path, runs_root: Path) -> list[dict]:
+    """Write the sweep's ``results.csv`` (aggregated), ``runs.csv`` (one row per cell) and ``results.md`` from the
+    cells' results as they are now. Returns the aggregated rows (:func:`aggregate`; rank-1 and mAP in percent)."""
     spec = yaml.safe_load((folder / "sweep.json").read_text())
     rows = collect(folder, runs_root)
     agg = aggregate(rows)

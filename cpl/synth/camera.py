@@ -76,6 +76,7 @@ def random_cameras(rng: np.random.Generator, n: int) -> list[Camera]:
 
 
 def pick_view(rng: np.random.Generator, cam: Camera) -> str:
+    """A view (``front``, ``back`` or ``side``) drawn with the camera's view probabilities."""
     return choose(rng, VIEWS, cam.views)
 
 

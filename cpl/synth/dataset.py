@@ -74,6 +74,7 @@ class SynthParams:
     junk: float = 0.05  # pid -1 images, same unit
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first parameter out of its allowed range."""
         lo, hi = self.images_per_camera
         checks = [
             (1 <= self.ids <= 5000, "ids must be between 1 and 5000"),
@@ -88,6 +89,7 @@ class SynthParams:
                 raise ValueError(f"synthetic dataset: {msg}; got {self}")
 
     def to_dict(self) -> dict:
+        """The parameters as plain JSON types (as recorded in ``synthetic.json``)."""
         d = dataclasses.asdict(self)
         d["images_per_camera"] = list(self.images_per_camera)
         return d
@@ -125,6 +127,8 @@ class _Clock:
         self.frame = [0] * cameras
 
     def name(self, rng: np.random.Generator, pid: int, cam: int, seq: int, step: tuple[int, int]) -> str:
+        """The next Market-style file name for ``pid`` seen by camera ``cam`` (0-based) in sequence ``seq``, advancing
+        the camera's frame counter by a random amount in ``[step[0], step[1])``."""
         self.frame[cam] += int(rng.integers(*step))
         pid_s = "-1" if pid < 0 else f"{pid:04d}"
         return f"{pid_s}_c{cam + 1}s{seq}_{self.frame[cam]:06d}_{int(rng.integers(0, 9)):02d}.jpg"

@@ -204,13 +204,16 @@ class _Pen:
         self.cos, self.sin = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
 
     def xy(self, u: float, v: float) -> tuple[float, float]:
+        """Pixel coordinates (x, y) of body point (u, v), mirrored and tilted with the figure."""
         x, y = self.flip * u * self.size, v * self.size
         return (self.cx + x * self.cos - y * self.sin, self.feet - x * self.sin - y * self.cos)
 
     def poly(self, pts: list[tuple[float, float]], fill: RGB) -> None:
+        """Fill the polygon through body points ``pts``."""
         self.draw.polygon([self.xy(u, v) for u, v in pts], fill=fill)
 
     def ellipse(self, u: float, v: float, ru: float, rv: float, fill: RGB) -> None:
+        """Fill an axis-aligned ellipse centred on body point (u, v) with radii ``ru``, ``rv`` (body heights)."""
         x, y = self.xy(u, v)
         rx, ry = ru * self.size, rv * self.size
         self.draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=fill)
