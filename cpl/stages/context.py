@@ -18,14 +18,12 @@ from cpl.config import Config
 from cpl.runs.atomic import append_jsonl
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import Stage
+from cpl.stages.products import Evaluated, LoadedData, Trained, Unlabeled
 
 if TYPE_CHECKING:
     import torch
 
     from cpl.engine.dist import DistInfo
-    from cpl.stages.data import LoadedData, Unlabeled
-    from cpl.stages.evaluate import Evaluated
-    from cpl.stages.train import Trained
 
 
 class RunFailed(RuntimeError):

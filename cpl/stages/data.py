@@ -9,7 +9,6 @@ or the held-out training images; it writes ``unlabeled.csv`` and, for a GAN, ``g
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,34 +19,9 @@ from cpl.runs import faults
 from cpl.runs.artifacts import write_gan_record, write_unlabeled_csv
 from cpl.runs.atomic import write_json
 from cpl.stages.context import RunContext, RunFailed
+from cpl.stages.products import LoadedData, Unlabeled
 
 log = logging.getLogger(PROG)
-
-
-@dataclass
-class LoadedData:
-    """The decoded dataset. Images are ``[N, 3, H, W] uint8``; ``labels`` ``[N_train] int64`` are class indices
-    0..K-1 of every training image; ``keep`` indexes the labeled ones."""
-
-    ds: object  # cpl.data.market.MarketDataset
-    labels: np.ndarray
-    keep: np.ndarray
-    train_imgs: torch.Tensor
-    query_imgs: torch.Tensor
-    gallery_imgs: torch.Tensor
-    source: str  # where the unlabeled images come from: gan | folder | holdout | none
-    hidden: np.ndarray  # holdout: the indices of the training images used as unlabeled ones
-    folder_files: list[str]  # folder: the image files
-
-
-@dataclass
-class Unlabeled:
-    """The unlabeled set: ``images`` ``[M, 3, H, W] uint8``, their files, and (holdout only) their true class
-    ``truth`` ``[M] int64``."""
-
-    images: torch.Tensor
-    paths: list[str]
-    truth: np.ndarray | None
 
 
 def load_data(ctx: RunContext) -> None:

@@ -5,24 +5,14 @@ recomputed from the final checkpoint on resume."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from cpl.config import tricks
 from cpl.runs import faults
 from cpl.runs.atomic import write_json, write_npz
 from cpl.stages.context import RunContext
-
-
-@dataclass
-class Evaluated:
-    """Query/gallery retrieval features ``[Nq, D]`` / ``[Ng, D]`` float32 (L2-normalised) and results.json."""
-
-    query: torch.Tensor
-    gallery: torch.Tensor
-    results: dict
+from cpl.stages.products import Evaluated
 
 
 def metrics(res: dict) -> dict:

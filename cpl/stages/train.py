@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,19 +16,9 @@ from cpl import PROG
 from cpl.runs import faults
 from cpl.runs.atomic import write_npz
 from cpl.stages.context import RunContext, RunFailed
+from cpl.stages.products import Trained
 
 log = logging.getLogger(PROG)
-
-
-@dataclass
-class Trained:
-    """The training stage's product: the trainer (model, centers, pseudo-label history), the method's
-    strategy, what the trunk was initialised with, and the training time in seconds."""
-
-    trainer: object  # cpl.engine.trainer.Trainer
-    strategy: object  # cpl.pseudo.base.Strategy
-    weights: object  # cpl.models.backbones.WeightsInfo
-    time_s: float
 
 
 def _state_bytes(state: dict) -> int:

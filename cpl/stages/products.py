@@ -1,0 +1,56 @@
+"""What the stages hand to each other on the run context, in run order: the decoded dataset, the unlabeled set,
+the trained network and the evaluation. Plain data; the stages that make them are named on each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class LoadedData:
+    """Made by stage ``data``: the decoded dataset. Images are ``[N, 3, H, W] uint8``; ``labels`` ``[N_train]
+    int64`` are the class indices 0..K-1 of every training image; ``keep`` indexes the labeled ones."""
+
+    ds: object  # cpl.data.market.MarketDataset
+    labels: np.ndarray
+    keep: np.ndarray
+    train_imgs: torch.Tensor
+    query_imgs: torch.Tensor
+    gallery_imgs: torch.Tensor
+    source: str  # where the unlabeled images come from: gan | folder | holdout | none
+    hidden: np.ndarray  # holdout: the indices of the training images used as unlabeled ones
+    folder_files: list[str]  # folder: the image files
+
+
+@dataclass
+class Unlabeled:
+    """Made by stage ``unlabeled`` (empty when the run has none): ``images`` ``[M, 3, H, W] uint8``, their files,
+    and (holdout only) their true class ``truth`` ``[M] int64``."""
+
+    images: torch.Tensor
+    paths: list[str]
+    truth: np.ndarray | None
+
+
+@dataclass
+class Trained:
+    """Made by stage ``train``: the trainer (model, centers, pseudo-label history), the method's
+    strategy, what the trunk was initialised with, and the training time in seconds."""
+
+    trainer: object  # cpl.engine.trainer.Trainer
+    strategy: object  # cpl.pseudo.base.Strategy
+    weights: object  # cpl.models.backbones.WeightsInfo
+    time_s: float
+
+
+@dataclass
+class Evaluated:
+    """Made by stage ``evaluate``: query/gallery retrieval features ``[Nq, D]`` / ``[Ng, D]`` float32
+    (L2-normalised) and results.json's content."""
+
+    query: torch.Tensor
+    gallery: torch.Tensor
+    results: dict
