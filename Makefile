@@ -6,8 +6,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8501
 
-.PHONY: run test test-slow test-all chromium install clean
+.PHONY: run test test-slow test-all chromium install lock clean
 
+# requirements.txt holds pyproject.toml's exact pins (`make lock` writes it): installing it first, then the
+# package with --no-deps, gets exactly the pinned releases (never a newer torch).
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -16,6 +18,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## requirements.txt again from pyproject.toml, after changing a dependency there.
+lock:
+	$(PYTHON) tools/lock_requirements.py
 
 ## The app (binds 127.0.0.1; see README to expose it). A demo run starts by itself when there are none.
 run: $(STAMP)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from cpl import PROG
-from cpl.config import Config, ConfigError, fast_dev_run, load_config, read_yaml
+from cpl.config import Config, ConfigError, fast_dev_run, load_config, packaged_configs_dir, read_yaml
 from cpl.data.check import CheckReport
 from cpl.data.market import SPLIT_FOLDERS
 from cpl.methods import needs_unlabeled
@@ -30,8 +30,7 @@ from cpl.sweep.runner import executor_argv
 
 from .safety import safe_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS_DIR = REPO / "configs"
+CONFIGS_DIR = packaged_configs_dir()  # cpl/configs in the installed package (the checkout's configs/ links there)
 DEMO_CONFIG = CONFIGS_DIR / "demo.yaml"
 DEMO_MARKER = ".studio-demo.json"
 
@@ -164,7 +163,7 @@ def folder_stamp(path: Path) -> tuple:
 
 
 def config_files(folder: Path = CONFIGS_DIR) -> list[Path]:
-    """The YAML configs a run can start from (``configs/*.yaml``), sorted by name."""
+    """The YAML configs a run can start from (the packaged ``cpl/configs/*.yaml``), sorted by name."""
     return sorted(p for p in folder.glob("*.yaml") if p.is_file())
 
 
@@ -346,7 +345,7 @@ def _has_anything(runs_root: Path) -> bool:
 
 
 def demo_config() -> Path:
-    """The demo run's config: ``$CPL_DEMO_CONFIG`` or ``configs/demo.yaml``."""
+    """The demo run's config: ``$CPL_DEMO_CONFIG`` or the packaged ``cpl/configs/demo.yaml``."""
     return Path(os.environ.get("CPL_DEMO_CONFIG") or DEMO_CONFIG)
 
 

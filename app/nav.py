@@ -2,6 +2,7 @@
 
 ``?run=ID`` selects a run (``?run=A&run2=B`` a second one for side-by-side views). Ids from the URL
 are validated by :func:`app.safety.safe_run`; an invalid id is reported and ignored, never used as a path.
+:func:`run_page` is the top of every page about one run (GAN samples, Embedding, Retrieval).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import streamlit as st
 from cpl.runs.rundir import RunDir, list_runs
 
 from . import settings
+from .gallery import reset_on_run_change
 from .safety import safe_run
+
+NO_RUNS = "No runs yet: launch one on the Launch page."
 
 
 def run_ids() -> list[str]:
@@ -45,3 +49,21 @@ def select_run(param: str = "run", label: str = "Run", *, sidebar: bool = True,
     if st.query_params.get(param) != choice:
         st.query_params[param] = choice
     return safe_run(root, choice)
+
+
+def run_page(title: str, state_prefix: str, *, drop_params: tuple[str, ...] = ()) -> RunDir | None:
+    """The top of a page about one run: its title and the sidebar run picker; None (after saying there are
+    no runs yet) when there is nothing to show.
+
+    When the picked run changes, the page's widget state (keys starting with ``state_prefix``) is forgotten,
+    and so are the query parameters ``drop_params`` (e.g. an image number of the previous run).
+    """
+    st.title(title)
+    run = select_run()
+    if run is None:
+        st.info(NO_RUNS)
+        return None
+    if reset_on_run_change(state_prefix, run.id):
+        for param in drop_params:
+            st.query_params.pop(param, None)
+    return run

@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("run", help="run the pipeline (GAN, training, evaluation, artifacts)")
-    s.add_argument("--config", required=True, help="YAML config, e.g. configs/synthetic.yaml")
+    s.add_argument("--config", required=True,
+                   help="YAML config, e.g. configs/synthetic.yaml, or a packaged config by name (synthetic)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     s.add_argument("--run-dir", help="run directory (default: a new folder under the runs root)")

@@ -1,6 +1,7 @@
 """The one configuration object of a run: dataclasses, YAML loading, overrides and validation.
 
-Every number the pipeline uses lives here (or in a YAML file under ``configs/``), never in code.
+Every number the pipeline uses lives here (or in a YAML file under ``cpl/configs/``, shipped as package data;
+``configs/`` at the repository root links there), never in code.
 Loading is strict: an unknown key, a value of the wrong type or one out of range raises
 :class:`ConfigError` naming the offending key, e.g. ``train.center_weight: must be >= 0, got -1``.
 """
@@ -12,6 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -466,10 +468,34 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
+def packaged_configs_dir() -> Path:
+    """The folder of the YAML configs shipped inside the package (``cpl/configs``), wherever it is installed."""
+    return Path(str(resources.files("cpl") / "configs"))
+
+
+def packaged_config(name: str) -> Path | None:
+    """The shipped config called ``name`` (``synthetic`` or ``synthetic.yaml``), or None if there is none."""
+    if not name or Path(name).name != name:
+        return None
+    path = packaged_configs_dir() / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return path if path.is_file() else None
+
+
+def resolve_config(path: str | Path) -> Path:
+    """``path`` if it is a file; else, for a bare name or ``configs/NAME.yaml`` (the form the docs use, written
+    from outside a checkout), the packaged config of that name; else ``path`` unchanged (reported as missing)."""
     p = Path(path)
+    if p.is_file() or p.parent not in (Path("."), Path("configs")):
+        return p
+    return packaged_config(p.name) or p
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = resolve_config(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        names = ", ".join(sorted(c.stem for c in packaged_configs_dir().glob("*.yaml")))
+        packaged = f" (packaged configs: {names})" if p.parent in (Path("."), Path("configs")) else ""
+        raise ConfigError(f"{p}: config file not found{packaged}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:

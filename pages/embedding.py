@@ -14,8 +14,8 @@ import streamlit as st
 from plotly.colors import qualitative
 
 from app import readers
-from app.gallery import AMBER, BLUE, GREEN, NEUTRAL, RED, Card, grid, reset_on_run_change
-from app.nav import select_run
+from app.gallery import AMBER, BLUE, GREEN, NEUTRAL, RED, Card, grid
+from app.nav import run_page
 from cpl.runs.status import ACTIVE, read_status
 
 TRAIN, UNLABELED, CENTER = 0, 1, 2
@@ -135,12 +135,9 @@ def _legend(chosen: list[int]) -> None:
 
 
 def main() -> None:
-    st.title("Embedding")
-    run = select_run()
+    run = run_page("Embedding", "emb-")
     if run is None:
-        st.info("No runs yet: launch one on the Launch page.")
         return
-    reset_on_run_change("emb-", run.id)
     emb = readers.embedding(run)
     if not emb or "xy" not in emb:
         umap_on = (readers.config(run).get("eval") or {}).get("umap", True)

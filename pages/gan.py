@@ -16,8 +16,8 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app import charts, readers
-from app.gallery import AMBER, GREEN, NEUTRAL, RED, Card, card_image, grid, page_bounds, reset_on_run_change
-from app.nav import select_run
+from app.gallery import AMBER, GREEN, NEUTRAL, RED, Card, card_image, grid, page_bounds
+from app.nav import run_page
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import ACTIVE
 from cpl.runs.status import read_status
@@ -292,13 +292,9 @@ def _quality(run: RunDir) -> None:
 
 
 def main() -> None:
-    st.title("GAN samples & pseudo-labels")
-    run = select_run()
+    run = run_page("GAN samples & pseudo-labels", "gan-", drop_params=("img",))  # ?img=: an image number
     if run is None:
-        st.info("No runs yet: launch one on the Launch page.")
         return
-    if reset_on_run_change("gan-", run.id):
-        st.query_params.pop("img", None)  # an image number of the previous run
     status = read_status(run)
     method = readers.run_facts(run).get("method") or "?"
     _quality(run)

@@ -19,8 +19,8 @@ import pandas as pd
 import streamlit as st
 
 from app import readers, settings
-from app.gallery import BLUE, GREEN, GREY, NEUTRAL, RED, Card, card_image, grid, reset_on_run_change
-from app.nav import select_run
+from app.gallery import BLUE, GREEN, GREY, NEUTRAL, RED, Card, card_image, grid
+from app.nav import run_page
 from app.safety import safe_run
 from cpl.data.images import UploadError, decode_upload
 from cpl.runs.launch import cpl_command
@@ -211,13 +211,9 @@ def _upload(run: RunDir, topk: int) -> None:
 
 
 def main() -> None:
-    st.title("Retrieval")
-    run = select_run()
+    run = run_page("Retrieval", "ret-", drop_params=("q",))  # ?q=: a query number of the previous run
     if run is None:
-        st.info("No runs yet: launch one on the Launch page.")
         return
-    if reset_on_run_change("ret-", run.id):
-        st.query_params.pop("q", None)  # a query number of the previous run
     ret = readers.retrieval(run)
     if not ret or "index" not in ret:
         status = read_status(run)

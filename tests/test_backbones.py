@@ -12,7 +12,7 @@ import sklearn.datasets
 import torch
 from PIL import Image
 
-from cpl.config import ConfigError, load_config
+from cpl.config import ConfigError, load_config, packaged_configs_dir
 from cpl.data.transforms import normalize
 from cpl.models.backbones import WeightsNotFound, resolve, wheel_file
 from cpl.models.catalog import BACKBONES
@@ -136,7 +136,7 @@ def test_a_file_of_the_wrong_backbone_is_refused(tmp_path):
 
 
 def test_packaged_configs_use_pretrained_weights_or_say_none():
-    for path in sorted((REPO / "configs").glob("*.yaml")):
+    for path in sorted(packaged_configs_dir().glob("*.yaml")):
         cfg = load_config(path, ["data.root=x"])
         assert cfg.model.pretrained in ("auto", "none"), path
         if cfg.model.pretrained == "none":

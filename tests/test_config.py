@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cpl.config import ConfigError, apply_overrides, fast_dev_run, load_config
+from cpl.config import ConfigError, apply_overrides, fast_dev_run, load_config, packaged_configs_dir
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(packaged_configs_dir().glob("*.yaml"))  # cpl/configs, package data (configs/ links there)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
