@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from cpl import PROG
 from cpl.methods import CENTER_LOSS_METHODS, DEFAULT_METHOD, METHOD_NAMES, needs_unlabeled
 from cpl.models.catalog import BACKBONES
 
@@ -470,7 +471,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def packaged_configs_dir() -> Path:
     """The folder of the YAML configs shipped inside the package (``cpl/configs``), wherever it is installed."""
-    return Path(str(resources.files("cpl") / "configs"))
+    return Path(str(resources.files(PROG) / "configs"))
 
 
 def packaged_config(name: str) -> Path | None:
