@@ -46,6 +46,8 @@ SOURCE_INFO = {
 
 @dataclass(frozen=True)
 class DeviceChoice:
+    """A device the Launch page offers: the label shown, its config value and the torchrun process count."""
+
     label: str
     device: str  # the config's ``device`` value
     nproc: int = 1  # processes under torchrun (one per GPU)
@@ -108,6 +110,7 @@ class DatasetChoice:
 
     @property
     def synthetic(self) -> bool:
+        """Whether this is the embedded synthetic dataset (no data root)."""
         return self.root_index < 0
 
 
@@ -333,6 +336,8 @@ def demo_enabled() -> bool:
 
 
 def demo_marker(runs_root: Path) -> dict | None:
+    """What the runs root's demo marker records about the demo run started there (it starts only once); None
+    when there is none."""
     try:
         return json.loads((runs_root / DEMO_MARKER).read_text())
     except (OSError, json.JSONDecodeError):

@@ -19,6 +19,7 @@ NO_RUNS = "No runs yet: launch one on the Launch page."
 
 
 def run_ids() -> list[str]:
+    """Run ids of the runs root, newest first (the run pickers' options)."""
     return [r.id for r in list_runs(settings.runs_root())]
 
 

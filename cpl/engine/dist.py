@@ -16,6 +16,8 @@ import torch.distributed as tdist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a torchrun job (rank, world size, local rank); a lone process is rank 0 of 1."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -23,10 +25,12 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that logs, evaluates and writes the run directory."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """Whether the job has several processes (a process group to join)."""
         return self.world_size > 1
 
 
@@ -77,6 +81,7 @@ def init(info: DistInfo, device: torch.device) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Leave the process group (a no-op for a lone process)."""
     if info.enabled and tdist.is_initialized():
         tdist.destroy_process_group()
 
@@ -89,12 +94,14 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
 
 
 def all_reduce_max(*tensors: torch.Tensor) -> None:
+    """Element-wise maximum of ``tensors`` across ranks, in place (a no-op for a lone process)."""
     if tdist.is_available() and tdist.is_initialized():
         for t in tensors:
             tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op for a lone process)."""
     if tdist.is_available() and tdist.is_initialized():
         tdist.barrier()
 

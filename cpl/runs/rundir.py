@@ -44,6 +44,11 @@ def new_run_id(name: str, method: str, seed: int, now: float | None = None) -> s
     return f"{stamp}-{slug(name)}-{slug(method)}-s{seed}"
 
 
+def _entry(name: str, doc: str) -> property:
+    """A :class:`RunDir` attribute: the path of ``name`` in the run directory (docs/run-directory.md)."""
+    return property(lambda self: self.path / name, doc=f"``{name}``: {doc}.")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run directory."""
@@ -63,22 +68,22 @@ class RunDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    config = property(lambda self: self.path / "config.yaml")
-    run_json = property(lambda self: self.path / "run.json")
-    status = property(lambda self: self.path / "status.json")
-    log = property(lambda self: self.path / "log.txt")
-    metrics = property(lambda self: self.path / "metrics.jsonl")
-    dataset = property(lambda self: self.path / "dataset.json")
-    results = property(lambda self: self.path / "results.json")
-    gan = property(lambda self: self.path / "gan.json")  # the DCGAN the run's unlabeled images came from
-    unlabeled = property(lambda self: self.path / "unlabeled.csv")
-    pseudo_labels = property(lambda self: self.path / "pseudo_labels.csv")
-    pseudo_history = property(lambda self: self.path / "pseudo_history.npz")
-    retrieval = property(lambda self: self.path / "retrieval.npz")
-    embedding = property(lambda self: self.path / "embedding.npz")
-    features = property(lambda self: self.path / "features")
-    checkpoints = property(lambda self: self.path / "checkpoints")
-    placement = property(lambda self: self.path / "placement.json")  # a Ray sweep cell's attempts (cpl/sweep/on_ray.py)
+    config = _entry("config.yaml", "the resolved config, the single source of truth of the run")
+    run_json = _entry("run.json", "static facts: id, created, argv, method, dataset, sweep, backbone, weights")
+    status = _entry("status.json", "live state, stage, progress and heartbeat (cpl.runs.status)")
+    log = _entry("log.txt", "stdout + stderr of the run process")
+    metrics = _entry("metrics.jsonl", "one JSON record per line: gan / iter / epoch / eval")
+    dataset = _entry("dataset.json", "the splits' sizes, K and the dataset's warnings")
+    results = _entry("results.json", "the final metrics (percent) and what produced them")
+    gan = _entry("gan.json", "the DCGAN the run's unlabeled images came from")
+    unlabeled = _entry("unlabeled.csv", "the unlabeled set, one row per image")
+    pseudo_labels = _entry("pseudo_labels.csv", "the final assignment of every unlabeled image")
+    pseudo_history = _entry("pseudo_history.npz", "each unlabeled image's label and confidence per epoch, [E, U]")
+    retrieval = _entry("retrieval.npz", "each query's top-k gallery rows, distances and AP")
+    embedding = _entry("embedding.npz", "the UMAP map of train + unlabeled features and the centers")
+    features = _entry("features", "per split [N, D] float16 features and their tables, and the centers")
+    checkpoints = _entry("checkpoints", "the last two training checkpoints")
+    placement = _entry("placement.json", "a Ray sweep cell's attempts (cpl/sweep/on_ray.py)")
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files an atomic write left behind when its process was killed mid-write
