@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from cpl import PROG
+from cpl.backbones import BACKBONES
 from cpl.methods import CENTER_LOSS_METHODS, DEFAULT_METHOD, METHOD_NAMES, needs_unlabeled
-from cpl.models.catalog import BACKBONES
 
 
 class ConfigError(ValueError):

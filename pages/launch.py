@@ -14,11 +14,11 @@ from app import launching, settings
 from app.launching import SOURCE_INFO, RunChoices
 from app.safety import safe_data_dir
 from cpl import PROG
+from cpl.backbones import BACKBONES
 from cpl.config import Config, ConfigError, dump_yaml, tricks
 from cpl.data.check import CheckReport, check_dataset
 from cpl.methods import BASELINE, METHOD_NAMES, METHODS, needs_unlabeled, uses_center_loss
-from cpl.models.backbones import resolve as resolve_weights
-from cpl.models.catalog import BACKBONES
+from cpl.models.weights import resolve as resolve_weights
 from cpl.sweep.grid import plan_cells
 
 

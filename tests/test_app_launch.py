@@ -14,10 +14,10 @@ from app_fixtures import open_app, wait_for
 from PIL import Image
 
 from app import launching
+from cpl.backbones import BACKBONES
 from cpl.config import ConfigError, load_config
 from cpl.methods import METHODS
-from cpl.models.backbones import torchvision_cache_file
-from cpl.models.catalog import BACKBONES
+from cpl.models.weights import torchvision_cache_file
 from cpl.runs.launch import cancel
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.status import read_raw, read_status

@@ -13,7 +13,7 @@ from app_fixtures import os_env
 from cpl.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
-# cpl.models.catalog / cpl.models.backbones are allowed: the torch-free backbone table and weight resolver the
+# cpl.backbones / cpl.models.weights are allowed: the torch-free backbone table and weight resolver the
 # Launch page reads; the network itself (cpl.models.reid) is not
 FORBIDDEN = ["torch", "torchvision", "cpl.pipeline", "cpl.engine", "cpl.models.reid", "cpl.gan", "cpl.pseudo", "umap",
              "ray", "cpl.sweep.on_ray"]

@@ -12,11 +12,11 @@ import sklearn.datasets
 import torch
 from PIL import Image
 
+from cpl.backbones import BACKBONES
 from cpl.config import ConfigError, load_config, packaged_configs_dir
 from cpl.data.transforms import normalize
-from cpl.models.backbones import WeightsNotFound, resolve, wheel_file
-from cpl.models.catalog import BACKBONES
 from cpl.models.reid import build_model
+from cpl.models.weights import WeightsNotFound, resolve, wheel_file
 
 REPO = Path(__file__).resolve().parents[1]
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]

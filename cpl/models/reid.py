@@ -23,8 +23,8 @@ import torchvision
 from torch import nn
 
 from cpl import PROG
-from cpl.models.backbones import WeightsInfo, resolve, sha256_file
-from cpl.models.catalog import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone
+from cpl.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone
+from cpl.models.weights import WeightsInfo, resolve, sha256_file
 
 log = logging.getLogger(PROG)
 
@@ -151,7 +151,7 @@ def build_model(backbone: str, num_classes: int, dropout: float, pretrained: str
                 neck: str = "none") -> tuple[ReIDNet, WeightsInfo]:
     """Build the re-ID network and load its trunk weights per ``model.pretrained``; returns (model, what it got).
 
-    Raises :class:`cpl.models.backbones.WeightsNotFound` when ``pretrained='auto'`` finds nothing.
+    Raises :class:`cpl.models.weights.WeightsNotFound` when ``pretrained='auto'`` finds nothing.
     """
     model = ReIDNet(backbone, num_classes, dropout, last_stride, neck)
     info = load_weights(model, resolve(backbone, pretrained))

@@ -31,7 +31,7 @@ def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv:
     Refuses (:class:`cpl.models.weights.WeightsNotFound`, a ValueError with one actionable line) a config whose
     ``model.pretrained`` names weights this machine does not have: no run directory is made then.
     """
-    from cpl.models.backbones import resolve
+    from cpl.models.weights import resolve
 
     weights = resolve(cfg.model.backbone, cfg.model.pretrained)
     if run_dir is not None:

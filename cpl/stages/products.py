@@ -42,7 +42,7 @@ class Trained:
 
     trainer: object  # cpl.engine.trainer.Trainer
     strategy: object  # cpl.pseudo.base.Strategy
-    weights: object  # cpl.models.backbones.WeightsInfo
+    weights: object  # cpl.models.weights.WeightsInfo
     time_s: float
 
 

@@ -35,8 +35,8 @@ def _state_bytes(state: dict) -> int:
 def _build(ctx: RunContext, strategy):
     """The network (identical initial weights on every rank and every resume) and its training data."""
     from cpl.engine.trainer import TrainData
-    from cpl.models.backbones import WeightsNotFound
     from cpl.models.reid import build_model
+    from cpl.models.weights import WeightsNotFound
 
     cfg, d, u = ctx.cfg, ctx.data, ctx.unlabeled
     k = d.ds.num_classes

@@ -12,7 +12,7 @@ import yaml
 from cpl import PROG
 from cpl.config import ConfigError, fast_dev_run, from_dict, load_config, to_dict
 from cpl.methods import BASELINE, METHOD_NAMES, has_own_zero_row, needs_unlabeled
-from cpl.models.backbones import resolve as resolve_weights
+from cpl.models.weights import resolve as resolve_weights
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import prepare_run
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, new_run_id, slug, valid_id

@@ -1,5 +1,5 @@
 """The table of every trunk the re-ID network can use (``model.backbone``): torch-free and import-free, so
-config validation and the app's Launch page can read it. How their weights are found is :mod:`cpl.models.backbones`."""
+config validation and the app's Launch page can read it. How their weights are found is :mod:`cpl.models.weights`."""
 
 from __future__ import annotations
 

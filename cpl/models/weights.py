@@ -1,6 +1,5 @@
-"""Backbones and their ImageNet weights: the table of every trunk the re-ID network can use, where a run's
-weights come from, and the record of what it got. Torch-free. The table itself is
-:mod:`cpl.models.catalog`, which config validation and the app's Launch page read.
+"""The backbones' ImageNet weights: where a run's weights come from, and the record of what it got. Torch-free
+(the app's Launch page says where the weights would come from). The table of backbones is :mod:`cpl.backbones`.
 
 A backbone's trunk maps an image to its pool5-style feature: the global average of the last feature map,
 before any classifier.
@@ -33,8 +32,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cpl.backbones import BACKBONES, Backbone
 from cpl.config import ConfigError
-from cpl.models.catalog import BACKBONES, Backbone
 
 RANDOM_INIT = "random init"
 
