@@ -3,11 +3,13 @@
 It launches a tiny run from the Launch page, watches it finish on the Runs page, opens the GAN, Embedding
 and Retrieval pages for it and checks what they show against the files the run wrote, checks the ✓/✗
 marks of a holdout run, and tries hostile query strings; on the messy runs folder (tests/messy_runs.py) the
-Runs page marks the damaged runs and no page shows an exception. Screenshots go to ``test-artifacts/``.
+Runs page marks the damaged runs and no page shows an exception; two tabs launch at the same moment and the server
+is killed and restarted while the runs train, and every run finishes and is listed once. Screenshots go to
+``test-artifacts/``.
 
 Tiers: the holdout-marks test is the default tier's browser smoke test (the server, the entry script's routing,
-a page with images); launching a run, the hostile query strings and the messy runs folder are in the slow tier
-(`make test-slow`).
+a page with images); launching a run, the hostile query strings, the messy runs folder and the two tabs with the
+restart are in the slow tier (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +33,7 @@ import pytest
 from app_fixtures import os_env, wait_for
 
 from cpl.runs.rundir import RunDir, list_runs
+from cpl.runs.status import ACTIVE, pid_alive, read_raw, read_status
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -55,32 +59,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``streamlit run`` on a free localhost port with ``env`` (which runs root it reads); yields its URL."""
-    port = _free_port()
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+def _start_streamlit(env: dict[str, str], log_path: Path, port: int) -> subprocess.Popen:
+    """``streamlit run`` on ``port`` in a process group of its own (a test can kill the server and whatever it
+    started in its group, as a crash or a reboot would; the runs it launched are in sessions of their own)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
+                                 str(port), "--server.headless", "true"], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
+
+def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
     def healthy() -> bool:
+        assert proc.poll() is None, f"streamlit exited with {proc.returncode}"
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 return r.read() == b"ok"
         except OSError:
             return False
 
+    wait_for(healthy, 60, what="streamlit to serve")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        wait_for(healthy, 60, what="streamlit to serve")
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``streamlit run`` on a free localhost port with ``env`` (which runs root it reads); yields its URL."""
+    port = _free_port()
+    proc = _start_streamlit(env, log_path, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        _stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +260,7 @@ def test_holdout_marks_right_and_wrong(page: Page, server: str, holdout_run: Run
     _shot(page, "gan-holdout.png")
 
 
-def _shown(page: Page, text: str, where: str) -> str:
+def _shown(page: Page, text: str | re.Pattern, where: str) -> str:
     """The page's text once ``text`` is drawn (a state poll with a generous deadline: the script run may still
     be going when the page settles), after checking that it shows no exception box and no traceback."""
     page.get_by_text(text).first.wait_for(timeout=120_000)
@@ -265,3 +284,160 @@ def test_messy_runs_folder(browser: Browser, messy_root, tmp_path: Path) -> None
         _open(tab, url, "/compare")
         _shown(tab, "Runs side by side", "compare")
         tab.close()
+
+
+STARTED = re.compile(r"Started run (\S+) in the background")
+RUNS_CAPTION = re.compile(r"— runs folder")  # the Runs table's caption: "<count> <state> · ... — runs folder <root>"
+
+
+def _fill_fast_run(tab: Page, url: str, name: str) -> None:
+    """The Launch page set to a fast dev run named ``name`` on the defaults (the synthetic dataset)."""
+    _open(tab, url, "/launch")
+    tab.get_by_text("Fast dev run", exact=True).click()
+    _settle(tab)
+    field = tab.get_by_label("Run name", exact=True)
+    field.fill(name)
+    field.press("Enter")
+    _settle(tab)
+    tab.get_by_role("button", name="Launch run").wait_for()
+
+
+def _grid_rows(tab: Page) -> list[list[str]]:
+    """The rows of the page's first table, as the text of their cells (glide-data-grid draws on a canvas and
+    keeps an accessible table of the visible cells: here the first columns, run and state)."""
+    grid = tab.locator("[data-testid='stMain'] [data-testid='stDataFrame']").first
+    grid.locator("[role='gridcell']").first.wait_for(state="attached", timeout=120_000)  # hidden, drawn late
+    rows = [row.locator("[role='gridcell']").all_inner_texts() for row in grid.locator("[role='row']").all()]
+    return [cells for cells in rows if cells]
+
+
+def _proc_state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid`` (``T``: stopped); empty when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def _end_runs(root: Path) -> None:
+    """Kill the process groups of the runs still active under ``root`` (a test that failed half-way)."""
+    for run in list_runs(root):
+        raw = read_raw(run) or {}
+        pgid = int(raw.get("pgid") or 0)
+        if raw.get("state") in ACTIVE and pgid > 1 and pgid != os.getpgid(0):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGCONT)  # a frozen one too
+                os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.slow  # trains two runs one after the other and restarts the server (~2-3 min on 2 busy cores)
+@pytest.mark.timeout(1500)
+def test_two_tabs_launch_at_once_and_the_app_restarts_while_they_train(browser: Browser, tmp_path: Path) -> None:
+    """Two tabs click Launch on the same form at the same moment, then the server is SIGKILLed (with its whole
+    process group) and started again on the same port while the runs train: both runs finish, the tabs reconnect
+    without launching anything again, and the Runs page lists exactly the two runs, once each, finished.
+
+    Nothing waits for a moment: the first run to train freezes at a fault point while the other is queued behind
+    it, so the kill certainly lands while both are in flight; every wait polls the page or the run directories."""
+    root, data, frozen_pid = tmp_path / "runs", tmp_path / "data", tmp_path / "frozen.pid"
+    data.mkdir()
+    base_env = {**os.environ, "CPL_RUNS_ROOT": str(root), "CPL_DATA_ROOTS": str(data), "CPL_DEMO": "0"}
+    # The first run to train freezes after its first iteration, holding the device; the other waits for the
+    # device behind it. So the server is killed while both runs are certainly in flight, whatever the speed.
+    env = {**base_env, "CPL_FAULT": "stop:train:epoch=0:iter=0", "CPL_FAULT_ONCE": str(frozen_pid)}
+    port = _free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "streamlit.log"
+    server = _start_streamlit(env, log, port)
+    tabs: list[Page] = []
+    frozen = 0
+    try:
+        _wait_healthy(url, server)
+        tabs = [_tab(browser), _tab(browser)]
+        for tab in tabs:
+            _fill_fast_run(tab, url, "twin")  # one form in both: within one second, one run id for both
+        for tab in tabs:  # both clicks go out before either launch is waited for
+            tab.get_by_role("button", name="Launch run").click(no_wait_after=True)
+        ids = []
+        for tab in tabs:
+            notice = tab.get_by_text(STARTED)
+            notice.wait_for()
+            ids.append(STARTED.search(notice.inner_text()).group(1))
+        assert len(set(ids)) == 2 and all("-twin-" in i for i in ids), ids
+        runs = [RunDir(root / i) for i in ids]
+        _shot(tabs[1], "twin-launch.png")
+
+        frozen = int(wait_for(lambda: frozen_pid.is_file() and frozen_pid.read_text().strip(), RUN_TIMEOUT_S,
+                              poll_s=1, what="a run to reach training"))
+        wait_for(lambda: _proc_state(frozen) == "T", 120, what="the training run to freeze")
+
+        def other_queued() -> bool:
+            raws = [read_raw(r) or {} for r in runs]
+            return any(r.get("pid") != frozen and r.get("state") == "queued" and r.get("waiting_for") for r in raws)
+
+        wait_for(other_queued, 300, poll_s=1, what="the other run to wait for the device")
+        pids = sorted(int((read_raw(r) or {})["pid"]) for r in runs)
+        assert frozen in pids
+
+        os.killpg(server.pid, signal.SIGKILL)  # the app crashes, with everything in its process group
+        server.wait()
+        assert all(pid_alive(pid) for pid in pids)  # the runs live in sessions of their own
+        os.kill(frozen, signal.SIGCONT)
+        frozen = 0
+        for tab in tabs:  # the tabs have lost the server
+            tab.locator("[data-testid='stStatusWidget']", has_text=re.compile("connecting", re.I)).wait_for(
+                timeout=120_000)
+        server = _start_streamlit(base_env, log, port)
+        _wait_healthy(url, server)
+        for tab in tabs:  # ... and reconnect to the new one by themselves
+            tab.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=120_000)
+        # The first tab's next rerun is a session of the new server: the click that launched is not replayed (no
+        # launch notice any more, and no third run below).
+        name = tabs[0].get_by_label("Run name", exact=True)
+        name.fill("twin-after-restart")
+        name.press("Enter")
+        tabs[0].get_by_text(STARTED).wait_for(state="detached", timeout=120_000)
+        _settle(tabs[0])
+        # The second tab follows its link to its run, served by the new server while it trains or waits.
+        tabs[1].get_by_text("Watch it on the Runs page").click()
+        tabs[1].wait_for_url(re.compile(rf"\?run={re.escape(ids[1])}"))
+        tabs[1].get_by_role("heading", name=ids[1]).wait_for()
+        badge = tabs[1].locator("[data-testid='stMain'] span.stMarkdownBadge").first.inner_text()
+        assert re.search(r"(queued \(waiting for device\)|starting|running|finished)$", badge), badge
+        # ... and its runs table has the two runs, once each, whatever states they are in by now
+        counts = _shown(tabs[1], RUNS_CAPTION, "runs after the restart")
+        caption = tabs[1].get_by_text(RUNS_CAPTION).first.inner_text()
+        assert sum(int(n) for n in re.findall(r"(\d+) [a-z]", caption.split(" — ")[0])) == 2, caption
+        assert "with problems" not in counts
+        assert sorted(row[0] for row in _grid_rows(tabs[1])) == sorted(ids)
+        _shot(tabs[1], "twin-after-restart.png")
+
+        def finished() -> bool:
+            states = [read_status(r).get("state") for r in runs]
+            for r, state in zip(runs, states):
+                if state in ("failed", "cancelled", "unknown"):
+                    pytest.fail(f"{r.id} {state}: {r.log.read_text(errors='replace')[-2000:]}")
+            return all(state == "finished" for state in states)
+
+        wait_for(finished, RUN_TIMEOUT_S, poll_s=2, what="both runs to finish")
+        assert sorted(r.id for r in list_runs(root)) == sorted(ids)  # no third run, no leftover
+        assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
+        for run in runs:
+            assert json.loads(run.results.read_text())["rank1"] >= 0 and run.retrieval.is_file()
+
+        tab = tabs[0]
+        _open(tab, url, "/")
+        body = _shown(tab, re.compile(r"^2 finished — runs folder"), "runs")  # two runs, no other entry
+        assert "with problems" not in body
+        rows = _grid_rows(tab)
+        assert sorted(row[0] for row in rows) == sorted(ids), rows  # each run once, nothing else
+        assert all(row[1] == "finished" for row in rows), rows
+        _shot(tab, "twin-runs.png")
+    finally:
+        if frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+        for tab in tabs:
+            tab.close()
+        _stop(server)
+        _end_runs(root)

@@ -34,16 +34,23 @@ def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv:
     from cpl.models.weights import resolve
 
     weights = resolve(cfg.model.backbone, cfg.model.pretrained)
-    if run_dir is not None:
-        runs_root, run_id = run_dir.parent, run_dir.name
-    else:
-        run_id = new_run_id(cfg.name, cfg.train.method, cfg.seed)
-        while (runs_root / run_id).exists():  # two launches within the same second
-            run_id += "x"
     facts = {"argv": argv or [], "method": cfg.train.method, "name": cfg.name, "sweep": sweep,
              "dataset": {"kind": cfg.data.kind, "root": str(Path(cfg.data.root).resolve())},
              "backbone": cfg.model.backbone, "weights": weights.to_dict()}
-    return create_run(runs_root, run_id, dump_yaml(cfg), facts)
+    if run_dir is not None:
+        return create_run(run_dir.parent, run_dir.name, dump_yaml(cfg), facts)
+    # Two launches of one form within the same second compute the same id: the first to create it keeps it
+    # (create_run is atomic), the other takes the id with an "x" more, and so on.
+    run_id = new_run_id(cfg.name, cfg.train.method, cfg.seed)
+    while True:
+        while (runs_root / run_id).exists():
+            run_id += "x"
+        try:
+            return create_run(runs_root, run_id, dump_yaml(cfg), facts)
+        except FileExistsError:
+            if not (runs_root / run_id).exists():  # not another launch's run: e.g. the runs root is a file
+                raise
+            # else another launch created it since the check above: the loop takes the next id
 
 
 def cpl_command(*args: str) -> list[str]:

@@ -5,14 +5,17 @@ Torch-free: the Streamlit app imports this to find and read runs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpl.runs.atomic import write_json, write_text
+from cpl.runs.atomic import _UMASK, write_json, write_text
 
 CACHE_DIR = "_cache"
 LOCKS_DIR = "_locks"
@@ -117,18 +120,51 @@ class RunDir:
 
 
 def create_run(runs_root: Path, run_id: str | None, config_yaml: str, facts: dict) -> RunDir:
-    """Make a fresh run directory with its config and ``run.json``; refuses an existing non-empty one."""
+    """Make a fresh run directory with its config and ``run.json``; refuses an existing non-empty one.
+
+    Atomic: both files are written into a hidden folder next to it (``.<id>.<random>.tmp``, a name no reader
+    lists) that is then renamed to the run's name. The rename succeeds onto nothing or onto an empty folder and
+    fails onto a non-empty one, so of two launches creating one id at the same moment (two browser tabs, the app
+    and the CLI) exactly one gets it and the other gets :class:`FileExistsError` (:func:`cpl.runs.launch.prepare_run`
+    then takes the next free id), and a reader never sees a run folder without its ``run.json``.
+    """
     if run_id is not None and not valid_id(run_id):
         raise ValueError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     run = RunDir(runs_root / run_id) if run_id else None
     if run is None:
         raise ValueError("a run id is required")
-    if run.path.exists() and any(run.path.iterdir()):
-        raise FileExistsError(f"{run.path}: run directory exists and is not empty (use `cpl resume` to continue it)")
-    run.path.mkdir(parents=True, exist_ok=True)
-    write_text(run.config, config_yaml)
-    write_json(run.run_json, {"id": run.id, "created": time.time(), **facts})
+    if _taken(run.path):  # the common case, refused before any work; the rename below decides a race
+        raise _exists(run)
+    runs_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run.id}.", suffix=".tmp", dir=runs_root))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a run folder is as readable as any other
+        write_text(tmp / run.config.name, config_yaml)
+        write_json(tmp / run.run_json.name, {"id": run.id, "created": time.time(), **facts})
+        try:
+            os.rename(tmp, run.path)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise _exists(run) from None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return run
+
+
+def _taken(path: Path) -> bool:
+    """Whether something other than nothing or an empty folder is at ``path``."""
+    try:
+        if not path.exists() and not path.is_symlink():
+            return False
+        return path.is_symlink() or not path.is_dir() or any(path.iterdir())
+    except OSError:  # there, but unreadable
+        return True
+
+
+def _exists(run: RunDir) -> FileExistsError:
+    return FileExistsError(f"{run.path}: run directory exists and is not empty (use `cpl resume` to continue it)")
 
 
 def _json_object(path: Path) -> dict | None:
@@ -149,14 +185,15 @@ def _mtime(path: Path) -> float | None:
 
 def list_runs(runs_root: Path) -> list[RunDir]:
     """Run directories under ``runs_root`` (folders holding a run.json), newest first. Folders that cannot be
-    read are left out here (app/health.py reports them)."""
+    read are left out here (app/health.py reports them), and so are hidden ones (no run id starts with a dot:
+    :func:`create_run` builds a run in one before renaming it into place)."""
     try:
         entries = list(runs_root.iterdir())
     except OSError:  # absent, not a folder, or unreadable
         return []
     found = []
     for p in entries:
-        if p.name not in RESERVED and p.is_dir():
+        if p.name not in RESERVED and not p.name.startswith(".") and p.is_dir():
             mtime = _mtime(p / "run.json")
             if mtime is not None and (p / "run.json").is_file():
                 found.append((mtime, RunDir(p)))
