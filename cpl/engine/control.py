@@ -105,6 +105,7 @@ class LoopControl:
     unit: str = "step"
 
     def stop_requested(self) -> bool:
+        """Whether ``should_stop()`` asks the loop to stop now."""
         return self.should_stop is not None and bool(self.should_stop())
 
     def stopped(self, epoch: int, done: int, steps: int) -> Stopped:
@@ -156,6 +157,7 @@ class FiniteCheck:
         self.values = torch.where(new, row, self.values)
 
     def due(self, done: int, steps: int) -> bool:
+        """Whether to :meth:`check` after ``done`` of ``steps`` steps: every ``every`` and at the epoch's end."""
         return due(done, steps, self.every)
 
     def check(self, epoch: int, steps: int | None = None) -> None:

@@ -67,6 +67,7 @@ class TrainData:
 
     @property
     def num_unlabeled(self) -> int:
+        """N_u: the images after the labeled ones."""
         return self.images.shape[0] - self.num_labeled
 
 
@@ -136,6 +137,7 @@ class EpochLabels:
 
     @classmethod
     def empty(cls, n_u: int, device: torch.device) -> EpochLabels:
+        """The record at the start of an epoch: no image labeled yet."""
         z = torch.zeros(n_u, dtype=torch.float32, device=device)
         return cls(torch.full((n_u,), -1, dtype=torch.int32, device=device), z, z.clone(), z.clone())
 
@@ -238,8 +240,7 @@ class Trainer:
     def load_state_dict(self, ckpt: dict) -> None:
         """Resume from :meth:`state_dict`'s output: the next :meth:`fit` continues bit-identically."""
         parts = self._parts()
-        scheduler = ckpt.get("scheduler") or {}
-        if "last_epoch" in scheduler and "base_lrs" not in scheduler:  # written before the schedule was saved
+        if "base_lrs" not in (ckpt.get("scheduler") or {}):  # written before the schedule was saved
             del parts["scheduler"]
         restore(parts, ckpt)
         s = self.state
