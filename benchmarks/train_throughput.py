@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cpl.config import Config, GanConfig
+from cpl.engine.control import Precision
 from cpl.engine.seeding import make_generator
 from cpl.engine.trainer import TrainData, Trainer, amp_dtype
 from cpl.gan.dcgan import build_models
@@ -91,7 +92,7 @@ def reid_setup(args, device):
 
 
 def gan_setup(args, device):
-    from cpl.gan.train import _real_batch, _train_step  # the exact step train_gan runs
+    from cpl.gan.train import _real_batch, train_step  # the exact step train_gan runs
 
     cfg = GanConfig(image_size=args.gan_size, batch_size=64)
     g, d = build_models(cfg, make_generator(0, "bench"))
@@ -104,8 +105,7 @@ def gan_setup(args, device):
     flip = torch.rand(cfg.batch_size) < 0.5
     real = data[: cfg.batch_size].float() / 127.5 - 1
     z = torch.rand(cfg.batch_size, cfg.z_dim, device=device) * 2 - 1
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    ac = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    ac = Precision.choose("auto", device, loss_scaling=False).autocast  # train_gan's rule
     bce = nn.BCEWithLogitsLoss()
     steps = args.gan_steps
 
@@ -113,7 +113,7 @@ def gan_setup(args, device):
         _sync(device)
         t = time.perf_counter()
         for _ in range(steps):  # batch assembly from uint8 memory (flip) + the step, as train_gan does
-            _train_step(g, d, opt_g, opt_d, _real_batch(data, idx, flip, device.type == "cuda"), z, cfg.g_steps, ac)
+            train_step(g, d, opt_g, opt_d, _real_batch(data, idx, flip, device.type == "cuda"), z, cfg.g_steps, ac)
         _sync(device)
         return cfg.batch_size * steps / (time.perf_counter() - t)
 

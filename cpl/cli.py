@@ -61,13 +61,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _run_outcome(run: RunDir, fn) -> int:
-    from cpl.engine.trainer import Stopped
-    from cpl.gan import Stopped as GanStopped
+    from cpl.engine.control import Stopped
     from cpl.pipeline import summary_line
 
     try:
         results = fn()
-    except (Stopped, GanStopped, InterruptedError, KeyboardInterrupt):
+    except (Stopped, InterruptedError, KeyboardInterrupt):
         print(f"cancelled: {run.path} (resume with `cpl resume {run.path}`)", file=sys.stderr)
         return 130
     except Exception as exc:  # recorded in status.json by the pipeline; print the one-line reason

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cpl.config import Config
+from cpl.engine.control import NonFiniteLoss, Stopped
 from cpl.engine.losses import soft_cross_entropy
-from cpl.engine.trainer import Hooks, NonFiniteLoss, Stopped, TrainData, Trainer
+from cpl.engine.trainer import Hooks, TrainData, Trainer
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import Targets, get_strategy
 
@@ -234,8 +235,9 @@ def test_non_finite_loss_stops_the_run():
     cfg.train.lr = 1e30
     saved = []
     tr = _trainer(cfg, _data(), Hooks(on_epoch_end=lambda e, s: saved.append(e)))
-    with pytest.raises(NonFiniteLoss, match="epoch 1, iteration"):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at epoch 1/2, iteration \d/3") as err:
         tr.fit()
+    assert (err.value.stage, err.value.epoch, err.value.steps) == ("train", 0, 3) and 0 <= err.value.step < 3
     assert saved == []  # nothing trained on NaN was handed to the checkpoint writer
 
 

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from cpl.config import GanConfig
+from cpl.engine.control import Stopped
 from cpl.gan.cache import ensure_samples, gan_key, read_info
-from cpl.gan.errors import Stopped
 from cpl.gan.sample import list_samples, read_manifest
 
 CPU = torch.device("cpu")

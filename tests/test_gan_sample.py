@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from cpl.config import GanConfig
+from cpl.engine.control import Stopped
 from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Generator, build_models
-from cpl.gan.errors import Stopped
 from cpl.gan.sample import list_samples, read_manifest, sample_to_folder, sample_z
 
 CPU = torch.device("cpu")

@@ -11,9 +11,9 @@ import torch
 from cpl.config import GanConfig
 from cpl.engine.checkpoints import list_checkpoints as _list
 from cpl.engine.checkpoints import load_latest
+from cpl.engine.control import NonFiniteLoss, Stopped
 from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import build_models
-from cpl.gan.errors import NonFiniteLoss, Stopped
 from cpl.gan.train import PREFIX, prepare_images, train_gan
 
 CPU = torch.device("cpu")

@@ -42,7 +42,7 @@ def test_non_finite_loss_stops_the_run_with_its_position_and_a_hint(tmp_path, sy
                "--set", f"data.root={synth}", "--set", "train.lr=1e30", "--set", "unlabeled.source=none")
     assert out.returncode == 1
     st = json.loads((tmp_path / "nan" / "status.json").read_text())
-    assert st["state"] == "failed" and "non-finite loss at epoch 1, iteration" in st["error"]
+    assert st["state"] == "failed" and "non-finite loss at epoch 1/2, iteration" in st["error"]
     assert "train.lr" in st["hint"]
     assert "Traceback" not in out.stderr
     assert not list((tmp_path / "nan" / "checkpoints").glob("*.pt"))  # nothing trained on NaN was saved

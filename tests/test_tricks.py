@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from cpl.config import Config, ConfigError, load_config, tricks, validate
 from cpl.engine import sampling
 from cpl.engine.losses import batch_hard_triplet, center_loss_sgd, cross_entropy, soft_cross_entropy
-from cpl.engine.trainer import Hooks, TrainData, Trainer, batch_augmentation, lr_at
+from cpl.engine.optim import lr_at
+from cpl.engine.trainer import Hooks, TrainData, Trainer, batch_augmentation
 from cpl.methods import CENTER_LOSS_METHODS, METHODS
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import STRATEGIES, get_strategy

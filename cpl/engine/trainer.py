@@ -6,7 +6,10 @@ One iteration (CPL Algorithm 1, with the sign of the center update corrected):
   3. the strategy labels the unlabeled members from the *current* centers and logits;
   4. loss = [Σ_labeled CE + Σ_unlabeled w·softCE + λ·½ Σ_labeled ||x − c_y||²] / m;
   5. centers move toward this batch's labeled features (Wen's rule, statistics all-reduced across ranks);
-  6. backward, SGD step.
+  6. backward, optimizer step, learning-rate schedule step.
+:meth:`Trainer.train_epoch` is the loop over batches; :meth:`Trainer.train_step` is steps 2-6 on one batch. The
+optimizer and the schedule come from cpl/engine/optim.py; stop requests, the non-finite guard, mixed precision,
+the summed statistics and the checkpoint state helpers are cpl/engine/control.py's, shared with the DCGAN loop.
 Centers start at zero and only labeled images move them. They are maintained for every method (they
 cost nothing) so that every run can show its class centers and a center-based assignment; only
 methods with ``center_loss`` put them into the loss.
@@ -14,7 +17,6 @@ methods with ``center_loss`` put them into the loss.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,17 @@ from torch import nn
 from cpl.config import AugmentConfig, Config
 from cpl.data.transforms import AugmentParams, augment, draw_params
 from cpl.engine import dist, sampling
+from cpl.engine.control import (
+    LoopControl,
+    Precision,
+    Sums,
+    autocast_dtype,
+    capture,
+    field_names,
+    restore,
+    restore_rng,
+    rng_state,
+)
 from cpl.engine.dist import DistInfo
 from cpl.engine.losses import (
     apply_center_update,
@@ -36,17 +49,10 @@ from cpl.engine.losses import (
     cross_entropy,
     soft_cross_entropy,
 )
+from cpl.engine.optim import EpochClock, build_optimizer, build_scheduler, seek
 from cpl.engine.seeding import derive_seed, make_generator
 from cpl.pseudo import Strategy, cosine_to_centers, top2
 from cpl.runs import faults
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN/inf loss; the run stops and nothing trained on it is saved."""
-
-
-class Stopped(Exception):
-    """A stop was requested (cancel); the last completed epoch's checkpoint is the resume point."""
 
 
 @dataclass
@@ -61,6 +67,7 @@ class TrainData:
 
     @property
     def num_unlabeled(self) -> int:
+        """N_u: the images after the labeled ones."""
         return self.images.shape[0] - self.num_labeled
 
 
@@ -71,7 +78,7 @@ class Hooks:
     on_record: Callable[[dict], None] = lambda rec: None  # a metrics record (iter / epoch)
     on_epoch_end: Callable[[int, dict], None] = lambda epoch, state: None  # checkpoint + history
     on_progress: Callable[[int, int, int], None] = lambda epoch, it, iters: None
-    should_stop: Callable[[], bool] = lambda: False
+    should_stop: Callable[[], bool] = lambda: False  # polled before every iteration: True raises Stopped
 
 
 @dataclass
@@ -85,19 +92,59 @@ class TrainState:
     history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
 
 
-def lr_at(cfg: Config, epoch: float) -> float:
-    """Backbone learning rate at ``epoch`` (0-based; fractional inside an epoch): step decay at the milestones,
-    times the linear warm-up factor (``lr_warmup_factor`` at 0, rising to 1 at ``lr_warmup_epochs``).
+@dataclass
+class Batch:
+    """This rank's slice of one global mini-batch, on the device (b images)."""
 
-    BoT steps the warm-up once per epoch over 10 of 120 epochs; the trainer evaluates it at every iteration
-    (epoch + it/iters), which is the same line sampled finer and keeps a short schedule's one warm-up epoch
-    from being spent at 1 % of the rate."""
-    t = cfg.train
-    lr = t.lr * t.lr_gamma ** sum(epoch >= m for m in t.lr_milestones)
-    if epoch < t.lr_warmup_epochs:
-        a = epoch / t.lr_warmup_epochs
-        lr *= t.lr_warmup_factor * (1 - a) + a
-    return lr
+    idx: torch.Tensor  # [b] int64 rows of the image tensor: < N_l labeled, else unlabeled
+    x: torch.Tensor  # [b, 3, H, W] float32, augmented
+    labeled: torch.Tensor  # [b] bool
+    y: torch.Tensor  # [b] int64 identity in 0..K-1, -1 for an unlabeled image
+
+
+@dataclass
+class StepStats:
+    """One iteration on this rank: 0-dim tensors on the device (reading one is a host sync)."""
+
+    loss: torch.Tensor  # the objective optimised: CE + unlabeled + λ·center + triplet weight·triplet, per image
+    loss_ce: torch.Tensor  # per image of the slice: Σ_labeled CE / b
+    loss_center: torch.Tensor  # ½ Σ ||x − c_y||² / b (before λ)
+    loss_unlabeled: torch.Tensor  # Σ_unlabeled w·soft CE / b
+    loss_triplet: torch.Tensor  # batch-hard triplet loss over the labeled images
+    correct: torch.Tensor  # labeled images whose arg-max over the K identities is right (float32)
+    n_labeled: torch.Tensor  # labeled images in the slice (float32)
+    n: int  # images in the slice (b)
+
+    def sums(self) -> dict[str, torch.Tensor | float]:
+        """What adds up over iterations and ranks, by the names of :data:`STATS`: each loss × b, the counts."""
+        out: dict[str, torch.Tensor | float] = {k: getattr(self, k) * self.n for k in LOSSES}
+        out.update(correct=self.correct, n_labeled=self.n_labeled, n=float(self.n))
+        return out
+
+
+LOSSES = ("loss", "loss_ce", "loss_center", "loss_unlabeled", "loss_triplet")
+STATS = field_names(StepStats)  # the names of the summed statistics: the losses, correct, n_labeled, n
+
+
+@dataclass
+class EpochLabels:
+    """Per unlabeled image ([N_u] on the device), what the strategy gave it the last time this epoch drew it."""
+
+    label: torch.Tensor  # int32 hard label, -1: not drawn (or not labeled) this epoch
+    conf: torch.Tensor  # float32 confidence of the target
+    margin: torch.Tensor  # float32 cosine to the nearest valid center minus the second nearest
+    true_mass: torch.Tensor  # float32 target probability of the hidden true class (holdout source), else 0
+
+    @classmethod
+    def empty(cls, n_u: int, device: torch.device) -> EpochLabels:
+        """The record at the start of an epoch: no image labeled yet."""
+        z = torch.zeros(n_u, dtype=torch.float32, device=device)
+        return cls(torch.full((n_u,), -1, dtype=torch.int32, device=device), z, z.clone(), z.clone())
+
+    def all_reduce(self) -> None:
+        """Gather the records of every rank (each image is on one rank per draw)."""
+        dist.all_reduce_max(self.label)
+        dist.all_reduce_sum(self.conf, self.margin, self.true_mass)
 
 
 def batch_augmentation(idx: torch.Tensor, num_labeled: int, aug: AugmentConfig, height: int, width: int,
@@ -112,19 +159,17 @@ def batch_augmentation(idx: torch.Tensor, num_labeled: int, aug: AugmentConfig, 
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 on CUDA devices that support it (``auto``), never on CPU unless asked."""
-    mode = cfg.train.amp
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None
-    if mode == "fp16":
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16 if mode == "auto" else None
-    return torch.bfloat16
+    """The re-ID loop's autocast dtype for ``train.amp`` (also the evaluation's): bf16 on CUDA devices that
+    support it (``auto``), never on CPU unless asked; the rule is :func:`cpl.engine.control.autocast_dtype`."""
+    return autocast_dtype(cfg.train.amp, device)
 
 
 class Trainer:
-    """Runs epochs of the CPL loop on one rank. ``model`` is the bare network (DDP wrapping happens here)."""
+    """Runs epochs of the CPL loop on one rank. ``model`` is the bare network (DDP wrapping happens here).
+
+    :meth:`train_epoch` is the loop (batches, stop requests, the non-finite guard, reports, the epoch's
+    record and checkpoint hand-off); :meth:`train_step` is one optimisation step on one batch.
+    """
 
     def __init__(self, cfg: Config, data: TrainData, model: nn.Module, strategy: Strategy, device: torch.device,
                  info: DistInfo = DistInfo(), hooks: Hooks | None = None):
@@ -136,14 +181,9 @@ class Trainer:
         self.model = model.to(device)
         if t.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        groups = model.param_groups(t.lr, t.classifier_lr_mult)
-        if t.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                                             nesterov=t.nesterov)
-        self.dtype = amp_dtype(cfg, device)
-        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+        self.optimizer = build_optimizer(cfg, model)
+        self.precision = Precision.choose(t.amp, device)
+        self.scaler = self.precision.grad_scaler()
         net: nn.Module = self.model
         if info.enabled:
             if t.sync_bn:
@@ -152,6 +192,7 @@ class Trainer:
         self.net = torch.compile(net) if t.compile else net
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
+        self.truth = data.unlabeled_truth.to(device) if data.unlabeled_truth is not None else None
         k, d = data.num_classes, model.feat_dim
         self.sgd_centers = t.center_update == "sgd"
         self.state = TrainState(centers=self._initial_centers(k, d).requires_grad_(self.sgd_centers),
@@ -164,6 +205,9 @@ class Trainer:
                                  f"{info.world_size} ranks")
             self.unlabeled_per_batch = sampling.unlabeled_per_batch(
                 t.batch_size, t.unlabeled_share, data.num_labeled, data.num_unlabeled, info.world_size)
+        self.control = LoopControl("train", t.epochs, self.hooks.should_stop, t.log_every, unit="iteration")
+        self.clock = EpochClock(self.iters_per_epoch, t.epochs)  # epochs differ in length: see EpochClock
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.clock)
 
     def _initial_centers(self, k: int, d: int) -> torch.Tensor:
         """Centers [K, D] float32: zeros for Wen's rule (CPL), N(0, 1) for BoT's SGD-learned centers."""
@@ -172,39 +216,43 @@ class Trainer:
         return torch.randn(k, d, generator=make_generator(self.cfg.seed, "centers")).to(self.device)
 
     # ---------------------------------------------------------------- checkpoint state
+    def _parts(self) -> dict:
+        """What a checkpoint holds by its ``state_dict``, under the checkpoint's keys."""
+        return {"model": self.model, "optimizer": self.optimizer, "scaler": self.scaler, "scheduler": self.scheduler}
+
     def state_dict(self) -> dict:
+        """The checkpoint after the last completed epoch: ``epoch`` (the next one to run), model, optimizer,
+        grad scaler (``{}`` without fp16), LR scheduler (its iteration count), centers [K, D] float32 and
+        their validity [K] bool, the pseudo-label history (``history_labels`` [E, N_u] int32 and
+        ``history_conf`` [E, N_u] float32, or empty) and the global random streams."""
         s = self.state
         return {
             "epoch": s.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else {},
-            "scheduler": {"milestones": list(self.cfg.train.lr_milestones), "gamma": self.cfg.train.lr_gamma,
-                          "last_epoch": s.epoch - 1},
+            **capture(self._parts()),
             "centers": s.centers.detach().cpu(),
             "center_valid": s.center_valid.cpu(),
             "history_labels": torch.from_numpy(np.stack(s.history_labels)) if s.history_labels else torch.zeros(0),
             "history_conf": torch.from_numpy(np.stack(s.history_conf).astype(np.float32)) if s.history_conf
             else torch.zeros(0),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0),
+            **rng_state(self.device),
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
+        """Resume from :meth:`state_dict`'s output: the next :meth:`fit` continues bit-identically."""
+        parts = self._parts()
+        if "base_lrs" not in (ckpt.get("scheduler") or {}):  # written before the schedule was saved
+            del parts["scheduler"]
+        restore(parts, ckpt)
         s = self.state
         s.epoch = int(ckpt["epoch"])
+        if "scheduler" not in parts:
+            seek(self.scheduler, self.clock.start(s.epoch))
         s.centers = ckpt["centers"].to(self.device, torch.float32).requires_grad_(self.sgd_centers)
         s.center_valid = ckpt["center_valid"].to(self.device, torch.bool)
         hl, hc = ckpt["history_labels"], ckpt["history_conf"]
         s.history_labels = [r.numpy().astype(np.int32) for r in hl] if hl.numel() else []
         s.history_conf = [r.numpy().astype(np.float16) for r in hc] if hc.numel() else []
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if self.device.type == "cuda" and ckpt["rng_cuda"].numel():
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
+        restore_rng(ckpt, self.device)
 
     # ---------------------------------------------------------------- the loop
     def iters_per_epoch(self, epoch: int | None = None) -> int:
@@ -236,161 +284,168 @@ class Trainer:
             self.train_epoch(self.state.epoch)
         return self.state
 
-    def _set_lr(self, epoch: float) -> float:
-        lr = lr_at(self.cfg, epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * (self.cfg.train.classifier_lr_mult if group.get("name") == "classifier" else 1.0)
-        return lr
-
     def train_epoch(self, epoch: int) -> dict:
-        cfg, data, info, dev = self.cfg, self.data, self.info, self.device
-        t = cfg.train
-        st = self.state
-        lr = self._set_lr(epoch)
+        """One epoch (0-based): every batch through :meth:`train_step`, a metrics record every ``log_every``
+        iterations, then the epoch's record and checkpoint (``Hooks.on_epoch_end``). Returns the epoch record.
+
+        Raises :class:`~cpl.engine.control.Stopped` before an iteration when a stop is requested, and
+        :class:`~cpl.engine.control.NonFiniteLoss` (on every rank) before anything trained on NaN is saved."""
+        cfg, info, dev, ctl = self.cfg, self.info, self.device, self.control
         self.net.train()
         # Every random choice of the epoch derives from (seed, epoch): a resumed run replays it exactly.
         torch.manual_seed(derive_seed(cfg.seed, "dropout", epoch, info.rank))
         gen = make_generator(cfg.seed, "epoch", epoch)
         batches = self.epoch_batches(epoch, gen)
         iters = len(batches)
-        n_l, n_u, k = data.num_labeled, data.num_unlabeled, data.num_classes
-        h, w = data.images.shape[2:]
-        ep_labels = torch.full((n_u,), -1, dtype=torch.int32, device=dev)
-        ep_conf = torch.zeros(n_u, dtype=torch.float32, device=dev)
-        ep_margin = torch.zeros(n_u, dtype=torch.float32, device=dev)
-        ep_true_mass = torch.zeros(n_u, dtype=torch.float32, device=dev)
-        truth = data.unlabeled_truth.to(dev) if data.unlabeled_truth is not None else None
-        # Running sums, read back every log_every iterations (device syncs are rare on GPU).
-        # loss, ce, center, unl, triplet (× m), correct, n_lab, n
-        sums = torch.zeros(len(_STATS), dtype=torch.float64, device=dev)
-        window = torch.zeros_like(sums)
-        bad_iter = torch.full((), -1, dtype=torch.long, device=dev)
-        check_every = 1 if dev.type == "cpu" else t.log_every
-        ctx = torch.autocast(dev.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
-        t0 = time.time()
-        tw = t0
-        for it in range(iters):
-            if self.hooks.should_stop():
-                raise Stopped(f"stopped at epoch {epoch + 1}, iteration {it}")
-            if epoch < t.lr_warmup_epochs:
-                lr = self._set_lr(epoch + it / iters)
-            idx = batches[it]
-            params = batch_augmentation(idx, n_l, cfg.augment, h, w, gen)
-            if t.sampler == "pk" and info.enabled:
-                # Each rank's slice must hold whole identities (the triplet term mines within it); the
-                # augmentation stays attached to its image, so the global batch is the same for any world size.
-                order = sampling.rank_major(t.batch_size, t.pk_instances, len(idx) - t.batch_size, info.world_size)
-                idx, params = idx[order], params.take(order)
-            b_local = len(idx) // info.world_size
-            lo, hi = info.rank * b_local, (info.rank + 1) * b_local
-            idx, params = idx[lo:hi], params.slice(lo, hi)
-            idx_d = idx.to(dev, non_blocking=True)
-            x = augment(self.images[idx_d], params, cfg.augment.pad)
-            if t.channels_last and dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            lab = idx_d < n_l
-            unl = ~lab
-            y = torch.where(lab, self.labels[idx_d.clamp(max=n_l - 1)], torch.full_like(idx_d, -1))
-            with ctx:
-                feats, logits = self.net(x)
-            feats = feats.float()
-            logits = logits.float()
-            m = len(idx)
-            ce_lab = cross_entropy(logits[lab], y[lab], t.label_smoothing)
-            loss_ce = ce_lab.sum() / m
-            loss_unl = feats.new_zeros(())
-            center_labels = y.clone()
-            center_mask = lab.clone()
-            if self.strategy.active(epoch) and n_u:
-                u_pos = unl.nonzero().squeeze(1)
-                if len(u_pos):
-                    fu, lu = feats[u_pos].detach(), logits[u_pos].detach()
-                    centers = st.centers.detach()  # a constant for the targets, also when SGD learns it
-                    tg = self.strategy.targets(fu, lu, centers, st.center_valid, epoch)
-                    loss_unl = (soft_cross_entropy(logits[u_pos], tg.probs) * tg.weight).sum() / m
-                    # Statistics of this batch's labels, stored per unlabeled image.
-                    u_idx = idx_d[u_pos] - n_l
-                    ep_labels[u_idx] = tg.label.to(torch.int32)
-                    ep_conf[u_idx] = tg.confidence.float()
-                    _, c1, _, c2 = top2(cosine_to_centers(fu, centers, st.center_valid))
-                    ep_margin[u_idx] = torch.nan_to_num(c1 - c2, nan=0.0, posinf=0.0, neginf=0.0)
-                    if truth is not None:
-                        ep_true_mass[u_idx] = tg.probs.gather(1, truth[u_idx, None]).squeeze(1)
-                    if t.center_on_unlabeled:
-                        use = (tg.label >= 0) & (tg.label < k) & (tg.weight > 0)
-                        center_labels[u_pos] = torch.where(use, tg.label, center_labels[u_pos])
-                        center_mask[u_pos] = use
-            loss_center = feats.new_zeros(())
-            if self.strategy.center_loss and t.center_weight > 0:
-                loss_center = (center_loss_sgd if self.sgd_centers else center_loss)(
-                    feats, st.centers, center_labels.clamp(min=0), center_mask, m)
-            loss_triplet = feats.new_zeros(())
-            if t.triplet_weight > 0:  # labeled images only: a GAN image has no identity to mine positives from
-                loss_triplet = batch_hard_triplet(feats[lab], y[lab], t.triplet_margin)
-            loss = loss_ce + loss_unl + t.center_weight * loss_center + t.triplet_weight * loss_triplet
-            # Centers (identical on every rank): Wen's update from this batch's labeled features, or BoT's
-            # SGD step after the backward pass; either way "valid" once a labeled image has reached them.
-            c_sums, c_counts = center_update_stats(feats, y.clamp(min=0), lab, k)
-            dist.all_reduce_sum(c_sums, c_counts)
-            if not self.sgd_centers:
-                apply_center_update(st.centers, c_sums, c_counts, t.center_alpha)
-            st.center_valid |= c_counts > 0
-
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.sgd_centers:
-                st.centers.grad = None
-            finite = torch.isfinite(loss)
-            bad_iter = torch.where((bad_iter < 0) & ~finite, torch.tensor(it, device=dev), bad_iter)
-            scale = 1.0
-            if self.scaler:
-                scale = float(self.scaler.get_scale())
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
-            if self.sgd_centers:
-                self._center_sgd_step(scale)
-            with torch.no_grad():
-                correct = (logits[lab, :k].argmax(1) == y[lab]).sum()
-                step = torch.stack([loss.detach() * m, loss_ce.detach() * m, loss_center.detach() * m,
-                                    loss_unl.detach() * m, loss_triplet.detach() * m, correct.float(),
-                                    lab.sum().float(), torch.tensor(float(m), device=dev)]).double()
-                window += step
-            if (it + 1) % check_every == 0 or it + 1 == iters:
-                dist.all_reduce_max(bad_iter)  # every rank stops together
-                if int(bad_iter) >= 0:
-                    raise NonFiniteLoss(
-                        f"non-finite loss at epoch {epoch + 1}, iteration {int(bad_iter) + 1}: lower train.lr, "
-                        f"check the data, or set train.amp=off; the last checkpoint is intact")
-            if (it + 1) % t.log_every == 0 or it + 1 == iters:
-                dist.all_reduce_sum(window)
-                wv = window.tolist()
+        if self.scheduler.last_epoch != self.clock.start(epoch):  # an epoch run again (a benchmark)
+            seek(self.scheduler, self.clock.start(epoch))
+        labels = EpochLabels.empty(self.data.num_unlabeled, dev)
+        window = Sums(STATS, dev)  # read back every log_every iterations (device syncs are rare on GPU)
+        totals = dict.fromkeys(STATS, 0.0)
+        check = ctl.finite_check(dev, advice="lower train.lr, check the data, or set train.amp=off; the last "
+                                             "checkpoint is intact")
+        t0 = tw = time.time()
+        lr = self._lr()
+        for it, idx in enumerate(batches):
+            ctl.raise_if_stopped(epoch, it, iters)
+            lr = self._lr()
+            step = self.train_step(self.make_batch(idx, gen), epoch, labels)
+            window.add(step.sums())
+            check.observe(it, loss=step.loss)
+            if check.due(it + 1, iters):
+                check.check(epoch, iters)
+            if ctl.log_due(it + 1, iters):
+                w = window.take()
                 now = time.time()
-                rec = _means(wv)
+                rec = _means(w)
                 rec.update(type="iter", epoch=epoch, iter=it, global_iter=epoch * iters + it, lr=lr,
-                           imgs_per_s=wv[_STATS.index("n")] / max(now - tw, 1e-9), time=now)
+                           imgs_per_s=w["n"] / max(now - tw, 1e-9), time=now)
                 self.hooks.on_record(rec)
-                sums += window
-                window.zero_()
+                totals = {k: totals[k] + w[k] for k in STATS}
                 tw = now
                 self.hooks.on_progress(epoch, it + 1, iters)
             faults.point("train", epoch=epoch, iter=it)
+        return self._end_epoch(epoch, labels, totals, lr, t0)
 
-        # ---- end of epoch: gather per-image pseudo-label records from all ranks (each image is on one rank)
-        dist.all_reduce_max(ep_labels)
-        dist.all_reduce_sum(ep_conf, ep_margin, ep_true_mass)
-        rec = _means(sums.tolist())
+    def _lr(self) -> float:
+        """The backbone's learning rate for the next step (the first group is the trunk's)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def make_batch(self, idx: torch.Tensor, gen: torch.Generator) -> Batch:
+        """This rank's slice of the global batch ``idx`` [B] int64, augmented on the device; the augmentation is
+        drawn from the epoch's generator ``gen`` for the whole global batch, so it is the same for any world size."""
+        cfg, t, info, dev = self.cfg, self.cfg.train, self.info, self.device
+        n_l = self.data.num_labeled
+        h, w = self.data.images.shape[2:]
+        params = batch_augmentation(idx, n_l, cfg.augment, h, w, gen)
+        if t.sampler == "pk" and info.enabled:
+            # Each rank's slice must hold whole identities (the triplet term mines within it); the
+            # augmentation stays attached to its image, so the global batch is the same for any world size.
+            order = sampling.rank_major(t.batch_size, t.pk_instances, len(idx) - t.batch_size, info.world_size)
+            idx, params = idx[order], params.take(order)
+        b_local = len(idx) // info.world_size
+        lo, hi = info.rank * b_local, (info.rank + 1) * b_local
+        idx, params = idx[lo:hi], params.slice(lo, hi)
+        idx_d = idx.to(dev, non_blocking=True)
+        x = augment(self.images[idx_d], params, cfg.augment.pad)
+        if t.channels_last and dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        lab = idx_d < n_l
+        y = torch.where(lab, self.labels[idx_d.clamp(max=n_l - 1)], torch.full_like(idx_d, -1))
+        return Batch(idx=idx_d, x=x, labeled=lab, y=y)
+
+    def train_step(self, batch: Batch, epoch: int, labels: EpochLabels | None = None) -> StepStats:
+        """One optimisation step on ``batch`` in ``epoch``: forward, pseudo-labels for its unlabeled images
+        (stored in ``labels``), the loss, the centers' update, backward, optimizer and schedule step.
+
+        Every step of the loop, in order (CPL Algorithm 1): the strategy labels the unlabeled images from the
+        current centers and logits; loss = [Σ_labeled CE + Σ_unlabeled w·softCE + λ·½ Σ ||x − c_y||²] / b
+        (+ the triplet term); the centers take Wen's step toward this batch's labeled features (statistics
+        summed over ranks), or BoT's SGD step after the backward pass.
+        """
+        t, st, data = self.cfg.train, self.state, self.data
+        n_l, k = data.num_labeled, data.num_classes
+        idx_d, lab, y = batch.idx, batch.labeled, batch.y
+        with self.precision.autocast():
+            feats, logits = self.net(batch.x)
+        feats = feats.float()
+        logits = logits.float()
+        m = len(idx_d)
+        ce_lab = cross_entropy(logits[lab], y[lab], t.label_smoothing)
+        loss_ce = ce_lab.sum() / m
+        loss_unl = feats.new_zeros(())
+        center_labels = y.clone()
+        center_mask = lab.clone()
+        if self.strategy.active(epoch) and data.num_unlabeled:
+            u_pos = (~lab).nonzero().squeeze(1)
+            if len(u_pos):
+                fu, lu = feats[u_pos].detach(), logits[u_pos].detach()
+                centers = st.centers.detach()  # a constant for the targets, also when SGD learns it
+                tg = self.strategy.targets(fu, lu, centers, st.center_valid, epoch)
+                loss_unl = (soft_cross_entropy(logits[u_pos], tg.probs) * tg.weight).sum() / m
+                if labels is not None:  # statistics of this batch's labels, stored per unlabeled image
+                    u_idx = idx_d[u_pos] - n_l
+                    labels.label[u_idx] = tg.label.to(torch.int32)
+                    labels.conf[u_idx] = tg.confidence.float()
+                    _, c1, _, c2 = top2(cosine_to_centers(fu, centers, st.center_valid))
+                    labels.margin[u_idx] = torch.nan_to_num(c1 - c2, nan=0.0, posinf=0.0, neginf=0.0)
+                    if self.truth is not None:
+                        labels.true_mass[u_idx] = tg.probs.gather(1, self.truth[u_idx, None]).squeeze(1)
+                if t.center_on_unlabeled:
+                    use = (tg.label >= 0) & (tg.label < k) & (tg.weight > 0)
+                    center_labels[u_pos] = torch.where(use, tg.label, center_labels[u_pos])
+                    center_mask[u_pos] = use
+        loss_center = feats.new_zeros(())
+        if self.strategy.center_loss and t.center_weight > 0:
+            loss_center = (center_loss_sgd if self.sgd_centers else center_loss)(
+                feats, st.centers, center_labels.clamp(min=0), center_mask, m)
+        loss_triplet = feats.new_zeros(())
+        if t.triplet_weight > 0:  # labeled images only: a GAN image has no identity to mine positives from
+            loss_triplet = batch_hard_triplet(feats[lab], y[lab], t.triplet_margin)
+        loss = loss_ce + loss_unl + t.center_weight * loss_center + t.triplet_weight * loss_triplet
+        # Centers (identical on every rank): Wen's update from this batch's labeled features, or BoT's
+        # SGD step after the backward pass; either way "valid" once a labeled image has reached them.
+        c_sums, c_counts = center_update_stats(feats, y.clamp(min=0), lab, k)
+        dist.all_reduce_sum(c_sums, c_counts)
+        if not self.sgd_centers:
+            apply_center_update(st.centers, c_sums, c_counts, t.center_alpha)
+        st.center_valid |= c_counts > 0
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.sgd_centers:
+            st.centers.grad = None
+        scale = 1.0
+        if self.scaler:
+            scale = float(self.scaler.get_scale())
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.sgd_centers:
+            self._center_sgd_step(scale)
+        self.scheduler.step()
+        with torch.no_grad():
+            return StepStats(loss=loss.detach(), loss_ce=loss_ce.detach(), loss_center=loss_center.detach(),
+                             loss_unlabeled=loss_unl.detach(), loss_triplet=loss_triplet.detach(),
+                             correct=(logits[lab, :k].argmax(1) == y[lab]).sum().float(),
+                             n_labeled=lab.sum().float(), n=m)
+
+    def _end_epoch(self, epoch: int, labels: EpochLabels, totals: dict[str, float], lr: float, t0: float) -> dict:
+        """The epoch's record (mean losses, pseudo-label statistics), its history entry and checkpoint."""
+        st, info = self.state, self.info
+        labels.all_reduce()
+        rec = _means(totals)
         rec.update(type="epoch", epoch=epoch, lr=lr, epoch_time_s=time.time() - t0, time=time.time())
-        if n_u and self.strategy.uses_unlabeled:
-            rec.update(self._pseudo_stats(ep_labels, ep_conf, ep_margin, ep_true_mass, truth))
+        if self.data.num_unlabeled and self.strategy.uses_unlabeled:
+            rec.update(self._pseudo_stats(labels))
         if info.enabled:  # the centers must be identical on every rank: record the largest difference
             hi_c, lo_c = st.centers.detach().clone(), -st.centers.detach()
             dist.all_reduce_max(hi_c, lo_c)
             rec["centers_rank_diff"] = float((hi_c + lo_c).abs().max())
-        st.history_labels.append(ep_labels.cpu().numpy().astype(np.int32))
-        st.history_conf.append(ep_conf.cpu().numpy().astype(np.float16))
+        st.history_labels.append(labels.label.cpu().numpy().astype(np.int32))
+        st.history_conf.append(labels.conf.cpu().numpy().astype(np.float16))
         st.epoch = epoch + 1
         self.hooks.on_record(rec)
         self.hooks.on_epoch_end(epoch, self.state_dict())
@@ -411,36 +466,33 @@ class Trainer:
                 c -= self.cfg.train.center_lr * g
         c.grad = None
 
-    def _pseudo_stats(self, labels, conf, margin, true_mass, truth) -> dict:
+    def _pseudo_stats(self, labels: EpochLabels) -> dict:
         st = self.state
-        seen = labels >= 0
+        truth = self.truth
+        seen = labels.label >= 0
         n_seen = int(seen.sum())
         out: dict = {"pl_seen": n_seen, "centers_valid": int(st.center_valid.sum())}
         if n_seen == 0:
             return out
-        out["pl_mean_conf"] = float(conf[seen].mean())
-        out["pl_mean_margin"] = float(margin[seen].mean())
-        out["pl_classes_used"] = int(torch.unique(labels[seen]).numel())
+        out["pl_mean_conf"] = float(labels.conf[seen].mean())
+        out["pl_mean_margin"] = float(labels.margin[seen].mean())
+        out["pl_classes_used"] = int(torch.unique(labels.label[seen]).numel())
         if st.history_labels:
-            prev = torch.from_numpy(st.history_labels[-1]).to(labels.device)
+            prev = torch.from_numpy(st.history_labels[-1]).to(labels.label.device)
             both = seen & (prev >= 0)
-            changed = int((labels[both] != prev[both]).sum())
+            changed = int((labels.label[both] != prev[both]).sum())
             out["pl_changed"] = changed
             out["pl_changed_frac"] = changed / max(1, int(both.sum()))
         if truth is not None:
-            out["pl_acc"] = float((labels[seen].long() == truth[seen]).float().mean())
-            out["pl_true_mass"] = float(true_mass[seen].mean())
+            out["pl_acc"] = float((labels.label[seen].long() == truth[seen]).float().mean())
+            out["pl_true_mass"] = float(labels.true_mass[seen].mean())
         return out
 
 
-_STATS = ("loss", "loss_ce", "loss_center", "loss_unlabeled", "loss_triplet", "correct", "n_labeled", "n")
-
-
-def _means(v: list[float]) -> dict:
-    """Mean per-image losses and labeled accuracy from a window's sums, in the order of ``_STATS`` (losses
-    summed × batch size, correct labeled predictions, labeled images, images)."""
-    s = dict(zip(_STATS, v))
+def _means(s: dict[str, float]) -> dict:
+    """Mean per-image losses and labeled accuracy from a window's sums (:meth:`StepStats.sums`, over ranks)."""
     n = max(1.0, s["n"])
-    out = {key: s[key] / n for key in _STATS[:5]}
+    out = {key: s[key] / n for key in LOSSES}
     out["acc"] = s["correct"] / max(1.0, s["n_labeled"])
     return out
+

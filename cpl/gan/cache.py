@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from cpl.config import GanConfig
+from cpl.engine.control import Stopped
 from cpl.gan.dcgan import Generator
-from cpl.gan.errors import Stopped
 from cpl.gan.sample import read_manifest, sample_to_folder, samples_ready
 from cpl.gan.train import train_gan
 from cpl.runs import atomic

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cpl.engine.control import Stopped
 from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Generator
-from cpl.gan.errors import Stopped
 from cpl.runs import atomic, faults
 
 MANIFEST = "manifest.csv"

@@ -17,16 +17,31 @@ import torch
 import torch.nn.functional as F
 
 from cpl.config import GanConfig
-from cpl.engine.checkpoints import load_latest, save_checkpoint
+from cpl.engine.checkpoints import save_checkpoint
+from cpl.engine.control import LoopControl, Precision, capture, restore, resume_latest
 from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Discriminator, Generator, build_models
-from cpl.gan.errors import NonFiniteLoss, Stopped
 from cpl.runs import faults
 
-__all__ = ["NonFiniteLoss", "Stopped", "prepare_images", "train_gan"]
+__all__ = ["GanStepStats", "prepare_images", "train_gan", "train_step"]
 
 CHECKPOINT_FORMAT = 1
 PREFIX = "gan"  # checkpoint file prefix in the work folder
+
+
+@dataclasses.dataclass
+class GanStepStats:
+    """One DCGAN step: 0-dim float32 tensors on the device (reading one is a host sync)."""
+
+    loss_d: torch.Tensor  # D's binary cross-entropy on the real batch plus on the fake one
+    loss_g: torch.Tensor  # G's non-saturating loss, of its last update in the step
+    d_real: torch.Tensor  # mean D(real) probability, in [0, 1]
+    d_fake: torch.Tensor  # mean D(G(z)) probability before the G updates, in [0, 1]
+
+    def values(self) -> dict[str, float]:
+        """The four numbers on the host (one sync), by name."""
+        names = [f.name for f in dataclasses.fields(self)]
+        return dict(zip(names, torch.stack([getattr(self, k) for k in names]).float().cpu().tolist()))
 
 
 def prepare_images(images: torch.Tensor, size: int, device: torch.device, chunk: int = 256) -> torch.Tensor:
@@ -53,7 +68,7 @@ def _real_batch(data: torch.Tensor, idx: torch.Tensor, flip: torch.Tensor, chann
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _train_step(
+def train_step(
     g: Generator,
     d: Discriminator,
     opt_g: torch.optim.Optimizer,
@@ -62,10 +77,11 @@ def _train_step(
     z: torch.Tensor,
     g_steps: int,
     autocast: Callable[[], contextlib.AbstractContextManager],
-) -> torch.Tensor:
+) -> GanStepStats:
     """One D update then ``g_steps`` G updates on the same z (as the LSRO code).
 
-    Returns ``[4] float32`` on the device: loss_d, loss_g (last G update), mean D(real), mean D(fake).
+    ``real``: ``[B, 3, S, S] float32`` in [-1, 1]; ``z``: ``[B, z_dim] float32`` uniform in [-1, 1), on the
+    device; ``autocast``: a fresh autocast context per call (:meth:`cpl.engine.control.Precision.autocast`).
     """
     with torch.no_grad(), autocast():
         fake = g(z)  # G in train mode: its BN running statistics update here too, as in TF
@@ -89,25 +105,9 @@ def _train_step(
         loss_g.backward()
         opt_g.step()
     d.requires_grad_(True)
-    return torch.stack(
-        [loss_d.detach(), loss_g.detach(), torch.sigmoid(logit_real).mean().detach(),
-         torch.sigmoid(logit_fake).mean().detach()]
-    )
-
-
-def _checked(pending: list[torch.Tensor], epoch: int, first_step: int, epochs: int, steps: int) -> list[float]:
-    """Move the buffered per-step stats to the host (one sync) and fail on a non-finite loss."""
-    rows = torch.stack(pending).float().cpu()
-    bad = (~torch.isfinite(rows[:, :2])).any(dim=1).nonzero()
-    if len(bad):
-        r = int(bad[0])
-        raise NonFiniteLoss(
-            f"GAN loss is not finite at epoch {epoch + 1}/{epochs}, step {first_step + r + 1}/{steps} "
-            f"(loss_d={rows[r, 0].item()}, loss_g={rows[r, 1].item()}): training diverged; "
-            "try a lower gan.lr or another seed"
-        )
-    pending.clear()
-    return rows[-1].tolist()
+    return GanStepStats(loss_d=loss_d.detach(), loss_g=loss_g.detach(),
+                        d_real=torch.sigmoid(logit_real).mean().detach(),
+                        d_fake=torch.sigmoid(logit_fake).mean().detach())
 
 
 def train_gan(
@@ -124,13 +124,14 @@ def train_gan(
     """Train (or resume training) a DCGAN on ``images`` ``[N, 3, H, W] uint8``; return G in eval mode.
 
     Checkpoints go to ``work_dir`` at the end of every epoch (the last two are kept) and when
-    ``should_stop()`` turns True, after which :class:`Stopped` is raised. A later call with the same
-    arguments resumes from the newest intact checkpoint; a finished one returns at once, and a larger
-    ``cfg.epochs`` continues it exactly as if it had been asked for from the start. Draw samples with
+    ``should_stop()`` turns True, after which :class:`~cpl.engine.control.Stopped` is raised. A later call
+    with the same arguments resumes from the newest intact checkpoint; a finished one returns at once, and a
+    larger ``cfg.epochs`` continues it exactly as if it had been asked for from the start. Draw samples with
     :func:`cpl.gan.sample.sample_to_folder` (BN on batch statistics, as the LSRO sampler).
     ``on_progress`` gets ``{"type": "gan", "epoch", "epochs", "step", "steps", "loss_d", "loss_g",
-    "d_real", "d_fake"}`` every ``log_every`` steps and after the last step of each epoch (epoch
-    0-based; step = steps done in that epoch). Raises :class:`NonFiniteLoss` naming the epoch and step.
+    "d_real", "d_fake"}`` (the last step's :class:`GanStepStats`) every ``log_every`` steps and after the
+    last step of each epoch (epoch 0-based; step = steps done in that epoch). Raises
+    :class:`~cpl.engine.control.NonFiniteLoss` (stage ``"gan"``) naming the epoch and step.
     """
     n = images.shape[0]
     batch = cfg.batch_size
@@ -152,23 +153,16 @@ def train_gan(
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas)
+    parts = {"G": g, "D": d, "opt_g": opt_g, "opt_d": opt_d}  # checkpoint keys
 
     # Everything that shapes an epoch; the epoch count is left out so a finished run can be extended.
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "epochs"}
     identity = {"config": settings, "seed": seed, "num_images": n}
     start_epoch, start_step, rng_state = 0, 0, None
-    loaded = load_latest(work_dir, PREFIX)
+    loaded = resume_latest(work_dir, PREFIX, identity=identity, fmt=CHECKPOINT_FORMAT, what="GAN checkpoint")
     if loaded is not None:
         state, path = loaded
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
-            raise ValueError(
-                f"{path} is a GAN checkpoint of other settings or data ({state.get('identity')}); "
-                f"use another work folder or delete it"
-            )
-        g.load_state_dict(state["G"])
-        d.load_state_dict(state["D"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        restore(parts, state)
         start_epoch, start_step, rng_state = state["epoch"], state["step"], state["rng"]
         if (start_epoch, start_step) > (cfg.epochs, 0):
             raise ValueError(f"{path} is past epoch {start_epoch}, more than gan.epochs={cfg.epochs}")
@@ -176,23 +170,18 @@ def train_gan(
         return g.eval()
 
     data = prepare_images(images, cfg.image_size, device)
-    use_bf16 = cuda and torch.cuda.is_bf16_supported()
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    precision = Precision.choose("auto", device, loss_scaling=False)  # bf16 where supported, else fp32
+    control = LoopControl("gan", cfg.epochs, should_stop, log_every, label="GAN training", unit="step")
 
     def save(epoch: int, step: int, rng: torch.Generator | None) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch, "step": step,
-            "G": g.state_dict(), "D": d.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "rng": None if rng is None else rng.get_state(),
-        }
+        state = {"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch, "step": step,
+                 **capture(parts), "rng": None if rng is None else rng.get_state()}
         save_checkpoint(work_dir, PREFIX, state, epoch, step)
 
-    def report(epoch: int, step: int, stats: list[float]) -> None:
+    def report(epoch: int, step: int, stats: GanStepStats) -> None:
         if on_progress is not None:
             on_progress({"type": "gan", "epoch": epoch, "epochs": cfg.epochs, "step": step, "steps": steps,
-                         "loss_d": stats[0], "loss_g": stats[1], "d_real": stats[2], "d_fake": stats[3]})
+                         **stats.values()})
 
     g.train()
     d.train()
@@ -203,29 +192,28 @@ def train_gan(
         if epoch == start_epoch and start_step > 0:
             first = start_step
             rng.set_state(rng_state)  # continue the stream right after the last checkpointed step
-        pending: list[torch.Tensor] = []
-        pending_from = first
+        check = control.finite_check(device, across_ranks=False,  # rank 0 alone trains the GAN
+                                     advice="training diverged; try a lower gan.lr or another gan.seed")
         for step in range(first, steps):
             idx = perm[step * batch : (step + 1) * batch]
             flip = torch.rand(batch, generator=rng) < 0.5
             z = (torch.rand(batch, cfg.z_dim, generator=rng) * 2 - 1).to(device)
             real = _real_batch(data, idx, flip, cuda)
-            pending.append(_train_step(g, d, opt_g, opt_d, real, z, cfg.g_steps, autocast))
+            stats = train_step(g, d, opt_g, opt_d, real, z, cfg.g_steps, precision.autocast)
+            check.observe(step, loss_d=stats.loss_d, loss_g=stats.loss_g)
             done = step + 1
+            if check.due(done, steps):
+                check.check(epoch, steps)
             if done == steps:
-                stats = _checked(pending, epoch, pending_from, cfg.epochs, steps)
                 save(epoch + 1, 0, None)
+            if control.log_due(done, steps):
                 report(epoch, done, stats)
+            if done == steps:
                 faults.point("gan-train", epoch=epoch)
-            elif done % log_every == 0:
-                stats = _checked(pending, epoch, pending_from, cfg.epochs, steps)
-                pending_from = done
-                report(epoch, done, stats)
             finished = done == steps and epoch == cfg.epochs - 1
-            if should_stop is not None and not finished and should_stop():
+            if not finished and control.stop_requested():
                 if done < steps:
-                    if pending:
-                        _checked(pending, epoch, pending_from, cfg.epochs, steps)
+                    check.check(epoch, steps)  # nothing diverged is saved
                     save(epoch, done, rng)
-                raise Stopped(f"GAN training stopped at epoch {epoch + 1}/{cfg.epochs}, step {done}/{steps}")
+                raise control.stopped(epoch, done, steps)
     return g.eval()

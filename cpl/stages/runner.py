@@ -165,22 +165,21 @@ def _claim_devices(stack: ExitStack, run: RunDir, devices: list[str], info, stat
 
 
 def _stopped_types() -> tuple[type, ...]:
-    from cpl.engine.trainer import Stopped
-    from cpl.gan import Stopped as GanStopped
+    from cpl.engine.control import Stopped
 
-    return (Stopped, GanStopped)
+    return (Stopped,)
 
 
 def describe(exc: BaseException) -> tuple[str, str]:
     """One-line message + hint for the status file."""
     import torch
 
-    from cpl.engine.trainer import NonFiniteLoss
+    from cpl.engine.control import NonFiniteLoss
 
     if isinstance(exc, RunFailed):
         return str(exc), exc.hint
     if isinstance(exc, NonFiniteLoss):
-        return str(exc), "lower train.lr or set train.amp=off, then resume"
+        return str(exc), exc.hint  # per stage: train.lr / gan.lr
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "CUDA out of memory", "lower train.batch_size or use a smaller model.backbone"
     if isinstance(exc, MemoryError):
