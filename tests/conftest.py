@@ -23,6 +23,18 @@ def shared_data_dir() -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on the shared 2-core box, 2 OpenMP threads per process of the parallel
+    suite run ~10x slower. Modules of small-model tests use it with ``pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     root = shared_data_dir()
     if not root.is_dir():

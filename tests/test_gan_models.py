@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -12,14 +10,7 @@ from cpl.config import GanConfig
 from cpl.engine.seeding import make_generator
 from cpl.gan.dcgan import Discriminator, Generator, build_models
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core box, 2 OpenMP threads per process run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layers(net: nn.Module, kind: type) -> list[nn.Module]:
