@@ -134,38 +134,15 @@ def train_gan(
     :class:`~cpl.engine.control.NonFiniteLoss` (stage ``"gan"``) naming the epoch and step.
     """
     n = images.shape[0]
-    batch = cfg.batch_size
-    if n < batch:
-        raise ValueError(f"GAN training needs at least gan.batch_size={batch} images, got {n}")
-    steps = n // batch  # the last partial batch is dropped, as in the DCGAN code
-    if cfg.max_steps_per_epoch > 0:
-        steps = min(steps, cfg.max_steps_per_epoch)
+    steps = _steps_per_epoch(n, cfg)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-
-    g, d = build_models(cfg, make_generator(seed, "gan-init"))
-    cuda = device.type == "cuda"
-    g.to(device)
-    d.to(device)
-    if cuda:
-        g.to(memory_format=torch.channels_last)
-        d.to(memory_format=torch.channels_last)
-    betas = (cfg.beta1, cfg.beta2)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas)
+    g, d, opt_g, opt_d = _build(cfg, seed, device)
     parts = {"G": g, "D": d, "opt_g": opt_g, "opt_d": opt_d}  # checkpoint keys
-
     # Everything that shapes an epoch; the epoch count is left out so a finished run can be extended.
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "epochs"}
     identity = {"config": settings, "seed": seed, "num_images": n}
-    start_epoch, start_step, rng_state = 0, 0, None
-    loaded = resume_latest(work_dir, PREFIX, identity=identity, fmt=CHECKPOINT_FORMAT, what="GAN checkpoint")
-    if loaded is not None:
-        state, path = loaded
-        restore(parts, state)
-        start_epoch, start_step, rng_state = state["epoch"], state["step"], state["rng"]
-        if (start_epoch, start_step) > (cfg.epochs, 0):
-            raise ValueError(f"{path} is past epoch {start_epoch}, more than gan.epochs={cfg.epochs}")
+    start_epoch, start_step, rng_state = _resume(work_dir, parts, identity, cfg.epochs)
     if start_epoch >= cfg.epochs:
         return g.eval()
 
@@ -185,20 +162,17 @@ def train_gan(
 
     g.train()
     d.train()
+    batch = cfg.batch_size
     for epoch in range(start_epoch, cfg.epochs):
-        rng = make_generator(seed, "gan-epoch", epoch)
-        perm = torch.randperm(n, generator=rng)
-        first = 0
-        if epoch == start_epoch and start_step > 0:
-            first = start_step
-            rng.set_state(rng_state)  # continue the stream right after the last checkpointed step
+        resume_at = (start_step, rng_state) if epoch == start_epoch and start_step > 0 else None
+        perm, rng, first = _epoch_stream(seed, epoch, n, resume_at)
         check = control.finite_check(device, across_ranks=False,  # rank 0 alone trains the GAN
                                      advice="training diverged; try a lower gan.lr or another gan.seed")
         for step in range(first, steps):
             idx = perm[step * batch : (step + 1) * batch]
             flip = torch.rand(batch, generator=rng) < 0.5
             z = (torch.rand(batch, cfg.z_dim, generator=rng) * 2 - 1).to(device)
-            real = _real_batch(data, idx, flip, cuda)
+            real = _real_batch(data, idx, flip, device.type == "cuda")
             stats = train_step(g, d, opt_g, opt_d, real, z, cfg.g_steps, precision.autocast)
             check.observe(step, loss_d=stats.loss_d, loss_g=stats.loss_g)
             done = step + 1
@@ -217,3 +191,60 @@ def train_gan(
                     save(epoch, done, rng)
                 raise control.stopped(epoch, done, steps)
     return g.eval()
+
+
+def _steps_per_epoch(n: int, cfg: GanConfig) -> int:
+    """Full batches of ``cfg.batch_size`` in ``n`` images, capped by ``cfg.max_steps_per_epoch`` (0: no cap)."""
+    if n < cfg.batch_size:
+        raise ValueError(f"GAN training needs at least gan.batch_size={cfg.batch_size} images, got {n}")
+    steps = n // cfg.batch_size  # the last partial batch is dropped, as in the DCGAN code
+    return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch > 0 else steps
+
+
+def _build(
+    cfg: GanConfig, seed: int, device: torch.device
+) -> tuple[Generator, Discriminator, torch.optim.Adam, torch.optim.Adam]:
+    """G and D initialised from the ``(seed, "gan-init")`` stream on ``device``, and their Adam optimizers."""
+    g, d = build_models(cfg, make_generator(seed, "gan-init"))
+    for net in (g, d):
+        net.to(device)
+        if device.type == "cuda":
+            net.to(memory_format=torch.channels_last)
+    betas = (cfg.beta1, cfg.beta2)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas)
+    return g, d, opt_g, opt_d
+
+
+def _resume(
+    work_dir: Path, parts: dict[str, Any], identity: dict[str, Any], epochs: int
+) -> tuple[int, int, torch.Tensor | None]:
+    """Load the newest intact checkpoint of this run into ``parts``; ``(epoch, step, rng state)`` to go on from.
+
+    ``(0, 0, None)`` when there is none. A checkpoint past ``epochs`` is refused: it cannot be shortened.
+    """
+    loaded = resume_latest(work_dir, PREFIX, identity=identity, fmt=CHECKPOINT_FORMAT, what="GAN checkpoint")
+    if loaded is None:
+        return 0, 0, None
+    state, path = loaded
+    restore(parts, state)
+    if (state["epoch"], state["step"]) > (epochs, 0):
+        raise ValueError(f"{path} is past epoch {state['epoch']}, more than gan.epochs={epochs}")
+    return state["epoch"], state["step"], state["rng"]
+
+
+def _epoch_stream(
+    seed: int, epoch: int, n: int, resume_at: tuple[int, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Generator, int]:
+    """The epoch's image order ``[n] int64``, its random stream and the first step to run.
+
+    ``resume_at = (step, rng state)`` continues the stream right after the last checkpointed step, so the
+    flips and z drawn from there on are those an uninterrupted run draws.
+    """
+    rng = make_generator(seed, "gan-epoch", epoch)
+    perm = torch.randperm(n, generator=rng)
+    if resume_at is None:
+        return perm, rng, 0
+    first, state = resume_at
+    rng.set_state(state)
+    return perm, rng, first
