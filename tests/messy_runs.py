@@ -35,6 +35,8 @@ RUNS = 300
 DIM = 16
 METHODS = ("baseline", "center", "cpl", "fapl", "lsro", "onehot")
 SPLITS = {"train": 12, "query": 4, "gallery": 10}
+# The runs were trained on another machine: their dataset is recorded but not here (relative, never created).
+DATA_ROOT = "dataset-not-on-this-machine/synthetic"
 
 
 @dataclass
@@ -73,7 +75,7 @@ def _features(run: Path, rng: np.random.Generator, unlabeled: int) -> None:
     for name, n in SPLITS.items():
         extra = ",label" if name == "train" else ""
         _csv(feats / f"{name}.csv", f"path,pid,camid{extra}",
-             [f"/data/{name}/{i:04d}_c1.jpg,{i % 3},1" + (f",{i % 3}" if extra else "") for i in range(n)])
+             [f"{DATA_ROOT}/{name}/{i:04d}_c1.jpg,{i % 3},1" + (f",{i % 3}" if extra else "") for i in range(n)])
 
 
 def _artifacts(run: Path, rng: np.random.Generator, method: str, umap: bool) -> int:
@@ -103,7 +105,7 @@ def healthy_run(root: Path, i: int) -> Path:
     run = root / f"m{i:03d}-{method}"
     run.mkdir()
     cfg = Config()
-    cfg.data.root = "/data/synthetic"
+    cfg.data.root = DATA_ROOT
     cfg.train.method = method
     cfg.unlabeled.source = "none" if method in ("baseline", "center") else "gan"
     cfg.eval.umap = i % 10 == 0
@@ -126,7 +128,7 @@ def healthy_run(root: Path, i: int) -> Path:
     records += [{"type": "epoch", "epoch": e, "loss": 3.0 - e, "acc": 0.3 * e, "lr": 0.01} for e in range(2)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "log.txt").write_text(f"training {method}\n")
-    _write_json(run / "dataset.json", {"root": "/data/synthetic", "num_classes": 3,
+    _write_json(run / "dataset.json", {"root": DATA_ROOT, "num_classes": 3,
                                        "splits": {s: {"images": n, "ids": 3, "cameras": 2}
                                                   for s, n in SPLITS.items()}, "warnings": []})
     if state == "finished":

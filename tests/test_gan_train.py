@@ -192,3 +192,24 @@ def test_more_epochs_continue_a_finished_run_exactly(tmp_path: Path, images: tor
     _assert_same_state(_final_state(tmp_path / "ref"), _final_state(tmp_path / "run"))
     with pytest.raises(ValueError, match="more than gan.epochs=1"):
         train_gan(images, tiny_cfg(epochs=1), tmp_path / "run", seed=0, device=CPU)
+
+
+def test_steps_per_epoch_drop_the_partial_batch_and_respect_the_cap(tmp_path: Path, images: torch.Tensor) -> None:
+    # 30 images in batches of 8: three full batches, the last 6 images dropped (as the DCGAN code).
+    records: list[dict] = []
+    train_gan(images[:30], tiny_cfg(epochs=1, max_steps_per_epoch=0), tmp_path / "uncapped", seed=0, device=CPU,
+              on_progress=records.append, log_every=1)
+    assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["steps"] == 3
+    records.clear()
+    train_gan(images, tiny_cfg(epochs=1, max_steps_per_epoch=2), tmp_path / "capped", seed=0, device=CPU,
+              on_progress=records.append, log_every=1)
+    assert [r["steps"] for r in records] == [2, 2]
+    with pytest.raises(ValueError, match=r"at least gan.batch_size=8 images, got 7"):
+        train_gan(images[:7], tiny_cfg(), tmp_path / "few", seed=0, device=CPU)
+    assert not _list(tmp_path / "few", PREFIX)
+
+
+def test_a_checkpoint_past_the_asked_epochs_is_refused(tmp_path: Path, images: torch.Tensor) -> None:
+    train_gan(images, tiny_cfg(epochs=2, max_steps_per_epoch=1), tmp_path, seed=0, device=CPU)
+    with pytest.raises(ValueError, match=r"past epoch 2, more than gan.epochs=1"):
+        train_gan(images, tiny_cfg(epochs=1, max_steps_per_epoch=1), tmp_path, seed=0, device=CPU)

@@ -25,12 +25,12 @@ from cpl.stages.context import StageSpec
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_stage_table_is_in_run_order_and_writes_files_of_the_contract() -> None:
+def test_the_stage_table_is_in_run_order_and_writes_files_of_the_contract(tmp_path: Path) -> None:
     names = [s.name for s in STAGES]
     order = [s for s in Stage if s not in (Stage.QUEUED, Stage.DONE)]
     assert names == order
     contract = (REPO / "docs" / "run-directory.md").read_text()
-    run = RunDir(Path("/runs/r"))
+    run = RunDir(tmp_path / "r")
     for spec in STAGES:
         assert spec.writes and spec.resume
         for attr in spec.writes:
