@@ -150,6 +150,12 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False
+    # What an epoch counts, for the step-matched controls (docs/methods.md, "Controls"). trained: one pass over the
+    # images the epoch trains on (L, or L ∪ U once the method uses U: a GAN run takes more steps than its
+    # baseline) | labeled: floor(N_l / B) steps, drawn from the shuffled union (a GAN run at its baseline's
+    # budget) | union: floor((N_l + N_u) / B) steps, N_u counted from unlabeled.source even by a labeled-only
+    # method that never trains on them (a baseline at the GAN run's budget). Shuffle sampler only.
+    epoch_length: str = "trained"
     max_iters_per_epoch: int = 0  # 0 = full epochs
     log_every: int = 20  # iterations between metrics records
     sync_bn: bool = False  # SyncBatchNorm under torchrun
@@ -191,6 +197,41 @@ class Config:
     def uses_unlabeled(self) -> bool:
         """Whether the run trains on unlabeled images: its method needs them and a source is set."""
         return needs_unlabeled(self.train.method) and self.unlabeled.source != "none"
+
+    @property
+    def sets_aside_unlabeled(self) -> bool:
+        """Whether a labeled-only method still reads its unlabeled source without training on it: ``holdout``
+        hides the same rows as a holdout run (the labeled-only control), and ``train.epoch_length=union``
+        counts the source's images into its epochs (the step-matched control)."""
+        return not needs_unlabeled(self.train.method) and self.unlabeled.source != "none" and (
+            self.unlabeled.source == "holdout" or self.train.epoch_length == "union")
+
+
+#: The short names :func:`controls` gives, with what a table or page calls them.
+CONTROLS = {"labeled-only": "labeled-only control", "step-matched": "step-matched",
+            "labeled-epochs": "epochs of labeled images"}
+
+
+def controls(cfg: Config) -> list[str]:
+    """The controls ``cfg`` is, by short name (keys of :data:`CONTROLS`; [] = an ordinary run): ``labeled-only``,
+    a labeled-only method on the labeled rows a holdout run of the same seed keeps; ``step-matched``, a
+    labeled-only method whose epochs count the unlabeled images it does not train on; ``labeled-epochs``, a run
+    with unlabeled images whose epochs count the labeled images only (its baseline's step budget)."""
+    t, labeled_only = cfg.train, not needs_unlabeled(cfg.train.method)
+    on = [("labeled-only", labeled_only and cfg.unlabeled.source == "holdout"),
+          ("step-matched", labeled_only and t.epoch_length == "union"),
+          ("labeled-epochs", cfg.uses_unlabeled and t.epoch_length == "labeled")]
+    return [name for name, used in on if used]
+
+
+def controls_of(data: dict) -> list[str] | None:
+    """:func:`controls` of a config stored as a nested dict (a run's config.yaml); None when it does not parse."""
+    if not isinstance(data, dict) or not data:
+        return None
+    try:
+        return controls(_from_dict(Config, data))
+    except (ConfigError, TypeError):
+        return None
 
 
 def tricks_of(data: dict) -> list[str] | None:
@@ -385,6 +426,7 @@ def validate(cfg: Config) -> None:
     _check(t.fapl_temperature > 0, "train.fapl_temperature", "must be > 0", t.fapl_temperature)
     _check(t.amp in ("auto", "bf16", "fp16", "off"), "train.amp", "must be auto, bf16, fp16 or off", t.amp)
     _validate_tricks(c)
+    _validate_epoch_length(c)
     _check(t.max_iters_per_epoch >= 0, "train.max_iters_per_epoch", "must be >= 0", t.max_iters_per_epoch)
     _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)
 
@@ -402,6 +444,30 @@ def validate(cfg: Config) -> None:
 def _refuse_unused(key: str, value: Any, default: Any, why: str) -> None:
     """A setting its code path cannot use is refused by name (``why`` completes "has no effect ...")."""
     _check(value == default, key, f"has no effect {why}; leave it at {default}", value)
+
+
+EPOCH_LENGTHS = ("trained", "labeled", "union")
+
+
+def _validate_epoch_length(c: Config) -> None:
+    """``train.epoch_length``: a value other than ``trained`` must change the run's step count."""
+    t, u = c.train, c.unlabeled
+    _check(t.epoch_length in EPOCH_LENGTHS, "train.epoch_length", f"must be one of {', '.join(EPOCH_LENGTHS)}",
+           t.epoch_length)
+    if t.epoch_length == "trained":
+        return
+    _check(t.sampler == "shuffle", "train.epoch_length",
+           "needs train.sampler=shuffle (a P x K epoch is already counted in labeled identities, so a run with "
+           "unlabeled images takes its baseline's steps); leave it at trained", t.epoch_length)
+    if t.epoch_length == "labeled":
+        _check(c.uses_unlabeled, "train.epoch_length",
+               f"labeled has no effect without unlabeled images to train on (method {t.method}, unlabeled.source "
+               f"{u.source}): such an epoch already counts the labeled images; leave it at trained", t.epoch_length)
+        return
+    counted = u.source != "none" and (u.source != "gan" or u.num_images > 0)
+    _check(counted, "train.epoch_length",
+           f"union counts the unlabeled images of unlabeled.source, and {u.source} with num_images "
+           f"{u.num_images} has none; set the source (and unlabeled.num_images) of the run to match", t.epoch_length)
 
 
 def _validate_tricks(c: Config) -> None:

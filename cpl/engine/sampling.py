@@ -9,11 +9,18 @@ from __future__ import annotations
 import torch
 
 
-def shuffled_batches(n_images: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def shuffled_batches(n_images: int, batch_size: int, generator: torch.Generator,
+                     iters: int = 0) -> list[torch.Tensor]:
     """Global batches [batch_size] int64 of one pass over a random permutation of ``n_images`` (the ragged
-    tail is dropped; at least one batch, possibly shorter, when there are fewer images than a batch)."""
+    tail is dropped; at least one batch, possibly shorter, when there are fewer images than a batch).
+
+    ``iters`` > 0 sets the number of batches (a step-matched epoch): fewer than a pass takes the first ones;
+    more draws further permutations after the first, so a pass's batches come out as they would alone."""
     perm = torch.randperm(n_images, generator=generator)
-    iters = max(1, n_images // batch_size)
+    one_pass = max(1, n_images // batch_size)
+    iters = iters or one_pass
+    while iters > max(1, len(perm) // batch_size):
+        perm = torch.cat([perm, torch.randperm(n_images, generator=generator)])
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(iters)]
 
 

@@ -64,6 +64,9 @@ class TrainData:
     num_labeled: int
     num_classes: int  # K real identities
     unlabeled_truth: torch.Tensor | None = None  # [N_u] int64 hidden class (holdout source) or None
+    # Unlabeled images of the source that are not in ``images`` (a labeled-only control never trains on them);
+    # an epoch of train.epoch_length=union counts them.
+    num_set_aside: int = 0
 
     @property
     def num_unlabeled(self) -> int:
@@ -270,13 +273,22 @@ class Trainer:
             batches = sampling.pk_batches(self.labels.cpu(), t.batch_size // t.pk_instances, t.pk_instances, n_u,
                                           self.unlabeled_per_batch if n_u else 0, gen)
         else:
-            batches = sampling.shuffled_batches(self.num_train_images(epoch), t.batch_size, gen)
+            iters = max(1, self.num_epoch_images(epoch) // t.batch_size)
+            batches = sampling.shuffled_batches(self.num_train_images(epoch), t.batch_size, gen, iters)
         cap = t.max_iters_per_epoch
         return batches[:cap] if cap else batches
 
     def num_train_images(self, epoch: int) -> int:
         """Images an epoch draws from: L ∪ U once the strategy is active, L alone before (warm-up)."""
         return self.data.images.shape[0] if self.strategy.active(epoch) else self.data.num_labeled
+
+    def num_epoch_images(self, epoch: int) -> int:
+        """Images an epoch counts (its steps are this // batch size), by ``train.epoch_length``: those it draws
+        from (``trained``), N_l (``labeled``), or N_l + N_u with N_u also counting the images a labeled-only
+        control sets aside (``union``, in every epoch, warm-up included)."""
+        d = self.data
+        return {"trained": self.num_train_images(epoch), "labeled": d.num_labeled,
+                "union": d.images.shape[0] + d.num_set_aside}[self.cfg.train.epoch_length]
 
     def fit(self) -> TrainState:
         """Train from ``state.epoch`` to ``train.epochs``; returns the final state."""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cpl import PROG
-from cpl.config import Config, dump_yaml
+from cpl.config import Config, controls, dump_yaml
 from cpl.runs.atomic import write_json
 from cpl.runs.rundir import RunDir, create_run, new_run_id
 from cpl.runs.state import State
@@ -36,7 +36,7 @@ def prepare_run(cfg: Config, runs_root: Path, run_dir: Path | None = None, argv:
     weights = resolve(cfg.model.backbone, cfg.model.pretrained)
     facts = {"argv": argv or [], "method": cfg.train.method, "name": cfg.name, "sweep": sweep,
              "dataset": {"kind": cfg.data.kind, "root": str(Path(cfg.data.root).resolve())},
-             "backbone": cfg.model.backbone, "weights": weights.to_dict()}
+             "backbone": cfg.model.backbone, "weights": weights.to_dict(), "controls": controls(cfg)}
     if run_dir is not None:
         return create_run(run_dir.parent, run_dir.name, dump_yaml(cfg), facts)
     # Two launches of one form within the same second compute the same id: the first to create it keeps it

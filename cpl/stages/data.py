@@ -56,7 +56,8 @@ def load_data(ctx: RunContext) -> None:
     ctx.data = _split(ctx, ds, labels, train_imgs, query_imgs, gallery_imgs)
     ctx.unlabeled = _empty(h, w)  # until the unlabeled stage, if the run has one, fills it
     if ctx.is_main:
-        write_json(ctx.run.dataset, _dataset_record(ctx.data, root, report.warnings, cfg.unlabeled.num_images))
+        write_json(ctx.run.dataset, _dataset_record(ctx.data, root, report.warnings, cfg.unlabeled.num_images,
+                                                        cfg.uses_unlabeled))
     ctx.progress(1.0)
 
 
@@ -67,7 +68,9 @@ def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs: torch.Tensor, qu
     from cpl.data.images import list_images
 
     cfg = ctx.cfg
-    src = cfg.unlabeled.source if cfg.uses_unlabeled else "none"
+    # A labeled-only method reads its source only as a control: holdout hides the rows a holdout run hides, and
+    # train.epoch_length=union counts the source's images (Config.sets_aside_unlabeled); it trains on neither.
+    src = cfg.unlabeled.source if cfg.uses_unlabeled or cfg.sets_aside_unlabeled else "none"
     keep, hidden, files = np.arange(len(labels)), np.zeros(0, dtype=np.int64), []
     if src == "holdout":
         keep, hidden = holdout_split(labels, cfg.unlabeled.holdout_fraction, cfg.seed)
@@ -79,8 +82,15 @@ def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs: torch.Tensor, qu
                       gallery_imgs=gallery_imgs, source=src, hidden=hidden, folder_files=files)
 
 
-def _dataset_record(d: LoadedData, root: Path, warnings: list[str], num_gan: int) -> dict:
-    """``dataset.json``: the splits, the labeled/unlabeled counts and the dataset's warnings."""
+def source_images(d: LoadedData, num_gan: int) -> int:
+    """Images of the run's unlabeled source (``num_gan``: the GAN samples it draws), 0 without one."""
+    return {"holdout": len(d.hidden), "folder": len(d.folder_files), "gan": num_gan}.get(d.source, 0)
+
+
+def _dataset_record(d: LoadedData, root: Path, warnings: list[str], num_gan: int,
+                    trained_on_unlabeled: bool) -> dict:
+    """``dataset.json``: the splits, the labeled/unlabeled counts (``unlabeled_trained`` false: a control that sets
+    its source aside) and the dataset's warnings."""
     ds = d.ds
     return {
         "root": str(root.resolve()), "num_classes": ds.num_classes, "fingerprint": ds.fingerprint(),
@@ -88,7 +98,7 @@ def _dataset_record(d: LoadedData, root: Path, warnings: list[str], num_gan: int
                           "cameras": int(len(np.unique(sp.camids)))}
                    for name, sp in (("train", ds.train), ("query", ds.query), ("gallery", ds.gallery))},
         "labeled_train_images": int(len(d.keep)), "unlabeled_source": d.source,
-        "unlabeled_images": {"holdout": len(d.hidden), "folder": len(d.folder_files), "gan": num_gan}.get(d.source, 0),
+        "unlabeled_images": source_images(d, num_gan), "unlabeled_trained": trained_on_unlabeled,
         "warnings": list(warnings),
     }
 

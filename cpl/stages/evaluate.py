@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from cpl.config import tricks
+from cpl.config import controls, tricks
 from cpl.runs import faults
 from cpl.runs.atomic import write_json, write_npz
 from cpl.stages.context import RunContext
@@ -66,7 +66,9 @@ def evaluate(ctx: RunContext) -> None:
                    num_unlabeled=len(ctx.unlabeled.paths) if t.strategy.uses_unlabeled else 0,
                    unlabeled_source=d.source, epochs=cfg.train.epochs, train_time_s=t.time_s,
                    device=str(ctx.device), world_size=ctx.dist.world_size, num_classes=d.ds.num_classes,
-                   seed=cfg.seed, backbone=cfg.model.backbone, weights=t.weights.to_dict(), tricks=tricks(cfg))
+                   seed=cfg.seed, backbone=cfg.model.backbone, weights=t.weights.to_dict(), tricks=tricks(cfg),
+                   controls=controls(cfg), epoch_length=cfg.train.epoch_length,
+                   labeled_train_images=len(d.keep), train_steps=t.trainer.clock.start(cfg.train.epochs))
     write_json(ctx.run.results, results)
     write_npz(ctx.run.retrieval, **retrieval)
     ctx.evaluated = Evaluated(query=qf, gallery=gf, results=results)
