@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from cpl.methods import BASELINE, METHODS, has_own_zero_row
 from cpl.runs.state import QueueReason, State, parse
+from cpl.sweep.tables import table_columns, zero_row_label
 
 HEIGHT = 360
 
@@ -231,14 +232,18 @@ def duration(seconds: float | None) -> str:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False) -> pd.DataFrame:
+def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False, source: str = "") -> pd.DataFrame:
     """A sweep's results.csv in the CPL paper's Table 1 layout: one row per unlabeled-image count (0 = the
-    baseline row, repeated under every method as in the paper), a rank-1 and an mAP column per method
-    (mean ± std over seeds when there are several), and an "improvement" row: best count minus baseline."""
+    baseline row, repeated under every method as in the paper; the labeled-only control when the sweep's
+    ``source`` is holdout), a rank-1 and an mAP column per method (mean ± std over seeds when there are several;
+    ``baseline (step-matched)`` when the sweep ran that control), and an "improvement" row: best count minus
+    baseline. Columns and labels are :mod:`cpl.sweep.tables`' (the sweep's results.md)."""
     r1, mp = ("rr_rank1", "rr_mAP") if rerank else ("rank1", "mAP")
     records = agg.to_dict("records") if not agg.empty else []
-    by = {(r["method"], int(r["gan_images"])): r for r in records}
-    cols = [m for m in methods if m != BASELINE] or [BASELINE]
+    for r in records:
+        r["gan_images"] = int(r["gan_images"])
+    by = {(r["method"], r["gan_images"]): r for r in records}
+    headings = table_columns(records, methods)
     base = by.get((BASELINE, 0))
 
     def cell(rec: dict | None, key: str) -> str:
@@ -248,17 +253,17 @@ def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False) ->
 
     rows = []
     for g in sorted({k[1] for k in by}):
-        row = {"unlabeled images": "0 (baseline)" if g == 0 else f"{g:,}"}
-        for m in cols:
+        row = {"unlabeled images": zero_row_label(source) if g == 0 else f"{g:,}"}
+        for m, h in headings:
             rec = by.get((m, g)) or (base if g == 0 and not has_own_zero_row(m) else None)
-            row[f"{m} rank-1"], row[f"{m} mAP"] = cell(rec, r1), cell(rec, mp)
+            row[f"{h} rank-1"], row[f"{h} mAP"] = cell(rec, r1), cell(rec, mp)
         rows.append(row)
     if base is not None and pd.notna(base.get(r1)):
         row = {"unlabeled images": "improvement"}
-        for m in cols:
+        for m, h in headings:
             cand = [r for (mm, g), r in by.items()
                     if mm == m and (g > 0 or has_own_zero_row(m)) and pd.notna(r.get(r1))]
-            row[f"{m} rank-1"] = f"{max(r[r1] for r in cand) - base[r1]:+.2f}" if cand else ""
-            row[f"{m} mAP"] = f"{max(r[mp] for r in cand) - base[mp]:+.2f}" if cand else ""
+            row[f"{h} rank-1"] = f"{max(r[r1] for r in cand) - base[r1]:+.2f}" if cand else ""
+            row[f"{h} mAP"] = f"{max(r[mp] for r in cand) - base[mp]:+.2f}" if cand else ""
         rows.append(row)
     return pd.DataFrame(rows)

@@ -293,7 +293,8 @@ def sweep_argv(runs_root: Path, spec: dict) -> list[str]:
     for o in spec.get("overrides") or []:
         args += ["--set", str(o)]
     args += executor_argv(spec.get("executor"))
-    return cpl_command(*args, *(["--fast-dev-run"] if spec.get("fast_dev_run") else []))
+    flags = ["--fast-dev-run"] * bool(spec.get("fast_dev_run")) + ["--step-matched"] * bool(spec.get("step_matched"))
+    return cpl_command(*args, *flags)
 
 
 def start_sweep(runs_root: Path, folder: Path) -> int:
@@ -307,9 +308,9 @@ def start_sweep(runs_root: Path, folder: Path) -> int:
 
 
 def launch_sweep(runs_root: Path, base_path: Path, methods: list[str], gan_images: list[int], seeds: list[int],
-                 overrides: list[str], fast: bool) -> Path:
+                 overrides: list[str], fast: bool, step_matched: bool = False) -> Path:
     """Validate the grid (``create_sweep``) and start it detached; returns the sweep folder."""
-    folder = create_sweep(runs_root, str(base_path), methods, gan_images, seeds, overrides, None, fast)
+    folder = create_sweep(runs_root, str(base_path), methods, gan_images, seeds, overrides, None, fast, step_matched)
     start_sweep(runs_root, folder)
     return folder
 

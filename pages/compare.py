@@ -15,6 +15,7 @@ from cpl.methods import needs_unlabeled
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.state import State
 from cpl.runs.status import read_status
+from cpl.sweep.tables import sweep_source
 
 # Epoch-record columns worth overlaying, with their titles; fractions are shown in percent.
 CURVES = {
@@ -62,7 +63,8 @@ def sweep_section(root) -> None:
     has_rr = "rr_rank1" in agg and agg["rr_rank1"].notna().any()
     rerank = st.toggle("With k-reciprocal re-ranking", key="rerank", disabled=not has_rr,
                        help="Zhong et al. CVPR 2017 (k1, k2, λ from the run's eval settings)")
-    table = charts.table1_frame(agg, readers.spec_list(spec, "methods"), rerank=rerank and has_rr)
+    table = charts.table1_frame(agg, readers.spec_list(spec, "methods"), rerank=rerank and has_rr,
+                                source=sweep_source(spec))
     st.dataframe(table, hide_index=True, width="stretch")
     suffix = " (re-ranked)" if rerank and has_rr else ""
     left, right = st.columns(2)

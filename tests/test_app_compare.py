@@ -30,7 +30,7 @@ def test_table1_from_the_fixture_sweep(app_env, app_sweep: Path) -> None:
     table = _table1(at)
     base = agg[agg["method"] == "baseline"].iloc[0]
     cpl = agg[agg["method"] == "cpl"].iloc[0]
-    assert list(table["unlabeled images"]) == ["0 (baseline)", "64", "improvement"]
+    assert list(table["unlabeled images"]) == ["0 (labeled-only control)", "64", "improvement"]  # a holdout sweep
     assert list(table.columns) == ["unlabeled images", "cpl rank-1", "cpl mAP"]
     assert table["cpl rank-1"].tolist()[:2] == [f"{base['rank1']:.2f}", f"{cpl['rank1']:.2f}"]
     assert table["cpl mAP"].iloc[2] == f"{cpl['mAP'] - base['mAP']:+.2f}"
@@ -92,3 +92,16 @@ def test_table1_figure_draws_each_method_from_the_baseline() -> None:
     (cpl,) = [t for t in fig.data if t.name == "cpl"]
     assert list(cpl.x) == [0, 100, 200] and list(cpl.y) == [70.0, 75.0, 76.0]
     assert cpl.error_y.visible is False  # one seed: no spread to draw
+
+
+def test_table1_frame_names_the_step_matched_baseline() -> None:
+    agg = pd.DataFrame([
+        {"method": "baseline", "gan_images": 0, "n": 1, "rank1": 70.0, "mAP": 50.0},
+        {"method": "baseline", "gan_images": 100, "n": 1, "rank1": 72.0, "mAP": 51.0},
+        {"method": "cpl", "gan_images": 100, "n": 1, "rank1": 75.0, "mAP": 55.0},
+    ])
+    t = charts.table1_frame(agg, ["baseline", "cpl"]).set_index("unlabeled images")
+    assert list(t.columns) == ["baseline (step-matched) rank-1", "baseline (step-matched) mAP", "cpl rank-1",
+                               "cpl mAP"]
+    assert t.loc["100", "baseline (step-matched) rank-1"] == "72.00" and t.loc["0 (baseline)", "cpl mAP"] == "50.00"
+    assert t.loc["improvement", "baseline (step-matched) rank-1"] == "+2.00"  # more steps alone

@@ -14,7 +14,7 @@ import pytest
 from test_resume import _assert_whole
 
 from cpl.sweep.grid import Cell, cell_config, plan_cells
-from cpl.sweep.tables import aggregate, markdown_table, pl_accuracy_by_epoch
+from cpl.sweep.tables import aggregate, markdown_table, pl_accuracy_by_epoch, zero_row_label
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,3 +135,60 @@ def test_sweep_killed_then_run_again_equals_the_uninterrupted_sweep(reference_sw
         assert {k: got[k] for k in ("rank1", "mAP", "rerank")} == {k: ref[k] for k in ("rank1", "mAP", "rerank")}
     assert (runs / "tiny--cpl-g24-s0" / "pseudo_labels.csv").read_text() == \
         (ref_root / "tiny--cpl-g24-s0" / "pseudo_labels.csv").read_text()
+
+
+def test_step_matched_cells_are_the_references_at_every_count():
+    cells = plan_cells(["baseline", "center", "cpl"], [0, 1000], [0], step_matched=True)
+    assert cells == [Cell("baseline", 0, 0), Cell("center", 0, 0), Cell("baseline", 1000, 0), Cell("center", 1000, 0),
+                     Cell("cpl", 1000, 0)]
+    assert plan_cells(["baseline", "cpl"], [0, 1000], [0]) == [Cell("baseline", 0, 0), Cell("cpl", 1000, 0)]
+
+
+def test_cells_of_the_controls_get_their_settings():
+    spec = {"id": "s", "config": {"data": {"root": "x"}, "train": {"epoch_length": "labeled"}}}
+    matched = cell_config(spec, Cell("baseline", 1000, 0))  # the GAN runs' step budget, never their images
+    assert (matched.unlabeled.source, matched.unlabeled.num_images, matched.train.epoch_length) == ("gan", 1000,
+                                                                                                     "union")
+    plain = cell_config(spec, Cell("baseline", 0, 0))
+    assert (plain.unlabeled.source, plain.train.epoch_length) == ("none", "trained")
+    assert cell_config(spec, Cell("cpl", 1000, 0)).train.epoch_length == "labeled"  # the sweep's setting
+    holdout = {"id": "s", "config": {"data": {"root": "x"}, "unlabeled": {"source": "holdout"}}}
+    control = cell_config(holdout, Cell("center", 0, 2))
+    assert (control.unlabeled.source, control.seed) == ("holdout", 2)  # the labeled-only control
+
+
+def test_create_sweep_refuses_a_step_matched_grid_without_unlabeled_images(tmp_path):
+    from cpl.config import ConfigError
+    from cpl.sweep.grid import create_sweep
+
+    with pytest.raises(ConfigError, match="cell baseline with 100 unlabeled images: train.epoch_length: union"):
+        create_sweep(tmp_path, "configs/synthetic.yaml", ["baseline", "cpl"], [0, 100], [0],
+                     ["unlabeled.source=none", "model.pretrained=none"], "s", step_matched=True)
+    folder = create_sweep(tmp_path, "configs/synthetic.yaml", ["baseline", "cpl"], [0, 100], [0],
+                          ["model.pretrained=none"], "s", step_matched=True)
+    spec = json.loads((folder / "sweep.json").read_text())
+    assert spec["step_matched"] is True and [c["run_id"] for c in spec["cells"]] == [
+        "s--baseline-g0-s0", "s--baseline-g100-s0", "s--cpl-g100-s0"]
+    with pytest.raises(ConfigError, match="exists with a different grid"):
+        create_sweep(tmp_path, "configs/synthetic.yaml", ["baseline", "cpl"], [0, 100], [0],
+                     ["model.pretrained=none"], "s")
+
+
+def test_table_names_the_step_matched_baseline_and_the_labeled_only_control():
+    rows = [{"method": "baseline", "gan_images": 0, "rank1": 50.0, "mAP": 30.0},
+            {"method": "baseline", "gan_images": 100, "rank1": 53.0, "mAP": 31.0},
+            {"method": "baseline", "gan_images": 200, "rank1": 54.0, "mAP": 33.0},
+            {"method": "cpl", "gan_images": 100, "rank1": 56.0, "mAP": 34.0},
+            {"method": "cpl", "gan_images": 200, "rank1": 55.0, "mAP": 36.0}]
+    lines = markdown_table(aggregate(rows), ["baseline", "cpl"]).strip().splitlines()
+    assert lines[0] == ("| #unlabeled | baseline (step-matched) rank-1 | baseline (step-matched) mAP | cpl rank-1 "
+                        "| cpl mAP |")
+    assert lines[2] == "| 0 (baseline) | 50.00 | 30.00 | 50.00 | 30.00 |"
+    assert lines[3] == "| 100 | 53.00 | 31.00 | 56.00 | 34.00 |"
+    assert lines[5] == "| improvement | +4.00 | +3.00 | +6.00 | +6.00 |"  # more steps alone: +4 rank-1
+    # cpl's best rank-1 (100 images) minus the baseline at 100 images' steps; best mAP (200) minus that at 200
+    assert lines[6] == "| over the step-matched baseline |  |  | +3.00 | +3.00 |"
+    control = markdown_table(aggregate(rows[:1] + rows[3:4]), ["baseline", "cpl"],
+                             zero_label=zero_row_label("holdout")).splitlines()
+    assert control[0] == "| #unlabeled | cpl rank-1 | cpl mAP |"
+    assert control[2] == "| 0 (labeled-only control) | 50.00 | 30.00 |"

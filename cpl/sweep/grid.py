@@ -32,22 +32,23 @@ class Cell:
         return f"{sweep_id}--{self.method}-g{self.gan_images}-s{self.seed}"
 
 
-def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int]) -> list[Cell]:
+def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int], step_matched: bool = False) -> list[Cell]:
     """Grid cells: the labeled-only methods (baseline, center) once per seed with 0 GAN images; the others per
     count > 0 and seed.
 
     A count of 0 for a pseudo-labeling method *is* the baseline, so it is not run again; the baseline row
     comes from :data:`~cpl.methods.BASELINE` (added to the grid when 0 is among the counts).
+    ``step_matched``: each labeled-only method also runs once per count > 0 and seed, at the step budget of
+    that count's runs (:func:`cell_config`: ``train.epoch_length=union``), the step-matched control.
     """
     cells: list[Cell] = []
     want_baseline = 0 in gan_images or BASELINE in methods
     own_zero = [m for m in METHOD_NAMES if m in methods and has_own_zero_row(m)]  # table order, once each
+    references = ([BASELINE] if want_baseline else []) + own_zero
     for seed in seeds:
-        if want_baseline:
-            cells.append(Cell(BASELINE, 0, seed))
-        for m in own_zero:
-            cells.append(Cell(m, 0, seed))
+        cells += [Cell(m, 0, seed) for m in references]
         for g in sorted(set(gan_images) - {0}):
+            cells += [Cell(m, g, seed) for m in references if step_matched]
             for m in methods:
                 if needs_unlabeled(m):
                     cells.append(Cell(m, g, seed))
@@ -59,9 +60,14 @@ def sweep_dir(runs_root: Path, sweep_id: str) -> Path:
     return runs_root / SWEEPS_DIR / sweep_id
 
 
+GRID_KEYS = ("methods", "gan_images", "seeds", "step_matched")  # what makes two sweeps the same grid
+
+
 def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_images: list[int], seeds: list[int],
-                 overrides: list[str], sweep_id: str | None = None, fast: bool = False) -> Path:
-    """Validate the grid and write ``sweep.json`` (torch-free; the app calls it). Returns the sweep folder."""
+                 overrides: list[str], sweep_id: str | None = None, fast: bool = False,
+                 step_matched: bool = False) -> Path:
+    """Validate the grid (every cell's config) and write ``sweep.json`` (torch-free; the app calls it). Returns
+    the sweep folder. ``step_matched``: see :func:`plan_cells`."""
     for m in methods:
         if m not in METHOD_NAMES:
             raise ConfigError(f"--methods: unknown method {m!r} (choose from {', '.join(METHOD_NAMES)})")
@@ -76,15 +82,20 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
     if not valid_id(sweep_id):
         raise ConfigError(f"--sweep-id: {sweep_id!r} is not a valid folder name")
     folder = sweep_dir(runs_root, sweep_id)
+    cells = plan_cells(methods, gan_images, seeds, step_matched)
     spec = {"id": sweep_id, "config": to_dict(base), "config_path": str(config_path), "overrides": overrides,
             "methods": methods, "gan_images": gan_images, "seeds": seeds, "fast_dev_run": fast,
-            "cells": [dict(c.__dict__, run_id=c.run_id(sweep_id))
-                      for c in plan_cells(methods, gan_images, seeds)]}
+            "step_matched": step_matched, "cells": [dict(c.__dict__, run_id=c.run_id(sweep_id)) for c in cells]}
+    for cell in {Cell(c.method, c.gan_images, 0) for c in cells}:  # a cell the config refuses, before any runs
+        try:
+            cell_config(spec, cell)
+        except ConfigError as exc:
+            raise ConfigError(f"cell {cell.method} with {cell.gan_images} unlabeled images: {exc}") from None
     existing = folder / "sweep.json"
     if existing.is_file():
         old = yaml.safe_load(existing.read_text())
-        if {k: old.get(k) for k in ("methods", "gan_images", "seeds")} != {k: spec[k] for k in
-                                                                         ("methods", "gan_images", "seeds")}:
+        if {k: old.get(k, False if k == "step_matched" else None) for k in GRID_KEYS} != {k: spec[k] for k in
+                                                                                         GRID_KEYS}:
             raise ConfigError(f"--sweep-id: {sweep_id} exists with a different grid; pick another id")
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,17 +105,26 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
 
 def cell_config(spec: dict, cell: Cell):
     """The cell's run config (a :class:`cpl.config.Config`): the sweep's base config with the cell's method, seed
-    and unlabeled-image count; baseline and center run without unlabeled images."""
+    and unlabeled-image count.
+
+    Baseline and center never train on unlabeled images. With 0 of them they run on every labeled image, or, in a
+    ``holdout`` sweep, on the labeled rows the holdout runs keep (the labeled-only control); with a count > 0
+    (a step-matched cell) their epochs count that many unlabeled images (``train.epoch_length=union``), so they
+    take the optimizer steps of that row's runs."""
     data = to_dict(from_dict(spec["config"]))
     data["name"] = slug(f"{spec['id']}")
     data["seed"] = cell.seed
     data["train"]["method"] = cell.method
+    unlabeled = data["unlabeled"]
     if not needs_unlabeled(cell.method):
-        data["unlabeled"]["source"] = "none"
-        # the unlabeled-image knobs mean nothing here (and would be refused): the method defaults
-        data["train"].update(warmup_epochs=-1, unlabeled_ramp_epochs=0, unlabeled_weight=-1.0)
-    elif data["unlabeled"]["source"] in ("gan", "folder"):
-        data["unlabeled"]["num_images"] = cell.gan_images
+        # the unlabeled-image knobs mean nothing here (and would be refused): the method defaults; a sweep's
+        # epoch_length=labeled is for its runs with unlabeled images (a labeled-only epoch already counts that)
+        data["train"].update(warmup_epochs=-1, unlabeled_ramp_epochs=0, unlabeled_weight=-1.0,
+                             epoch_length="union" if cell.gan_images else "trained")
+        if not cell.gan_images and unlabeled["source"] != "holdout":
+            unlabeled["source"] = "none"
+    if unlabeled["source"] in ("gan", "folder"):
+        unlabeled["num_images"] = cell.gan_images
     return from_dict(data)
 
 

@@ -60,6 +60,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {','.join(METHOD_NAMES)}")
     p.add_argument("--gan-images", default="0,12000", help="comma-separated unlabeled-image counts")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--step-matched", action="store_true",
+                   help="also run baseline (and center, if listed) at every count > 0 with as many optimizer steps "
+                        "as that count's runs (train.epoch_length=union): the step-matched control")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--sweep-id", help="sweep folder name (default: a new one); reuse it to resume a sweep")
     p.add_argument("--fast-dev-run", action="store_true", help="shrink every cell to a ~1 minute CPU run")
@@ -185,7 +188,7 @@ def sweep_main(args: argparse.Namespace) -> int:
             raise ConfigError(RAY_MISSING)
         folder = create_sweep(runs_root, args.config, _parse_list(args.methods, str, "methods"),
                               _parse_list(args.gan_images, int, "gan-images"), _parse_list(args.seeds, int, "seeds"),
-                              args.set, args.sweep_id, args.fast_dev_run)
+                              args.set, args.sweep_id, args.fast_dev_run, args.step_matched)
     except ConfigError as exc:
         print(f"cpl: error: {exc}", file=sys.stderr)
         return 2
@@ -196,8 +199,7 @@ def sweep_main(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", PROG, "--runs-root", str(runs_root), "sweep", "--config", args.config,
                 "--methods", args.methods, "--gan-images", args.gan_images, "--seeds", args.seeds,
                 "--sweep-id", folder.name] + sum((["--set", s] for s in args.set), []) + executor_argv(executor)
-        if args.fast_dev_run:
-            argv.append("--fast-dev-run")
+        argv += ["--fast-dev-run"] * args.fast_dev_run + ["--step-matched"] * args.step_matched
         print(f"{folder} (pid {spawn(argv, folder / 'log.txt')})")
         return 0
     print(f"sweep folder: {folder}", file=sys.stderr)

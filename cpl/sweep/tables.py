@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from cpl.methods import BASELINE, has_own_zero_row
+from cpl.config import CONTROLS
+from cpl.methods import BASELINE, has_own_zero_row, needs_unlabeled
 from cpl.runs.atomic import write_text
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import State
@@ -115,25 +116,65 @@ def _fmt(a: dict, key: str) -> str:
     return f"{a[key]:.2f} ± {a[key + '_std']:.2f}" if a["n"] > 1 else f"{a[key]:.2f}"
 
 
-def markdown_table(agg: list[dict], methods: list[str], rerank: bool = False) -> str:
-    """Table 1 layout: rows = GAN-image counts (0 = baseline), columns = methods (rank-1 | mAP)."""
+def sweep_source(spec: dict) -> str:
+    """The unlabeled source of a sweep.json's base config ("" when the record is damaged)."""
+    cfg = spec.get("config") if isinstance(spec, dict) else None
+    unlabeled = cfg.get("unlabeled") if isinstance(cfg, dict) else None
+    return str(unlabeled.get("source", "")) if isinstance(unlabeled, dict) else ""
+
+
+def zero_row_label(source: str) -> str:
+    """The label of a table's 0-unlabeled-images row: the baseline, or, when the sweep's unlabeled source is
+    ``holdout``, the labeled-only control (the baseline trained on the labeled rows the holdout runs keep)."""
+    return f"0 ({CONTROLS['labeled-only']})" if source == "holdout" else "0 (baseline)"
+
+
+def table_columns(agg: list[dict], methods: list[str]) -> list[tuple[str, str]]:
+    """The table's method columns as (method, heading): a labeled-only method with results at counts > 0 (the
+    step-matched cells) is headed ``baseline (step-matched)``; the baseline gets a column only then (otherwise it
+    is the 0 row)."""
+    matched = {a["method"] for a in agg if a["gan_images"] > 0 and not needs_unlabeled(a["method"])}
+    cols = ([BASELINE] if BASELINE in matched else []) + [m for m in methods if m != BASELINE]
+    cols = cols or [BASELINE]
+    return [(m, cell_label(m, 1) if m in matched else m) for m in cols]
+
+
+def cell_label(method: str, gan_images: int) -> str:
+    """A cell's method as the tables name it: ``baseline (step-matched)`` for a labeled-only method at a count > 0."""
+    return f"{method} ({CONTROLS['step-matched']})" if gan_images > 0 and not needs_unlabeled(method) else method
+
+
+def _over_step_matched(by: dict, m: str, key: str) -> str:
+    """Method ``m`` at its best count minus the step-matched baseline at that count ("" without one)."""
+    cand = [(a[key], by[(BASELINE, g)][key]) for (mm, g), a in by.items()
+            if mm == m and g > 0 and key in a and key in by.get((BASELINE, g), {})]
+    if not cand or not needs_unlabeled(m):
+        return ""
+    best, matched = max(cand)
+    return f"{best - matched:+.2f}"
+
+
+def markdown_table(agg: list[dict], methods: list[str], rerank: bool = False, zero_label: str = "0 (baseline)") -> str:
+    """Table 1 layout: rows = GAN-image counts (0 = baseline, labeled ``zero_label``), columns = methods
+    (rank-1 | mAP); with step-matched cells, a ``baseline (step-matched)`` column and a row of each method's
+    best count minus the step-matched baseline at that count."""
     r1, mp = ("rr_rank1", "rr_mAP") if rerank else ("rank1", "mAP")
-    cols = [m for m in methods if m != BASELINE] or [BASELINE]
+    cols = table_columns(agg, methods)
     by = {(a["method"], a["gan_images"]): a for a in agg}
     counts = sorted({a["gan_images"] for a in agg})
-    head = "| #unlabeled | " + " | ".join(f"{m} rank-1 | {m} mAP" for m in cols) + " |"
+    head = "| #unlabeled | " + " | ".join(f"{h} rank-1 | {h} mAP" for _, h in cols) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(cols))]
     base = by.get((BASELINE, 0))
     for g in counts:
         cells = []
-        for m in cols:
+        for m, _ in cols:
             a = by.get((m, g)) or (base if g == 0 and not has_own_zero_row(m) else None)
             cells += [_fmt(a, r1), _fmt(a, mp)] if a else ["", ""]
-        label = "0 (baseline)" if g == 0 else str(g)
+        label = zero_label if g == 0 else str(g)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if base and r1 in base:
         imp = []
-        for m in cols:
+        for m, _ in cols:
             cand = [a for (mm, g), a in by.items() if mm == m and (g > 0 or has_own_zero_row(m)) and r1 in a]
             if cand:
                 best1 = max(a[r1] for a in cand)
@@ -142,6 +183,9 @@ def markdown_table(agg: list[dict], methods: list[str], rerank: bool = False) ->
             else:
                 imp += ["", ""]
         lines.append("| improvement | " + " | ".join(imp) + " |")
+    if any(m == BASELINE for m, _ in cols) and len(cols) > 1:
+        cells = [_over_step_matched(by, m, key) for m, _ in cols for key in (r1, mp)]
+        lines.append(f"| over the {CONTROLS['step-matched']} baseline | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,11 +212,13 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
     wr.writerows(rows)
     write_text(folder / "runs.csv", runs_buf.getvalue())
     done = sum("rank1" in r for r in rows)
+    zero = zero_row_label(sweep_source(spec))
     md = [f"# Sweep {spec['id']}\n\n", f"{done}/{len(rows)} cells finished; mean ± std over seeds "
           f"{','.join(map(str, spec['seeds']))}; rank-1 and mAP in percent.\n\n",
-          "## Without re-ranking\n\n", markdown_table(agg, spec["methods"])]
+          "## Without re-ranking\n\n", markdown_table(agg, spec["methods"], zero_label=zero)]
     if any("rr_rank1" in a for a in agg):
-        md += ["\n## With k-reciprocal re-ranking\n\n", markdown_table(agg, spec["methods"], rerank=True)]
+        md += ["\n## With k-reciprocal re-ranking\n\n",
+               markdown_table(agg, spec["methods"], rerank=True, zero_label=zero)]
     if any("pl_acc" in a for a in agg):
         md.append("\n## Pseudo-label accuracy on held-out labeled images (last epoch)\n\n")
         md.append("| method | #unlabeled | accuracy | mass on true class |\n|---|---|---|---|\n")
@@ -185,7 +231,8 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
     md.append("\n## Cells\n\n| run | method | #unlabeled | seed | state | weights | host | rank-1 | mAP |\n"
               "|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
-        md.append(f"| {r['run_id']} | {r['method']} | {r['gan_images']} | {r['seed']} | {r['state']} | "
+        md.append(f"| {r['run_id']} | {cell_label(r['method'], r['gan_images'])} | {r['gan_images']} | {r['seed']} | "
+                  f"{r['state']} | "
                   f"{r['weights'] or '?'} | {r['host'] or '–'} | {r.get('rank1', float('nan')):.2f} | "
                   f"{r.get('mAP', float('nan')):.2f} |\n")
     write_text(folder / "results.md", "".join(md))
