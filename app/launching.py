@@ -21,7 +21,6 @@ from cpl import PROG
 from cpl.config import Config, ConfigError, fast_dev_run, load_config, packaged_configs_dir, read_yaml
 from cpl.data.check import CheckReport
 from cpl.data.market import SPLIT_FOLDERS
-from cpl.methods import needs_unlabeled
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
@@ -38,6 +37,23 @@ SOURCE_INFO = {
     "gan": "images drawn from a DCGAN trained on the labeled training images (the papers' setting)",
     "holdout": "real training images with their labels hidden: pseudo-labels can be scored right or wrong",
     "folder": "any folder of person images under a data root",
+}
+
+# What a labeled-only method (baseline, center) does with each source: it never trains on the images.
+CONTROL_SOURCE_INFO = {
+    "none": "an ordinary reference: every labeled image",
+    "holdout": "the labeled-only control: exactly the labeled rows a holdout run of the same seed keeps, the held-out "
+               "ones never trained on",
+    "gan": "counted only, by an epoch length of union: the step-matched control for a run with these GAN images",
+    "folder": "counted only, by an epoch length of union: the step-matched control for a run with these images",
+}
+
+# train.epoch_length: what an epoch counts (docs/methods.md, "Controls").
+EPOCH_LENGTH_INFO = {
+    "trained": "trained: one pass over the images the epoch trains on (the papers)",
+    "labeled": "labeled: ⌊N_l / B⌋ steps, drawn from the shuffled union (the baseline's step budget)",
+    "union": "union: ⌊(N_l + N_u) / B⌋ steps, the unlabeled images counted even when not trained on "
+             "(the budget of a run with them)",
 }
 
 
@@ -214,13 +230,15 @@ class RunChoices:
     device: str = "cpu"
     name: str = ""
     tricks: dict[str, object] = field(default_factory=dict)  # strong-baseline settings: dotted key -> value
+    epoch_length: str = "trained"  # train.epoch_length (set when it differs from the base config)
     extra: list[str] = field(default_factory=list)
 
 
 def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> list[str]:
     """``key=value`` overrides turning the base config into the chosen run.
 
-    For a sweep, method, seed and unlabeled-image count are left out: every cell sets its own.
+    For a sweep, method, seed and unlabeled-image count are left out: every cell sets its own. A labeled-only
+    method's source is its control (:data:`CONTROL_SOURCE_INFO`); ``none`` is an ordinary reference.
     """
     c = choices
     out = [f"data.kind={'synthetic' if c.synthetic else 'market'}", f"data.root={_quote(str(c.data_root))}"]
@@ -228,14 +246,15 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
         out.append(f"name={_quote(c.name)}")
     if not sweep:
         out += [f"train.method={c.method}", f"seed={c.seed}"]
-    if sweep or needs_unlabeled(c.method):
-        out.append(f"unlabeled.source={c.source}")
-        if c.source == "gan" and not sweep:
-            out.append(f"unlabeled.num_images={c.num_images}")
-        if c.source == "holdout":
-            out.append(f"unlabeled.holdout_fraction={c.holdout_fraction}")
-        if c.source == "folder":
-            out.append(f"unlabeled.folder={_quote(str(c.folder or ''))}")
+    out.append(f"unlabeled.source={c.source}")
+    if c.source == "gan" and not sweep:
+        out.append(f"unlabeled.num_images={c.num_images}")
+    if c.source == "holdout":
+        out.append(f"unlabeled.holdout_fraction={c.holdout_fraction}")
+    if c.source == "folder":
+        out.append(f"unlabeled.folder={_quote(str(c.folder or ''))}")
+    if c.epoch_length != base.train.epoch_length:
+        out.append(f"train.epoch_length={c.epoch_length}")
     out += [f"train.center_weight={c.center_weight}", f"train.center_alpha={c.center_alpha}",
             f"train.epochs={c.epochs}"]
     milestones, warmup = scaled_epochs(base, c.epochs)

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import launching, settings
-from app.launching import SOURCE_INFO, RunChoices
+from app.launching import CONTROL_SOURCE_INFO, EPOCH_LENGTH_INFO, SOURCE_INFO, RunChoices
 from app.safety import safe_data_dir
 from cpl import PROG
 from cpl.backbones import BACKBONES
@@ -94,22 +94,23 @@ def settings_section(base: Config, key: str, mode: str,
     left, right = st.columns(2)
     with left:
         st.markdown("**Unlabeled images**")
-        sources = ["gan", "holdout", "folder"]
-        source = st.radio("Source", sources, horizontal=True, disabled=not uses_unlabeled, key=k("source"),
-                          index=sources.index(base.unlabeled.source) if base.unlabeled.source in sources else 0,
-                          help="; ".join(f"**{s}**: {d}" for s, d in SOURCE_INFO.items()))
-        if not uses_unlabeled:
-            st.caption(f"{method} trains on the labeled images only.")
+        if uses_unlabeled:
+            sources = ["gan", "holdout", "folder"]
+            source = st.radio("Source", sources, horizontal=True, key=k("source"),
+                              index=sources.index(base.unlabeled.source) if base.unlabeled.source in sources else 0,
+                              help="; ".join(f"**{s}**: {d}" for s, d in SOURCE_INFO.items()))
+        else:
+            source = control_source(method, k)
         num_images, fraction, folder = base.unlabeled.num_images, base.unlabeled.holdout_fraction, None
-        if uses_unlabeled and source == "gan" and mode == "run":
+        if source == "gan" and mode == "run":
             num_images = int(st.number_input("GAN images", min_value=1, max_value=1_000_000, step=500,
                                              value=max(1, base.unlabeled.num_images), key=k("num-images"),
                                              help="DCGAN samples drawn once and shared through the GAN cache; "
                                                   "the papers use 12,000-36,000 on Market-1501."))
-        if uses_unlabeled and source == "holdout":
+        if source == "holdout":
             fraction = st.slider("Share of each identity's training images held out", 0.1, 0.9,
                                  value=float(base.unlabeled.holdout_fraction), step=0.05, key=k("fraction"))
-        if uses_unlabeled and source == "folder":
+        if source == "folder":
             name = st.text_input("Image folder, relative to a data root", key=k("folder"),
                                  placeholder="e.g. market1501/bounding_box_test")
             folder = safe_data_dir(name, roots) if name else None
@@ -136,6 +137,7 @@ def settings_section(base: Config, key: str, mode: str,
                       else "; warm-up: each method's published default (onehot, mprl2: 40 % of the epochs)"
                       if warmup < 0 else "")
                    + (" (scaled from the base config)" if epochs != t.epochs else ""))
+        epoch_length = epoch_length_choice(base, k, mode, uses_unlabeled)
         names = list(BACKBONES)
         backbone = st.selectbox("Backbone", names, index=names.index(base.model.backbone), key=k("backbone"))
         kinds = ["auto", "none", "file"]
@@ -173,8 +175,29 @@ def settings_section(base: Config, key: str, mode: str,
     choices = RunChoices(data_root=Path(), synthetic=True, method=method, source=source, num_images=num_images,
                          holdout_fraction=fraction, folder=folder, center_weight=weight, center_alpha=alpha,
                          epochs=epochs, backbone=backbone, pretrained=pretrained, seed=seed, device=device.device,
-                         name=name, tricks=tricks, extra=extra)
+                         name=name, tricks=tricks, epoch_length=epoch_length, extra=extra)
     return choices, methods, errors, device.nproc
+
+
+def control_source(method: str, k) -> str:
+    """A labeled-only method's source, i.e. which control it is (``none``: an ordinary reference)."""
+    sources = list(CONTROL_SOURCE_INFO)
+    source = st.radio("Source (never trained on)", sources, horizontal=True, key=k("control-source"),
+                      help="; ".join(f"**{s}**: {d}" for s, d in CONTROL_SOURCE_INFO.items()))
+    st.caption(f"{method} trains on labeled images only. With **{source}**: {CONTROL_SOURCE_INFO[source]}.")
+    return source
+
+
+def epoch_length_choice(base: Config, k, mode: str, uses_unlabeled: bool) -> str:
+    """``train.epoch_length``: the options that change this launch's step count (a sweep sets its labeled-only
+    cells' own, see the step-matched option below)."""
+    lengths = ["trained", "labeled"] if mode == "sweep" else ["trained", "labeled", "union"] if uses_unlabeled \
+        else ["trained", "union"]
+    now = base.train.epoch_length
+    return st.selectbox("Epoch length (train.epoch_length)", lengths, key=k("epoch-length"),
+                        index=lengths.index(now) if now in lengths else 0, format_func=EPOCH_LENGTH_INFO.get,
+                        help="What an epoch counts, for the step-matched controls: an epoch over labeled and "
+                             "unlabeled images takes more optimizer steps than the baseline's (docs/methods.md).")
 
 
 def tricks_section(base: Config, k) -> dict[str, object]:
@@ -213,12 +236,20 @@ def tricks_section(base: Config, k) -> dict[str, object]:
     return out
 
 
-def sweep_grid(base: Config, key: str, methods: list[str]) -> tuple[list[int], list[int], list[str]]:
+def sweep_grid(base: Config, key: str, methods: list[str]) -> tuple[list[int], list[int], bool, list[str]]:
+    """The grid: unlabeled-image counts, seeds and the step-matched option; returns them and the form errors."""
     errors = []
     left, right = st.columns(2)
     counts_text = left.text_input("Unlabeled-image counts (rows of Table 1; 0 = the baseline row)",
                                   value=f"0,{base.unlabeled.num_images}", key=f"counts-{key}")
     seeds_text = right.text_input("Seeds (mean ± std over them)", value="0", key=f"seeds-{key}")
+    step_matched = st.checkbox(
+        "Step-matched baseline: also run baseline (and center, if chosen) at every count > 0, with as many optimizer "
+        "steps as that count's runs", key=f"step-matched-{key}",
+        help="The control for the extra steps an epoch over labeled and unlabeled images takes "
+             "(train.epoch_length=union; `cpl sweep --step-matched`). The tables show it as "
+             "“baseline (step-matched)”. With the holdout source, baseline and center always train on the labeled "
+             "rows the other cells keep: the labeled-only control.")
     counts, seeds = [], []
     try:
         counts = launching.parse_int_list(counts_text, "unlabeled-image counts")
@@ -230,7 +261,7 @@ def sweep_grid(base: Config, key: str, methods: list[str]) -> tuple[list[int], l
         errors.append(str(exc))
     if not methods:
         errors.append("methods: choose at least one")
-    return counts, seeds, errors
+    return counts, seeds, step_matched, errors
 
 
 def launched_notice() -> None:
@@ -273,9 +304,9 @@ form_key = f"{base_path.stem}-{mode}"
 choices, methods, errors, nproc = settings_section(base, form_key, mode, roots)
 if data_path is not None:
     choices.data_root, choices.synthetic = data_path, choice.synthetic
-counts, seeds = [], []
+counts, seeds, step_matched = [], [], False
 if mode == "sweep":
-    counts, seeds, grid_errors = sweep_grid(base, form_key, methods)
+    counts, seeds, step_matched, grid_errors = sweep_grid(base, form_key, methods)
     errors += grid_errors
 
 st.subheader("3 · Review and launch")
@@ -302,7 +333,8 @@ if cfg is not None:
         else:
             cmd = [PROG, "sweep", "--config", str(base_path), "--methods", ",".join(methods),
                    "--gan-images", ",".join(map(str, counts)), "--seeds", ",".join(map(str, seeds)),
-                   *sum((["--set", o] for o in overrides), []), *(["--fast-dev-run"] if fast else [])]
+                   *sum((["--set", o] for o in overrides), []), *(["--fast-dev-run"] if fast else []),
+                   *(["--step-matched"] if step_matched else [])]
         st.code(shlex.join(cmd), language="bash", wrap_lines=True)
         st.code(dump_yaml(cfg), language="yaml", height=300)
 
@@ -316,14 +348,16 @@ if mode == "run":
         else:
             st.session_state["launched"] = ("run", run.id)
 else:
-    cells = plan_cells(methods, counts, seeds) if methods and counts and seeds else []
+    cells = plan_cells(methods, counts, seeds, step_matched) if methods and counts and seeds else []
     st.caption(f"{len(cells)} runs, one after the other (cells already finished are kept when a sweep is resumed)."
-               + (" With the holdout source every cell uses the same held-out images: the counts only label rows."
+               + (" With the holdout source every cell uses the same held-out images: the counts only label rows, "
+                  "and baseline/center are the labeled-only control (trained on the labeled rows the others keep)."
                   if choices.source == "holdout" else ""))
     if st.button("Launch sweep", type="primary", disabled=not ready or not cells, icon=":material/rocket_launch:",
                  key="launch-sweep"):
         try:
-            folder = launching.launch_sweep(runs_root, base_path, methods, counts, seeds, overrides, fast)
+            folder = launching.launch_sweep(runs_root, base_path, methods, counts, seeds, overrides, fast,
+                                            step_matched)
         except ConfigError as exc:
             st.error(str(exc))
         except OSError as exc:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from app import launching
 from cpl.backbones import BACKBONES
-from cpl.config import ConfigError, load_config
+from cpl.config import ConfigError, controls, load_config
 from cpl.methods import METHODS
 from cpl.models.weights import torchvision_cache_file
 from cpl.runs.launch import cancel
@@ -94,6 +94,20 @@ def test_sweep_overrides_leave_the_grid_to_the_cells(tmp_path: Path) -> None:
     assert "unlabeled.source" in keys
 
 
+def test_the_controls_form_their_configs(tmp_path: Path) -> None:
+    base = launching.base_defaults(SYNTH)
+    choose = lambda **kw: launching.resolve(SYNTH, launching.overrides_for(  # noqa: E731
+        launching.RunChoices(data_root=tmp_path, synthetic=True, **kw), base), fast=False)
+    control = choose(method="baseline", source="holdout", holdout_fraction=0.25, seed=3)
+    assert controls(control) == ["labeled-only"] and control.unlabeled.holdout_fraction == 0.25
+    matched = choose(method="center", source="gan", num_images=700, epoch_length="union")
+    assert controls(matched) == ["step-matched"] and matched.unlabeled.num_images == 700
+    assert controls(choose(method="baseline", source="none")) == []
+    assert controls(choose(method="cpl", epoch_length="labeled")) == ["labeled-epochs"]
+    with pytest.raises(ConfigError, match="train.epoch_length: union counts the unlabeled images"):
+        choose(method="baseline", source="none", epoch_length="union")
+
+
 def test_a_bad_override_is_named_by_its_key(tmp_path: Path) -> None:
     base = launching.base_defaults(SYNTH)
     choices = launching.RunChoices(data_root=tmp_path, synthetic=True, method="cpl",
@@ -159,6 +173,46 @@ def test_form_renders_with_the_base_config_values(data_roots: Path) -> None:
     assert numbers["GAN images"] == 1500 and numbers["Epochs"] == 12
     assert numbers["λ: center-loss weight (train.center_weight)"] == pytest.approx(1e-4)
     assert not _button(at, "Launch run").disabled
+
+
+def _resolved(at) -> tuple[str, str]:
+    """The page's equivalent command and resolved config (the review expander's two code blocks)."""
+    command = next(c.value for c in at.code if c.value.startswith("cpl "))
+    return command, next(c.value for c in at.code if c.value.startswith("name:"))
+
+
+def test_a_labeled_only_method_offers_its_controls(data_roots: Path) -> None:
+    at = _launch_page()
+    assert [s.options for s in at.selectbox if s.label == "Epoch length (train.epoch_length)"] == [
+        [launching.EPOCH_LENGTH_INFO[x] for x in ("trained", "labeled", "union")]]
+    next(s for s in at.selectbox if s.label == "Method").select("baseline").run()
+    source = at.radio(key="control-source-synthetic-run")
+    assert source.options == ["none", "holdout", "gan", "folder"] and source.value == "none"
+    assert any("an ordinary reference" in c.value for c in at.caption)
+    source.set_value("holdout").run()
+    assert any("baseline trains on labeled images only. With **holdout**: the labeled-only control" in c.value
+               for c in at.caption)
+    command, config = _resolved(at)
+    assert "--set unlabeled.source=holdout" in command and "source: holdout" in config
+    assert not _button(at, "Launch run").disabled
+    length = at.selectbox(key="epoch-length-synthetic-run")
+    assert length.options == [launching.EPOCH_LENGTH_INFO[x] for x in ("trained", "union")]
+    length.set_value("union").run()
+    command, config = _resolved(at)
+    assert "--set train.epoch_length=union" in command and "epoch_length: union" in config
+    at.radio(key="control-source-synthetic-run").set_value("none").run()  # nothing to count: refused by name
+    assert any(e.value.startswith("train.epoch_length: union counts the unlabeled images") for e in at.error)
+    assert _button(at, "Launch run").disabled
+
+
+def test_a_sweep_offers_the_step_matched_baseline(data_roots: Path) -> None:
+    at = _launch_page()
+    at.radio(key="mode").set_value("sweep").run()
+    assert any(c.value.startswith("2 runs, one after the other") for c in at.caption)  # baseline, cpl at 1500
+    at.checkbox(key="step-matched-synthetic-sweep").check().run()
+    assert any(c.value.startswith("3 runs, one after the other") for c in at.caption)  # + baseline at 1500's steps
+    command, _ = _resolved(at)
+    assert command.endswith("--step-matched")
 
 
 def test_valid_folder_shows_its_statistics_before_launch(data_roots: Path) -> None:
