@@ -229,3 +229,45 @@ def test_the_labeled_only_control_trains_on_the_holdout_runs_labeled_rows_only(t
     n_epoch = len(c.keep) + (len(c.hidden) if length == "union" else 0)
     assert len(rows) == 2 * (n_epoch // 4)
     assert set(trained_rows) == set(c.keep)  # every kept row is trained on
+
+
+# ---------------------------------------------------------------------------------------------- from the CLI
+
+
+def _cli_run(tmp_path: Path, name: str, *sets: str) -> Path:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    sets = ["train.method=baseline", f"data.root={tmp_path / 'synthetic'}", "data.synthetic.ids=6",
+            "data.height=32", "data.width=16", "model.backbone=resnet18", "model.pretrained=none", "train.epochs=1",
+            "train.lr_milestones=[1]", "train.batch_size=4", "augment.pad=2", "eval.umap=false", "eval.rerank=false",
+            *sets]
+    cmd = [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "run", "--config", "configs/synthetic.yaml",
+           "--run-dir", str(tmp_path / name), *sum((["--set", s] for s in sets), [])]
+    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / name / "run.json").read_text())["controls"] == json.loads(
+        (tmp_path / name / "results.json").read_text())["controls"]
+    return tmp_path / name
+
+
+@pytest.mark.slow  # two tiny runs end to end (~1 min)
+def test_the_controls_run_from_the_cli_and_say_what_they_are(tmp_path):
+    import json
+
+    control = _cli_run(tmp_path, "control", "unlabeled.source=holdout", "train.epoch_length=union")
+    res = json.loads((control / "results.json").read_text())
+    data = json.loads((control / "dataset.json").read_text())
+    n_train = data["splits"]["train"]["images"]
+    assert res["controls"] == ["labeled-only", "step-matched"] and res["num_unlabeled"] == 0
+    assert data["unlabeled_trained"] is False and data["unlabeled_source"] == "holdout"
+    assert res["labeled_train_images"] == data["labeled_train_images"] == n_train - data["unlabeled_images"]
+    assert res["train_steps"] == n_train // 4  # the steps of a holdout run: every training image counted
+    matched = _cli_run(tmp_path, "matched", "unlabeled.source=gan", "unlabeled.num_images=40",
+                       "train.epoch_length=union")
+    res = json.loads((matched / "results.json").read_text())
+    assert res["controls"] == ["step-matched"] and res["train_steps"] == (n_train + 40) // 4
+    assert not (matched / "gan.json").exists()  # the GAN images are counted, never made
