@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from cpl.config import tricks_of
+from cpl.config import CONTROLS, controls_of, tricks_of
 from cpl.runs.atomic import read_jsonl
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs, valid_id
 from cpl.runs.state import State
@@ -240,6 +240,13 @@ def tricks_label(run: RunDir) -> str:
     papers' setup, ``?`` when its config does not parse."""
     names = tricks_of(config(run))
     return "?" if names is None else ", ".join(names) or "none"
+
+
+def controls_label(run: RunDir) -> str:
+    """The control a run is (``labeled-only control``, ``step-matched``, ..., docs/methods.md), ``none`` for an
+    ordinary run, ``?`` when its config does not parse."""
+    names = controls_of(config(run))
+    return "?" if names is None else ", ".join(CONTROLS[n] for n in names) or "none"
 
 
 def runs_table(runs_root: Path) -> pd.DataFrame:

