@@ -271,3 +271,31 @@ def test_the_controls_run_from_the_cli_and_say_what_they_are(tmp_path):
     res = json.loads((matched / "results.json").read_text())
     assert res["controls"] == ["step-matched"] and res["train_steps"] == (n_train + 40) // 4
     assert not (matched / "gan.json").exists()  # the GAN images are counted, never made
+
+
+@pytest.mark.slow  # a DCGAN of 2 steps and three tiny cells (~1 min)
+def test_a_step_matched_sweep_gives_the_baseline_the_gan_runs_steps(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    sets = [f"data.root={tmp_path / 'synthetic'}", "data.synthetic.ids=6", "data.height=32", "data.width=16",
+            "model.backbone=resnet18", "model.pretrained=none", "train.epochs=1", "train.lr_milestones=[1]",
+            "train.batch_size=4", "augment.pad=2", "eval.umap=false", "eval.rerank=false", "gan.epochs=1",
+            "gan.max_steps_per_epoch=2", "gan.batch_size=8", "gan.base_channels=8"]
+    cmd = [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "sweep", "--config", "configs/synthetic.yaml",
+           "--methods", "baseline,cpl", "--gan-images", "0,24", "--seeds", "0", "--sweep-id", "m", "--step-matched",
+           *sum((["--set", s] for s in sets), [])]
+    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = {c: json.loads((tmp_path / f"m--{c}-s0" / "results.json").read_text())
+           for c in ("baseline-g0", "baseline-g24", "cpl-g24")}
+    n_train = res["baseline-g0"]["labeled_train_images"]
+    assert res["baseline-g0"]["train_steps"] == n_train // 4 and res["baseline-g0"]["controls"] == []
+    assert res["baseline-g24"]["train_steps"] == res["cpl-g24"]["train_steps"] == (n_train + 24) // 4
+    assert res["baseline-g24"]["controls"] == ["step-matched"] and res["baseline-g24"]["num_unlabeled"] == 0
+    md = (tmp_path / "sweeps" / "m" / "results.md").read_text()
+    assert "| #unlabeled | baseline (step-matched) rank-1 |" in md and "| over the step-matched baseline |" in md
+    assert "| m--baseline-g24-s0 | baseline (step-matched) | 24 |" in md
