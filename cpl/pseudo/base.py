@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cpl.engine.terms import Term, UnlabeledTargets
 from cpl.methods import METHODS
 
 
@@ -71,6 +72,12 @@ class Strategy:
         if self.ramp_epochs <= 0:
             return self.weight
         return self.weight * min(1.0, (epoch - self.start_epoch + 1) / self.ramp_epochs)
+
+    def loss_terms(self) -> list[Term]:
+        """The terms of the objective this strategy brings (built once per run, :func:`cpl.engine.terms.build_terms`):
+        the soft cross-entropy towards its targets for a method that trains on unlabeled images, none otherwise.
+        A strategy with a loss of its own overrides this."""
+        return [UnlabeledTargets()] if self.uses_unlabeled else []
 
     def targets(self, feats: torch.Tensor, logits: torch.Tensor, centers: torch.Tensor,
                 center_valid: torch.Tensor, epoch: int) -> Targets:
