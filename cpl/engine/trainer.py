@@ -42,10 +42,12 @@ from cpl.engine.control import (
     rng_state,
 )
 from cpl.engine.dist import DistInfo
+from cpl.engine.features import extract_shared
 from cpl.engine.optim import EpochClock, build_optimizer, build_scheduler, seek
 from cpl.engine.seeding import derive_seed, make_generator
 from cpl.engine.terms import TERM_KEYS, StepInputs, build_terms, objective
 from cpl.pseudo import Strategy, Targets, cosine_to_centers, top2
+from cpl.pseudo.remedies import select
 from cpl.runs import faults
 
 
@@ -140,19 +142,22 @@ class EpochLabels:
     conf: torch.Tensor  # float32 confidence of the target
     margin: torch.Tensor  # float32 cosine to the nearest valid center minus the second nearest
     true_mass: torch.Tensor  # float32 target probability of the hidden true class (holdout source), else 0
+    selected: torch.Tensor  # bool: passed the confidence selection (train.select_min_*), i.e. trained on
 
     @classmethod
     def empty(cls, n_u: int, device: torch.device) -> EpochLabels:
         """The record at the start of an epoch: no image labeled yet."""
         z = torch.zeros(n_u, dtype=torch.float32, device=device)
-        return cls(torch.full((n_u,), -1, dtype=torch.int32, device=device), z, z.clone(), z.clone())
+        return cls(torch.full((n_u,), -1, dtype=torch.int32, device=device), z, z.clone(), z.clone(),
+                   torch.zeros(n_u, dtype=torch.bool, device=device))
 
-    def store(self, rows: torch.Tensor, tg: Targets, feats: torch.Tensor, centers: torch.Tensor,
+    def store(self, rows: torch.Tensor, tg: Targets, keep: torch.Tensor, feats: torch.Tensor, centers: torch.Tensor,
               center_valid: torch.Tensor, truth: torch.Tensor | None) -> None:
         """Record the targets ``tg`` of the unlabeled images ``rows`` [u] int64 (0-based among the unlabeled),
-        their features feats [u, D] and the cosine margin to the centers [K, D] (``center_valid`` [K] bool);
-        ``truth`` [N_u] int64 the hidden classes (holdout source) or None."""
+        whether the selection kept them (``keep`` [u] bool), their features feats [u, D] and the cosine margin
+        to the centers [K, D] (``center_valid`` [K] bool); ``truth`` [N_u] int64 the hidden classes or None."""
         self.label[rows] = tg.label.to(torch.int32)
+        self.selected[rows] = keep
         self.conf[rows] = tg.confidence.float()
         _, c1, _, c2 = top2(cosine_to_centers(feats, centers, center_valid))
         self.margin[rows] = torch.nan_to_num(c1 - c2, nan=0.0, posinf=0.0, neginf=0.0)
@@ -161,8 +166,10 @@ class EpochLabels:
 
     def all_reduce(self) -> None:
         """Gather the records of every rank (each image is on one rank per draw)."""
-        dist.all_reduce_max(self.label)
+        selected = self.selected.float()
+        dist.all_reduce_max(self.label, selected)
         dist.all_reduce_sum(self.conf, self.margin, self.true_mass)
+        self.selected = selected > 0
 
 
 def batch_augmentation(idx: torch.Tensor, num_labeled: int, aug: AugmentConfig, height: int, width: int,
@@ -213,6 +220,7 @@ class Trainer:
         self.truth = data.unlabeled_truth.to(device) if data.unlabeled_truth is not None else None
         self.state = TrainState(Centers(t, data.num_classes, model.feat_dim, cfg.seed, device))
         self.terms = build_terms(cfg, strategy)
+        self.set_targets: Targets | None = None  # the current epoch's balanced targets of every unlabeled image
         self.unlabeled_per_batch = 0
         if t.sampler == "pk":
             p = t.batch_size // t.pk_instances
@@ -308,6 +316,7 @@ class Trainer:
         if self.scheduler.last_epoch != self.clock.start(epoch):  # an epoch run again (a benchmark)
             seek(self.scheduler, self.clock.start(epoch))
         labels = EpochLabels.empty(self.data.num_unlabeled, dev)
+        self.set_targets = self._set_targets(epoch)
         window = Sums(STATS, dev)  # read back every log_every iterations (device syncs are rare on GPU)
         totals = dict.fromkeys(STATS, 0.0)
         check = ctl.finite_check(dev, advice="lower train.lr, check the data, or set train.amp=off; the last "
@@ -334,6 +343,19 @@ class Trainer:
                 self.hooks.on_progress(epoch, it + 1, iters)
             faults.point("train", epoch=epoch, iter=it)
         return self._end_epoch(epoch, labels, totals, lr, t0)
+
+    def _set_targets(self, epoch: int) -> Targets | None:
+        """At the start of an active epoch whose strategy needs them (CSLS, balanced assignment), the features of
+        every unlabeled image, unaugmented, in eval mode, the same for any number of ranks; the strategy takes
+        them as its reference set. Returns the epoch's fixed balanced targets of every unlabeled image [N_u]
+        (``train.assignment=sinkhorn``), else None (each batch labels its own images)."""
+        s, n_l = self.strategy, self.data.num_labeled
+        if not (s.active(epoch) and self.data.num_unlabeled and s.needs_set_features):
+            return None
+        feats = extract_shared(self.model, self.images[n_l:], self.device, self.info.rank, self.info.world_size,
+                               batch_size=self.cfg.eval.batch_size, dtype=amp_dtype(self.cfg, self.device))
+        bank = self.state.bank
+        return s.epoch_targets(feats, bank.constant(), bank.valid, epoch)
 
     def _lr(self) -> float:
         """The backbone's learning rate for the next step (the first group is the trunk's)."""
@@ -410,11 +432,20 @@ class Trainer:
         if not (self.strategy.active(epoch) and data.num_unlabeled and len(s.unlabeled)):
             return s
         u_pos = s.unlabeled
+        rows = batch.idx[u_pos] - data.num_labeled
         fu, lu = feats[u_pos].detach(), logits[u_pos].detach()
         centers = bank.constant()  # a constant for the targets, also when SGD learns it
-        tg = s.targets = self.strategy.targets(fu, lu, centers, bank.valid, epoch)
+        if self.set_targets is not None:  # the epoch's balanced assignment
+            tg = self.set_targets.take(rows)
+        else:
+            tg = self.strategy.targets(fu, lu, centers, bank.valid, epoch)
+        keep = torch.ones_like(tg.weight, dtype=torch.bool)
+        if t.select_min_score > 0 or t.select_min_margin > 0:
+            keep = select(tg.confidence, tg.margin, t.select_min_score, t.select_min_margin)
+            tg.weight = tg.weight * keep
+        s.targets = tg
         if labels is not None:  # statistics of this batch's labels, stored per unlabeled image
-            labels.store(batch.idx[u_pos] - data.num_labeled, tg, fu, centers, bank.valid, self.truth)
+            labels.store(rows, tg, keep, fu, centers, bank.valid, self.truth)
         if t.center_on_unlabeled:
             use = (tg.label >= 0) & (tg.label < data.num_classes) & (tg.weight > 0)
             s.center_labels[u_pos] = torch.where(use, tg.label, s.center_labels[u_pos])
@@ -448,6 +479,7 @@ class Trainer:
             return out
         out["pl_mean_conf"] = float(labels.conf[seen].mean())
         out["pl_mean_margin"] = float(labels.margin[seen].mean())
+        out["pl_selected_frac"] = float(labels.selected[seen].float().mean())  # utilisation
         out["pl_classes_used"] = int(torch.unique(labels.label[seen]).numel())
         if st.history_labels:
             prev = torch.from_numpy(st.history_labels[-1]).to(labels.label.device)
