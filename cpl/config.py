@@ -483,6 +483,9 @@ def _validate_remedies(c: Config) -> None:
     if t.assignment == "argmax":
         _refuse_unused("train.sinkhorn_epsilon", t.sinkhorn_epsilon, 0.05, "without train.assignment=sinkhorn")
         _refuse_unused("train.sinkhorn_iters", t.sinkhorn_iters, 100, "without train.assignment=sinkhorn")
+    else:
+        _refuse_unused("train.fapl_temperature", t.fapl_temperature, 1.0,
+                       "with train.assignment=sinkhorn (the balanced target's sharpness is train.sinkhorn_epsilon)")
     if t.similarity == "cosine":
         _refuse_unused("train.csls_k", t.csls_k, 10, "without train.similarity=csls")
     centers = ", ".join(CENTER_LABEL_METHODS)

@@ -323,12 +323,14 @@ def test_a_remedy_is_refused_by_name_where_it_cannot_act(key, value):
     ("train.sinkhorn_epsilon=0.1", r"train\.sinkhorn_epsilon: has no effect without train\.assignment=sinkhorn"),
     ("train.sinkhorn_iters=5", r"train\.sinkhorn_iters: has no effect without train\.assignment=sinkhorn"),
     ("train.csls_k=5", r"train\.csls_k: has no effect without train\.similarity=csls"),
+    ("train.assignment=sinkhorn train.method=fapl train.fapl_temperature=0.5",
+     r"train\.fapl_temperature: has no effect with train\.assignment=sinkhorn"),
     ("train.select_min_score=-0.1", r"train\.select_min_score: must be >= 0"),
     ("train.select_min_margin=-1", r"train\.select_min_margin: must be >= 0"),
 ])
 def test_remedy_settings_are_checked(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, ["data.root=x", override])
+        load_config(None, ["data.root=x", *override.split()])
 
 
 def test_the_remedies_are_off_by_default_and_in_no_published_config():

@@ -301,8 +301,10 @@ class Trainer:
         return self.state
 
     def train_epoch(self, epoch: int) -> dict:
-        """One epoch (0-based): every batch through :meth:`train_step`, a metrics record every ``log_every``
-        iterations, then the epoch's record and checkpoint (``Hooks.on_epoch_end``). Returns the epoch record.
+        """One epoch (0-based): the unlabeled set's features when the strategy needs them (CSLS, balanced
+        assignment: :meth:`_set_targets`), every batch through :meth:`train_step`, a metrics record every
+        ``log_every`` iterations, then the epoch's record and checkpoint (``Hooks.on_epoch_end``). Returns the
+        epoch record.
 
         Raises :class:`~cpl.engine.control.Stopped` before an iteration when a stop is requested, and
         :class:`~cpl.engine.control.NonFiniteLoss` (on every rank) before anything trained on NaN is saved."""
