@@ -81,7 +81,7 @@ class Hooks:
 class TrainState:
     """What a checkpoint restores besides model/optimizer weights."""
 
-    bank: Centers  # the class centers and their update rule
+    center_set: Centers  # the class centers and their update rule
     epoch: int = 0  # next epoch to run
     history_labels: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] int32
     history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
@@ -89,12 +89,12 @@ class TrainState:
     @property
     def centers(self) -> torch.Tensor:
         """The class centers [K, D] float32 (requires grad under the SGD rule)."""
-        return self.bank.value
+        return self.center_set.value
 
     @property
     def center_valid(self) -> torch.Tensor:
         """[K] bool: the centers touched by at least one labeled image."""
-        return self.bank.valid
+        return self.center_set.valid
 
 
 @dataclass
@@ -247,7 +247,7 @@ class Trainer:
         return {
             "epoch": s.epoch,
             **capture(self._parts()),
-            **s.bank.state_dict(),
+            **s.center_set.state_dict(),
             "history_labels": torch.from_numpy(np.stack(s.history_labels)) if s.history_labels else torch.zeros(0),
             "history_conf": torch.from_numpy(np.stack(s.history_conf).astype(np.float32)) if s.history_conf
             else torch.zeros(0),
@@ -264,7 +264,7 @@ class Trainer:
         s.epoch = int(ckpt["epoch"])
         if "scheduler" not in parts:
             seek(self.scheduler, self.clock.start(s.epoch))
-        s.bank.load_state_dict(ckpt)
+        s.center_set.load_state_dict(ckpt)
         hl, hc = ckpt["history_labels"], ckpt["history_conf"]
         s.history_labels = [r.numpy().astype(np.int32) for r in hl] if hl.numel() else []
         s.history_conf = [r.numpy().astype(np.float16) for r in hc] if hc.numel() else []
@@ -356,8 +356,8 @@ class Trainer:
             return None
         feats = extract_shared(self.model, self.images[n_l:], self.device, self.info.rank, self.info.world_size,
                                batch_size=self.cfg.eval.batch_size, dtype=amp_dtype(self.cfg, self.device))
-        bank = self.state.bank
-        return s.epoch_targets(feats, bank.constant(), bank.valid, epoch)
+        center_set = self.state.center_set
+        return s.epoch_targets(feats, center_set.constant(), center_set.valid, epoch)
 
     def _lr(self) -> float:
         """The backbone's learning rate for the next step (the first group is the trunk's)."""
@@ -395,15 +395,15 @@ class Trainer:
         unlabeled targets, λ·center, triplet) against the current centers; the centers take Wen's step toward
         this batch's labeled features (statistics summed over ranks), or BoT's SGD step after the backward pass.
         """
-        bank = self.state.bank
+        center_set = self.state.center_set
         with self.precision.autocast():
             feats, logits = self.net(batch.x)
         s = self._step_inputs(batch, feats.float(), logits.float(), epoch, labels)
-        losses = objective(self.terms, s, bank)
-        bank.observe(s.feats, batch.y, batch.labeled)
+        losses = objective(self.terms, s, center_set)
+        center_set.observe(s.feats, batch.y, batch.labeled)
 
         self.optimizer.zero_grad(set_to_none=True)
-        bank.zero_grad()
+        center_set.zero_grad()
         scale = 1.0
         loss = losses["loss"]
         if self.scaler:
@@ -414,7 +414,7 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer.step()
-        bank.sgd_step(scale, self.info.world_size)
+        center_set.sgd_step(scale, self.info.world_size)
         self.scheduler.step()
         lab, k = batch.labeled, self.data.num_classes
         with torch.no_grad():
@@ -427,7 +427,7 @@ class Trainer:
         """The strategy's targets for the batch's unlabeled images (from the current centers, detached) and what
         the loss terms read; the targets are stored per image in ``labels``. With ``train.center_on_unlabeled``
         an unlabeled image with a label and a positive weight also carries the center term."""
-        t, bank, data = self.cfg.train, self.state.bank, self.data
+        t, center_set, data = self.cfg.train, self.state.center_set, self.data
         lab, y = batch.labeled, batch.y
         s = StepInputs(feats=feats, logits=logits, y=y, labeled=lab, unlabeled=(~lab).nonzero().squeeze(1),
                        targets=None, center_labels=y.clone(), center_mask=lab.clone())
@@ -436,18 +436,18 @@ class Trainer:
         u_pos = s.unlabeled
         rows = batch.idx[u_pos] - data.num_labeled
         fu, lu = feats[u_pos].detach(), logits[u_pos].detach()
-        centers = bank.constant()  # a constant for the targets, also when SGD learns it
+        centers = center_set.constant()  # a constant for the targets, also when SGD learns it
         if self.set_targets is not None:  # the epoch's balanced assignment
             tg = self.set_targets.take(rows)
         else:
-            tg = self.strategy.targets(fu, lu, centers, bank.valid, epoch)
+            tg = self.strategy.targets(fu, lu, centers, center_set.valid, epoch)
         keep = torch.ones_like(tg.weight, dtype=torch.bool)
         if t.select_min_score > 0 or t.select_min_margin > 0:
             keep = select(tg.confidence, tg.margin, t.select_min_score, t.select_min_margin)
             tg.weight = tg.weight * keep
         s.targets = tg
         if labels is not None:  # statistics of this batch's labels, stored per unlabeled image
-            labels.store(rows, tg, keep, fu, centers, bank.valid, self.truth)
+            labels.store(rows, tg, keep, fu, centers, center_set.valid, self.truth)
         if t.center_on_unlabeled:
             use = (tg.label >= 0) & (tg.label < data.num_classes) & (tg.weight > 0)
             s.center_labels[u_pos] = torch.where(use, tg.label, s.center_labels[u_pos])
@@ -463,7 +463,7 @@ class Trainer:
         if self.data.num_unlabeled and self.strategy.uses_unlabeled:
             rec.update(self._pseudo_stats(labels))
         if info.enabled:  # the centers must be identical on every rank: record the largest difference
-            rec["centers_rank_diff"] = st.bank.rank_spread()
+            rec["centers_rank_diff"] = st.center_set.rank_spread()
         st.history_labels.append(labels.label.cpu().numpy().astype(np.int32))
         st.history_conf.append(labels.conf.cpu().numpy().astype(np.float16))
         st.epoch = epoch + 1
