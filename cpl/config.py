@@ -21,7 +21,14 @@ import yaml
 
 from cpl import PROG
 from cpl.backbones import BACKBONES
-from cpl.methods import CENTER_LOSS_METHODS, DEFAULT_METHOD, METHOD_NAMES, needs_unlabeled
+from cpl.methods import (
+    CENTER_LABEL_METHODS,
+    CENTER_LOSS_METHODS,
+    DEFAULT_METHOD,
+    METHOD_NAMES,
+    SCORED_LABEL_METHODS,
+    needs_unlabeled,
+)
 
 
 class ConfigError(ValueError):
@@ -147,6 +154,18 @@ class TrainConfig:
     warmup_epochs: int = -1
     unlabeled_ramp_epochs: int = 0  # after the warm-up, the unlabeled weight rises linearly over this many epochs
     fapl_temperature: float = 1.0  # FAPL-d softmax temperature over cosines (published: 1)
+    # Remedies for hub collapse (docs/methods.md), off by default. argmax: each unlabeled image's own nearest
+    # center, every mini-batch (the papers) | sinkhorn: a balanced assignment of the whole unlabeled set at each
+    # epoch start (equal class marginals, Sinkhorn-Knopp with entropy sinkhorn_epsilon, sinkhorn_iters rounds)
+    assignment: str = "argmax"
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 100
+    similarity: str = "cosine"  # cosine (CPL Eq. 2) | csls: 2 cos - r_C(u) - r_U(c) with csls_k neighbours
+    csls_k: int = 10
+    # Confidence selection: an unlabeled image whose score (cosine / CSLS of its label, or p for onehot) or
+    # margin to the runner-up is below the minimum gets weight 0 in that step; 0 = no minimum
+    select_min_score: float = 0.0
+    select_min_margin: float = 0.0
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False
@@ -427,6 +446,7 @@ def validate(cfg: Config) -> None:
     _check(t.amp in ("auto", "bf16", "fp16", "off"), "train.amp", "must be auto, bf16, fp16 or off", t.amp)
     _validate_tricks(c)
     _validate_epoch_length(c)
+    _validate_remedies(c)
     _check(t.max_iters_per_epoch >= 0, "train.max_iters_per_epoch", "must be >= 0", t.max_iters_per_epoch)
     _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)
 
@@ -511,6 +531,41 @@ def _validate_tricks(c: Config) -> None:
                t.triplet_weight)
     else:
         _refuse_unused("train.triplet_margin", t.triplet_margin, 0.3, "without train.triplet_weight > 0")
+
+
+def _validate_remedies(c: Config) -> None:
+    """The remedies for hub collapse: ranges, and refusal where the method's label cannot take them."""
+    t = c.train
+    _check(t.assignment in ("argmax", "sinkhorn"), "train.assignment", "must be argmax or sinkhorn", t.assignment)
+    _check(t.similarity in ("cosine", "csls"), "train.similarity", "must be cosine or csls", t.similarity)
+    _check(t.sinkhorn_epsilon > 0, "train.sinkhorn_epsilon", "must be > 0 (the entropy, in units of the score)",
+           t.sinkhorn_epsilon)
+    _check(1 <= t.sinkhorn_iters <= 10000, "train.sinkhorn_iters", "must be between 1 and 10000",
+           t.sinkhorn_iters)
+    _check(t.csls_k >= 1, "train.csls_k", "must be >= 1", t.csls_k)
+    _check(t.select_min_score >= 0, "train.select_min_score", "must be >= 0 (0 = no minimum)", t.select_min_score)
+    _check(t.select_min_margin >= 0, "train.select_min_margin", "must be >= 0 (0 = no minimum)",
+           t.select_min_margin)
+    if t.assignment == "argmax":
+        _refuse_unused("train.sinkhorn_epsilon", t.sinkhorn_epsilon, 0.05, "without train.assignment=sinkhorn")
+        _refuse_unused("train.sinkhorn_iters", t.sinkhorn_iters, 100, "without train.assignment=sinkhorn")
+    else:
+        _refuse_unused("train.fapl_temperature", t.fapl_temperature, 1.0,
+                       "with train.assignment=sinkhorn (the balanced target's sharpness is train.sinkhorn_epsilon)")
+    if t.similarity == "cosine":
+        _refuse_unused("train.csls_k", t.csls_k, 10, "without train.similarity=csls")
+    centers = ", ".join(CENTER_LABEL_METHODS)
+    scored = ", ".join(SCORED_LABEL_METHODS)
+    for key, value, default, methods, names in (
+            ("assignment", t.assignment, "argmax", CENTER_LABEL_METHODS, centers),
+            ("similarity", t.similarity, "cosine", CENTER_LABEL_METHODS, centers),
+            ("select_min_score", t.select_min_score, 0.0, SCORED_LABEL_METHODS, scored),
+            ("select_min_margin", t.select_min_margin, 0.0, SCORED_LABEL_METHODS, scored)):
+        if value != default:
+            _check(t.method in methods and c.uses_unlabeled, f"train.{key}",
+                   f"acts on the label of an unlabeled image, which method {t.method} with unlabeled.source "
+                   f"{c.unlabeled.source} does not have; use one of {names} with unlabeled images, or leave it at "
+                   f"{default}", value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 1. Engine level, exact: with a network without batch statistics (GroupNorm) and no dropout, 2 ranks x 4
    images train to the same weights, centers and pseudo-labels as 1 process x 8 images (float tolerance
-   from the order of the gradient all-reduce).
+   from the order of the gradient all-reduce), also with the strong-baseline tricks and with the remedies for
+   hub collapse (a balanced assignment over features whose extraction is shared by the ranks).
 2. End to end: `torchrun --nproc-per-node 2 -m cpl run` finishes, rank 0 writes the run directory, the
    centers are identical on both ranks, and the metrics are within a stated tolerance of a single-process
    run (BatchNorm statistics are per rank: 8 images instead of 16, so the runs are not bit-identical).
@@ -58,7 +59,7 @@ class TinyNet(nn.Module):
                 {"params": list(self.classifier.parameters()), "lr": lr * mult, "name": "classifier"}]
 
 
-def _cfg(tricks: bool = False) -> Config:
+def _cfg(tricks: bool = False, remedies: bool = False) -> Config:
     c = Config()
     c.data.root = "unused"
     c.train.epochs, c.train.batch_size, c.train.lr, c.train.log_every = 2, 8, 0.05, 1
@@ -69,6 +70,9 @@ def _cfg(tricks: bool = False) -> Config:
         # share 0.5: 8 GAN images per batch for 1 and 2 processes alike (other shares round to a multiple of W)
         c.train.sampler, c.train.pk_instances, c.train.label_smoothing, c.train.unlabeled_share = "pk", 2, 0.1, 0.5
         c.train.center_update, c.train.lr_warmup_epochs = "sgd", 1
+    if remedies:  # the epoch-start extraction is sharded over the ranks; the balanced labels must not notice
+        c.train.warmup_epochs, c.train.assignment, c.train.similarity, c.train.csls_k = 1, "sinkhorn", "csls", 3
+        c.train.select_min_margin, c.eval.batch_size = 0.001, 4  # 16 unlabeled images: 4 chunks, 2 per rank
     return c
 
 
@@ -78,30 +82,33 @@ def _data() -> TrainData:
     return TrainData(images=images, labels=torch.arange(24) % 4, num_labeled=24, num_classes=4)
 
 
-def _train(info: DistInfo, tricks: bool = False):
+def _train(info: DistInfo, tricks: bool = False, remedies: bool = False):
     torch.manual_seed(0)
     model = TinyNet(4)
-    cfg = _cfg(tricks)
+    cfg = _cfg(tricks, remedies)
     tr = Trainer(cfg, _data(), model, get_strategy(cfg.train), torch.device("cpu"), info)
     tr.fit()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, tr.state
 
 
-def _worker(rank: int, world: int, init_file: str, out: str, tricks: bool) -> None:
+def _worker(rank: int, world: int, init_file: str, out: str, tricks: bool, remedies: bool) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    weights, state = _train(DistInfo(rank, world, rank), tricks)
+    weights, state = _train(DistInfo(rank, world, rank), tricks, remedies)
     torch.save({"weights": weights, "centers": state.centers.detach(), "labels": np.stack(state.history_labels)},
                f"{out}.{rank}")
     tdist.destroy_process_group()
 
 
-@pytest.mark.parametrize("tricks", [False, True], ids=["paper", "pk-sgd-centers-smoothing-warmup"])
-def test_two_ranks_equal_one_process_of_the_same_global_batch(tmp_path, tricks):
+@pytest.mark.parametrize("tricks,remedies", [(False, False), (True, False), (False, True)],
+                         ids=["paper", "pk-sgd-centers-smoothing-warmup", "sinkhorn-csls-selection"])
+def test_two_ranks_equal_one_process_of_the_same_global_batch(tmp_path, tricks, remedies):
     torch.set_num_threads(1)
-    ref_w, ref_state = _train(DistInfo(), tricks)
+    ref_w, ref_state = _train(DistInfo(), tricks, remedies)
+    if remedies:  # the case exercises the balanced labels
+        assert (ref_state.history_labels[1] >= 0).all()
     out = str(tmp_path / "rank")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out, tricks), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out, tricks, remedies), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
     for r in ranks:
         for k, v in ref_w.items():

@@ -51,9 +51,9 @@ def test_every_method_has_a_strategy_and_every_strategy_a_method():
 def test_the_strategy_flags_are_the_tables():
     for name, method in METHODS.items():
         s = STRATEGIES[name]
-        assert (s.uses_unlabeled, s.center_loss, s.extra_class, s.default_weight, s.default_warmup_fraction) == (
-            method.needs_unlabeled, method.center_loss, method.extra_class, method.unlabeled_weight,
-            method.warmup_fraction), name
+        assert (s.uses_unlabeled, s.center_loss, s.extra_class, s.default_weight, s.default_warmup_fraction,
+                s.label_from) == (method.needs_unlabeled, method.center_loss, method.extra_class,
+                                  method.unlabeled_weight, method.warmup_fraction, method.label_from), name
 
 
 def test_every_entry_is_filled_in():

@@ -144,3 +144,24 @@ def test_killed_in_the_umap_resumes_to_the_same_run_and_layout(tmp_path):
     _assert_same(ref, root / "run")
     a, b = np.load(ref / "embedding.npz"), np.load(root / "run" / "embedding.npz")
     assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+# The remedies for hub collapse (docs/methods.md) after one labeled-only epoch: the second epoch's labels are
+# Sinkhorn's over the epoch-start features with CSLS scores, and a selection drops the least similar images.
+REMEDIES = ["--set", "train.warmup_epochs=1", "--set", "train.assignment=sinkhorn", "--set", "train.similarity=csls",
+            "--set", "train.select_min_score=0.05"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_run_with_the_remedies_killed_in_training_and_before_export_resumes_to_the_same_run(tmp_path):
+    """Killed inside the first epoch with balanced labels (resumed from the warm-up's checkpoint, the labels are
+    recomputed from it), and killed after training (the export's CSLS reference is the final features, not a
+    state of the training loop): both resume to the run left alone."""
+    ref, data = _reference(tmp_path / "reference", *REMEDIES)
+    for fault in ("kill:train:epoch=1:iter=1", "kill:eval"):
+        root = tmp_path / fault.replace(":", "-").replace("=", "")
+        run = root / "run"
+        _killed(_args(root, data, run) + REMEDIES, fault)
+        _resume(root, run)
+        _assert_same(ref, run)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpl.data.transforms import normalize
+from cpl.engine import dist
 
 
 @torch.no_grad()
@@ -44,3 +45,20 @@ def extract(model: nn.Module, images: torch.Tensor, device: torch.device, *, bat
     d = getattr(model, "feat_dim", 0)
     out = torch.cat(feats) if feats else torch.zeros(0, d)
     return out, (torch.cat(logits) if with_logits and logits else None)
+
+
+@torch.no_grad()
+def extract_shared(model: nn.Module, images: torch.Tensor, device: torch.device, rank: int, world_size: int, *,
+                   batch_size: int = 256, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """L2-normalised features [N, D] float32 on ``device`` of uint8 images [N, 3, H, W], the same on every rank
+    and for any number of ranks: the images are cut into fixed chunks of ``batch_size``, rank r extracts the
+    chunks c with c mod ``world_size`` = r, and a sum over ranks of the otherwise-zero result assembles them
+    (x + 0 is exact). Each image is forwarded in the same chunk whatever the world size, so its feature does
+    not depend on it."""
+    out = torch.zeros(images.shape[0], getattr(model, "feat_dim", 0), device=device)
+    for c, start in enumerate(range(0, images.shape[0], batch_size)):
+        if c % world_size == rank:
+            f, _ = extract(model, images[start:start + batch_size], device, batch_size=batch_size, dtype=dtype)
+            out[start:start + len(f)] = f.to(device)
+    dist.all_reduce_sum(out)
+    return out

@@ -4,14 +4,15 @@ One iteration (CPL Algorithm 1, with the sign of the center update corrected):
   1. draw the next global mini-batch from the shuffled union L ∪ U (this rank takes its slice);
   2. augment on the device, forward → pool5 features x and logits;
   3. the strategy labels the unlabeled members from the *current* centers and logits;
-  4. loss = [Σ_labeled CE + Σ_unlabeled w·softCE + λ·½ Σ_labeled ||x − c_y||²] / m;
+  4. loss = [Σ_labeled CE + Σ_unlabeled w·softCE + λ·½ Σ_labeled ||x − c_y||²] / m, the sum of the run's terms
+     built once from config and method (cpl/engine/terms.py);
   5. centers move toward this batch's labeled features (Wen's rule, statistics all-reduced across ranks);
   6. backward, optimizer step, learning-rate schedule step.
 :meth:`Trainer.train_epoch` is the loop over batches; :meth:`Trainer.train_step` is steps 2-6 on one batch. The
 optimizer and the schedule come from cpl/engine/optim.py; stop requests, the non-finite guard, mixed precision,
 the summed statistics and the checkpoint state helpers are cpl/engine/control.py's, shared with the DCGAN loop.
-Centers start at zero and only labeled images move them. They are maintained for every method (they
-cost nothing) so that every run can show its class centers and a center-based assignment; only
+Centers (cpl/engine/centers.py) start at zero and only labeled images move them. They are maintained for every
+method (they cost nothing) so that every run can show its class centers and a center-based assignment; only
 methods with ``center_loss`` put them into the loss.
 """
 
@@ -28,6 +29,7 @@ from torch import nn
 from cpl.config import AugmentConfig, Config
 from cpl.data.transforms import AugmentParams, augment, draw_params
 from cpl.engine import dist, sampling
+from cpl.engine.centers import Centers
 from cpl.engine.control import (
     LoopControl,
     Precision,
@@ -40,18 +42,12 @@ from cpl.engine.control import (
     rng_state,
 )
 from cpl.engine.dist import DistInfo
-from cpl.engine.losses import (
-    apply_center_update,
-    batch_hard_triplet,
-    center_loss,
-    center_loss_sgd,
-    center_update_stats,
-    cross_entropy,
-    soft_cross_entropy,
-)
+from cpl.engine.features import extract_shared
 from cpl.engine.optim import EpochClock, build_optimizer, build_scheduler, seek
 from cpl.engine.seeding import derive_seed, make_generator
-from cpl.pseudo import Strategy, cosine_to_centers, top2
+from cpl.engine.terms import TERM_KEYS, StepInputs, build_terms, objective
+from cpl.pseudo import Strategy, Targets, cosine_to_centers, top2
+from cpl.pseudo.remedies import select
 from cpl.runs import faults
 
 
@@ -88,11 +84,20 @@ class Hooks:
 class TrainState:
     """What a checkpoint restores besides model/optimizer weights."""
 
+    center_set: Centers  # the class centers and their update rule
     epoch: int = 0  # next epoch to run
-    centers: torch.Tensor | None = None  # [K, D] float32
-    center_valid: torch.Tensor | None = None  # [K] bool: touched by at least one labeled image
     history_labels: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] int32
     history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
+
+    @property
+    def centers(self) -> torch.Tensor:
+        """The class centers [K, D] float32 (requires grad under the SGD rule)."""
+        return self.center_set.value
+
+    @property
+    def center_valid(self) -> torch.Tensor:
+        """[K] bool: the centers touched by at least one labeled image."""
+        return self.center_set.valid
 
 
 @dataclass
@@ -109,24 +114,27 @@ class Batch:
 class StepStats:
     """One iteration on this rank: 0-dim tensors on the device (reading one is a host sync)."""
 
-    loss: torch.Tensor  # the objective optimised: CE + unlabeled + λ·center + triplet weight·triplet, per image
-    loss_ce: torch.Tensor  # per image of the slice: Σ_labeled CE / b
-    loss_center: torch.Tensor  # ½ Σ ||x − c_y||² / b (before λ)
-    loss_unlabeled: torch.Tensor  # Σ_unlabeled w·soft CE / b
-    loss_triplet: torch.Tensor  # batch-hard triplet loss over the labeled images
+    # "loss", the objective optimised (Σ weight · term), and each term's λ-free value (cpl/engine/terms.py:
+    # loss_ce, loss_center, loss_unlabeled, loss_triplet; 0 for a term the run does not train), per image
+    losses: dict[str, torch.Tensor]
     correct: torch.Tensor  # labeled images whose arg-max over the K identities is right (float32)
     n_labeled: torch.Tensor  # labeled images in the slice (float32)
     n: int  # images in the slice (b)
 
+    @property
+    def loss(self) -> torch.Tensor:
+        """The objective of the step, per image (0-dim)."""
+        return self.losses["loss"]
+
     def sums(self) -> dict[str, torch.Tensor | float]:
         """What adds up over iterations and ranks, by the names of :data:`STATS`: each loss × b, the counts."""
-        out: dict[str, torch.Tensor | float] = {k: getattr(self, k) * self.n for k in LOSSES}
+        out: dict[str, torch.Tensor | float] = {k: self.losses[k] * self.n for k in LOSSES}
         out.update(correct=self.correct, n_labeled=self.n_labeled, n=float(self.n))
         return out
 
 
-LOSSES = ("loss", "loss_ce", "loss_center", "loss_unlabeled", "loss_triplet")
-STATS = field_names(StepStats)  # the names of the summed statistics: the losses, correct, n_labeled, n
+LOSSES = ("loss", *TERM_KEYS)
+STATS = (*LOSSES, *(f for f in field_names(StepStats) if f != "losses"))  # the summed statistics, by name
 
 
 @dataclass
@@ -137,17 +145,34 @@ class EpochLabels:
     conf: torch.Tensor  # float32 confidence of the target
     margin: torch.Tensor  # float32 cosine to the nearest valid center minus the second nearest
     true_mass: torch.Tensor  # float32 target probability of the hidden true class (holdout source), else 0
+    selected: torch.Tensor  # bool: passed the confidence selection (train.select_min_*), i.e. trained on
 
     @classmethod
     def empty(cls, n_u: int, device: torch.device) -> EpochLabels:
         """The record at the start of an epoch: no image labeled yet."""
         z = torch.zeros(n_u, dtype=torch.float32, device=device)
-        return cls(torch.full((n_u,), -1, dtype=torch.int32, device=device), z, z.clone(), z.clone())
+        return cls(torch.full((n_u,), -1, dtype=torch.int32, device=device), z, z.clone(), z.clone(),
+                   torch.zeros(n_u, dtype=torch.bool, device=device))
+
+    def store(self, rows: torch.Tensor, tg: Targets, keep: torch.Tensor, feats: torch.Tensor, centers: torch.Tensor,
+              center_valid: torch.Tensor, truth: torch.Tensor | None) -> None:
+        """Record the targets ``tg`` of the unlabeled images ``rows`` [u] int64 (0-based among the unlabeled),
+        whether the selection kept them (``keep`` [u] bool), their features feats [u, D] and the cosine margin
+        to the centers [K, D] (``center_valid`` [K] bool); ``truth`` [N_u] int64 the hidden classes or None."""
+        self.label[rows] = tg.label.to(torch.int32)
+        self.selected[rows] = keep
+        self.conf[rows] = tg.confidence.float()
+        _, c1, _, c2 = top2(cosine_to_centers(feats, centers, center_valid))
+        self.margin[rows] = torch.nan_to_num(c1 - c2, nan=0.0, posinf=0.0, neginf=0.0)
+        if truth is not None:
+            self.true_mass[rows] = tg.probs.gather(1, truth[rows, None]).squeeze(1)
 
     def all_reduce(self) -> None:
         """Gather the records of every rank (each image is on one rank per draw)."""
-        dist.all_reduce_max(self.label)
+        selected = self.selected.float()
+        dist.all_reduce_max(self.label, selected)
         dist.all_reduce_sum(self.conf, self.margin, self.true_mass)
+        self.selected = selected > 0
 
 
 def batch_augmentation(idx: torch.Tensor, num_labeled: int, aug: AugmentConfig, height: int, width: int,
@@ -196,10 +221,9 @@ class Trainer:
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.truth = data.unlabeled_truth.to(device) if data.unlabeled_truth is not None else None
-        k, d = data.num_classes, model.feat_dim
-        self.sgd_centers = t.center_update == "sgd"
-        self.state = TrainState(centers=self._initial_centers(k, d).requires_grad_(self.sgd_centers),
-                                center_valid=torch.zeros(k, dtype=torch.bool, device=device))
+        self.state = TrainState(Centers(t, data.num_classes, model.feat_dim, cfg.seed, device))
+        self.terms = build_terms(cfg, strategy)
+        self.set_targets: Targets | None = None  # the current epoch's balanced targets of every unlabeled image
         self.unlabeled_per_batch = 0
         if t.sampler == "pk":
             p = t.batch_size // t.pk_instances
@@ -211,12 +235,6 @@ class Trainer:
         self.control = LoopControl("train", t.epochs, self.hooks.should_stop, t.log_every, unit="iteration")
         self.clock = EpochClock(self.iters_per_epoch, t.epochs)  # epochs differ in length: see EpochClock
         self.scheduler = build_scheduler(cfg, self.optimizer, self.clock)
-
-    def _initial_centers(self, k: int, d: int) -> torch.Tensor:
-        """Centers [K, D] float32: zeros for Wen's rule (CPL), N(0, 1) for BoT's SGD-learned centers."""
-        if self.cfg.train.center_update == "wen":
-            return torch.zeros(k, d, device=self.device)
-        return torch.randn(k, d, generator=make_generator(self.cfg.seed, "centers")).to(self.device)
 
     # ---------------------------------------------------------------- checkpoint state
     def _parts(self) -> dict:
@@ -232,8 +250,7 @@ class Trainer:
         return {
             "epoch": s.epoch,
             **capture(self._parts()),
-            "centers": s.centers.detach().cpu(),
-            "center_valid": s.center_valid.cpu(),
+            **s.center_set.state_dict(),
             "history_labels": torch.from_numpy(np.stack(s.history_labels)) if s.history_labels else torch.zeros(0),
             "history_conf": torch.from_numpy(np.stack(s.history_conf).astype(np.float32)) if s.history_conf
             else torch.zeros(0),
@@ -250,8 +267,7 @@ class Trainer:
         s.epoch = int(ckpt["epoch"])
         if "scheduler" not in parts:
             seek(self.scheduler, self.clock.start(s.epoch))
-        s.centers = ckpt["centers"].to(self.device, torch.float32).requires_grad_(self.sgd_centers)
-        s.center_valid = ckpt["center_valid"].to(self.device, torch.bool)
+        s.center_set.load_state_dict(ckpt)
         hl, hc = ckpt["history_labels"], ckpt["history_conf"]
         s.history_labels = [r.numpy().astype(np.int32) for r in hl] if hl.numel() else []
         s.history_conf = [r.numpy().astype(np.float16) for r in hc] if hc.numel() else []
@@ -297,8 +313,10 @@ class Trainer:
         return self.state
 
     def train_epoch(self, epoch: int) -> dict:
-        """One epoch (0-based): every batch through :meth:`train_step`, a metrics record every ``log_every``
-        iterations, then the epoch's record and checkpoint (``Hooks.on_epoch_end``). Returns the epoch record.
+        """One epoch (0-based): the unlabeled set's features when the strategy needs them (CSLS, balanced
+        assignment: :meth:`_set_targets`), every batch through :meth:`train_step`, a metrics record every
+        ``log_every`` iterations, then the epoch's record and checkpoint (``Hooks.on_epoch_end``). Returns the
+        epoch record.
 
         Raises :class:`~cpl.engine.control.Stopped` before an iteration when a stop is requested, and
         :class:`~cpl.engine.control.NonFiniteLoss` (on every rank) before anything trained on NaN is saved."""
@@ -312,6 +330,7 @@ class Trainer:
         if self.scheduler.last_epoch != self.clock.start(epoch):  # an epoch run again (a benchmark)
             seek(self.scheduler, self.clock.start(epoch))
         labels = EpochLabels.empty(self.data.num_unlabeled, dev)
+        self.set_targets = self._set_targets(epoch)
         window = Sums(STATS, dev)  # read back every log_every iterations (device syncs are rare on GPU)
         totals = dict.fromkeys(STATS, 0.0)
         check = ctl.finite_check(dev, advice="lower train.lr, check the data, or set train.amp=off; the last "
@@ -338,6 +357,19 @@ class Trainer:
                 self.hooks.on_progress(epoch, it + 1, iters)
             faults.point("train", epoch=epoch, iter=it)
         return self._end_epoch(epoch, labels, totals, lr, t0)
+
+    def _set_targets(self, epoch: int) -> Targets | None:
+        """At the start of an active epoch whose strategy needs them (CSLS, balanced assignment), the features of
+        every unlabeled image, unaugmented, in eval mode, the same for any number of ranks; the strategy takes
+        them as its reference set. Returns the epoch's fixed balanced targets of every unlabeled image [N_u]
+        (``train.assignment=sinkhorn``), else None (each batch labels its own images)."""
+        s, n_l = self.strategy, self.data.num_labeled
+        if not (s.active(epoch) and self.data.num_unlabeled and s.needs_set_features):
+            return None
+        feats = extract_shared(self.model, self.images[n_l:], self.device, self.info.rank, self.info.world_size,
+                               batch_size=self.cfg.eval.batch_size, dtype=amp_dtype(self.cfg, self.device))
+        center_set = self.state.center_set
+        return s.epoch_targets(feats, center_set.constant(), center_set.valid, epoch)
 
     def _lr(self) -> float:
         """The backbone's learning rate for the next step (the first group is the trunk's)."""
@@ -371,62 +403,21 @@ class Trainer:
         (stored in ``labels``), the loss, the centers' update, backward, optimizer and schedule step.
 
         Every step of the loop, in order (CPL Algorithm 1): the strategy labels the unlabeled images from the
-        current centers and logits; loss = [Σ_labeled CE + Σ_unlabeled w·softCE + λ·½ Σ ||x − c_y||²] / b
-        (+ the triplet term); the centers take Wen's step toward this batch's labeled features (statistics
-        summed over ranks), or BoT's SGD step after the backward pass.
+        current centers and logits; the objective is the sum of the run's terms (:attr:`terms`: CE, the
+        unlabeled targets, λ·center, triplet) against the current centers; the centers take Wen's step toward
+        this batch's labeled features (statistics summed over ranks), or BoT's SGD step after the backward pass.
         """
-        t, st, data = self.cfg.train, self.state, self.data
-        n_l, k = data.num_labeled, data.num_classes
-        idx_d, lab, y = batch.idx, batch.labeled, batch.y
+        center_set = self.state.center_set
         with self.precision.autocast():
             feats, logits = self.net(batch.x)
-        feats = feats.float()
-        logits = logits.float()
-        m = len(idx_d)
-        ce_lab = cross_entropy(logits[lab], y[lab], t.label_smoothing)
-        loss_ce = ce_lab.sum() / m
-        loss_unl = feats.new_zeros(())
-        center_labels = y.clone()
-        center_mask = lab.clone()
-        if self.strategy.active(epoch) and data.num_unlabeled:
-            u_pos = (~lab).nonzero().squeeze(1)
-            if len(u_pos):
-                fu, lu = feats[u_pos].detach(), logits[u_pos].detach()
-                centers = st.centers.detach()  # a constant for the targets, also when SGD learns it
-                tg = self.strategy.targets(fu, lu, centers, st.center_valid, epoch)
-                loss_unl = (soft_cross_entropy(logits[u_pos], tg.probs) * tg.weight).sum() / m
-                if labels is not None:  # statistics of this batch's labels, stored per unlabeled image
-                    u_idx = idx_d[u_pos] - n_l
-                    labels.label[u_idx] = tg.label.to(torch.int32)
-                    labels.conf[u_idx] = tg.confidence.float()
-                    _, c1, _, c2 = top2(cosine_to_centers(fu, centers, st.center_valid))
-                    labels.margin[u_idx] = torch.nan_to_num(c1 - c2, nan=0.0, posinf=0.0, neginf=0.0)
-                    if self.truth is not None:
-                        labels.true_mass[u_idx] = tg.probs.gather(1, self.truth[u_idx, None]).squeeze(1)
-                if t.center_on_unlabeled:
-                    use = (tg.label >= 0) & (tg.label < k) & (tg.weight > 0)
-                    center_labels[u_pos] = torch.where(use, tg.label, center_labels[u_pos])
-                    center_mask[u_pos] = use
-        loss_center = feats.new_zeros(())
-        if self.strategy.center_loss and t.center_weight > 0:
-            loss_center = (center_loss_sgd if self.sgd_centers else center_loss)(
-                feats, st.centers, center_labels.clamp(min=0), center_mask, m)
-        loss_triplet = feats.new_zeros(())
-        if t.triplet_weight > 0:  # labeled images only: a GAN image has no identity to mine positives from
-            loss_triplet = batch_hard_triplet(feats[lab], y[lab], t.triplet_margin)
-        loss = loss_ce + loss_unl + t.center_weight * loss_center + t.triplet_weight * loss_triplet
-        # Centers (identical on every rank): Wen's update from this batch's labeled features, or BoT's
-        # SGD step after the backward pass; either way "valid" once a labeled image has reached them.
-        c_sums, c_counts = center_update_stats(feats, y.clamp(min=0), lab, k)
-        dist.all_reduce_sum(c_sums, c_counts)
-        if not self.sgd_centers:
-            apply_center_update(st.centers, c_sums, c_counts, t.center_alpha)
-        st.center_valid |= c_counts > 0
+        s = self._step_inputs(batch, feats.float(), logits.float(), epoch, labels)
+        losses = objective(self.terms, s, center_set)
+        center_set.observe(s.feats, batch.y, batch.labeled)
 
         self.optimizer.zero_grad(set_to_none=True)
-        if self.sgd_centers:
-            st.centers.grad = None
+        center_set.zero_grad()
         scale = 1.0
+        loss = losses["loss"]
         if self.scaler:
             scale = float(self.scaler.get_scale())
             self.scaler.scale(loss).backward()
@@ -435,14 +426,45 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer.step()
-        if self.sgd_centers:
-            self._center_sgd_step(scale)
+        center_set.sgd_step(scale, self.info.world_size)
         self.scheduler.step()
+        lab, k = batch.labeled, self.data.num_classes
         with torch.no_grad():
-            return StepStats(loss=loss.detach(), loss_ce=loss_ce.detach(), loss_center=loss_center.detach(),
-                             loss_unlabeled=loss_unl.detach(), loss_triplet=loss_triplet.detach(),
-                             correct=(logits[lab, :k].argmax(1) == y[lab]).sum().float(),
-                             n_labeled=lab.sum().float(), n=m)
+            return StepStats(losses={key: v.detach() for key, v in losses.items()},
+                             correct=(s.logits[lab, :k].argmax(1) == batch.y[lab]).sum().float(),
+                             n_labeled=lab.sum().float(), n=s.m)
+
+    def _step_inputs(self, batch: Batch, feats: torch.Tensor, logits: torch.Tensor, epoch: int,
+                     labels: EpochLabels | None) -> StepInputs:
+        """The strategy's targets for the batch's unlabeled images (from the current centers, detached) and what
+        the loss terms read; the targets are stored per image in ``labels``. With ``train.center_on_unlabeled``
+        an unlabeled image with a label and a positive weight also carries the center term."""
+        t, center_set, data = self.cfg.train, self.state.center_set, self.data
+        lab, y = batch.labeled, batch.y
+        s = StepInputs(feats=feats, logits=logits, y=y, labeled=lab, unlabeled=(~lab).nonzero().squeeze(1),
+                       targets=None, center_labels=y.clone(), center_mask=lab.clone())
+        if not (self.strategy.active(epoch) and data.num_unlabeled and len(s.unlabeled)):
+            return s
+        u_pos = s.unlabeled
+        rows = batch.idx[u_pos] - data.num_labeled
+        fu, lu = feats[u_pos].detach(), logits[u_pos].detach()
+        centers = center_set.constant()  # a constant for the targets, also when SGD learns it
+        if self.set_targets is not None:  # the epoch's balanced assignment
+            tg = self.set_targets.take(rows)
+        else:
+            tg = self.strategy.targets(fu, lu, centers, center_set.valid, epoch)
+        keep = torch.ones_like(tg.weight, dtype=torch.bool)
+        if t.select_min_score > 0 or t.select_min_margin > 0:
+            keep = select(tg.confidence, tg.margin, t.select_min_score, t.select_min_margin)
+            tg.weight = tg.weight * keep
+        s.targets = tg
+        if labels is not None:  # statistics of this batch's labels, stored per unlabeled image
+            labels.store(rows, tg, keep, fu, centers, center_set.valid, self.truth)
+        if t.center_on_unlabeled:
+            use = (tg.label >= 0) & (tg.label < data.num_classes) & (tg.weight > 0)
+            s.center_labels[u_pos] = torch.where(use, tg.label, s.center_labels[u_pos])
+            s.center_mask[u_pos] = use
+        return s
 
     def _end_epoch(self, epoch: int, labels: EpochLabels, totals: dict[str, float], lr: float, t0: float) -> dict:
         """The epoch's record (mean losses, pseudo-label statistics), its history entry and checkpoint."""
@@ -453,30 +475,13 @@ class Trainer:
         if self.data.num_unlabeled and self.strategy.uses_unlabeled:
             rec.update(self._pseudo_stats(labels))
         if info.enabled:  # the centers must be identical on every rank: record the largest difference
-            hi_c, lo_c = st.centers.detach().clone(), -st.centers.detach()
-            dist.all_reduce_max(hi_c, lo_c)
-            rec["centers_rank_diff"] = float((hi_c + lo_c).abs().max())
+            rec["centers_rank_diff"] = st.center_set.rank_spread()
         st.history_labels.append(labels.label.cpu().numpy().astype(np.int32))
         st.history_conf.append(labels.conf.cpu().numpy().astype(np.float16))
         st.epoch = epoch + 1
         self.hooks.on_record(rec)
         self.hooks.on_epoch_end(epoch, self.state_dict())
         return rec
-
-    def _center_sgd_step(self, loss_scale: float) -> None:
-        """BoT's center step: the gradient of λ·Σ||x − c||²/m rescaled by 1/λ (so the rate is λ-free), averaged
-        over ranks, then plain SGD at ``train.center_lr``. ``loss_scale``: the fp16 gradient scaler's factor."""
-        c = self.state.centers
-        if c.grad is None:
-            return
-        with torch.no_grad():
-            g = c.grad / (self.cfg.train.center_weight * loss_scale)
-            if self.info.enabled:
-                dist.all_reduce_sum(g)
-                g /= self.info.world_size
-            if bool(torch.isfinite(g).all()):  # an fp16 overflow step is skipped, as the scaler skips the model's
-                c -= self.cfg.train.center_lr * g
-        c.grad = None
 
     def _pseudo_stats(self, labels: EpochLabels) -> dict:
         st = self.state
@@ -488,6 +493,7 @@ class Trainer:
             return out
         out["pl_mean_conf"] = float(labels.conf[seen].mean())
         out["pl_mean_margin"] = float(labels.margin[seen].mean())
+        out["pl_selected_frac"] = float(labels.selected[seen].float().mean())  # utilisation
         out["pl_classes_used"] = int(torch.unique(labels.label[seen]).numel())
         if st.history_labels:
             prev = torch.from_numpy(st.history_labels[-1]).to(labels.label.device)

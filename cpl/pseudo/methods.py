@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cpl.pseudo.base import Strategy, Targets, cosine_to_centers
+from cpl.pseudo.base import Strategy, Targets
+from cpl.pseudo.remedies import margin_of
 
 
 def _onehot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -36,14 +37,18 @@ class CPL(Strategy):
     name = "cpl"
 
     def targets(self, feats, logits, centers, center_valid, epoch):
-        sims = cosine_to_centers(feats, centers, center_valid)
+        sims = self.similarity(feats, centers, center_valid)
         conf, label = sims.max(dim=1)
         weight = self._weights(len(feats), epoch, feats.device)
         if not bool(center_valid.any()):  # very first batch: no center carries information yet
             weight.zero_()
             label = torch.full_like(label, -1)
             conf = torch.zeros_like(conf)
-        return Targets(_onehot(label, logits.shape[1]), weight, label, conf)
+        return Targets(_onehot(label, logits.shape[1]), weight, label, conf, margin_of(sims, label))
+
+    def balanced_probs(self, q, label):
+        """SeLa: one-hot at the balanced assignment's argmax."""
+        return _onehot(label, q.shape[1])
 
 
 class FAPL(Strategy):
@@ -56,16 +61,21 @@ class FAPL(Strategy):
     name = "fapl"
 
     def targets(self, feats, logits, centers, center_valid, epoch):
-        sims = cosine_to_centers(feats, centers, center_valid)
+        sims = self.similarity(feats, centers, center_valid)
         weight = self._weights(len(feats), epoch, feats.device)
         if not bool(center_valid.any()):
             weight.zero_()
             uniform = torch.full_like(logits, 1.0 / logits.shape[1], dtype=torch.float32)
+            zeros = torch.zeros(len(feats), device=feats.device)
             return Targets(uniform, weight, torch.full((len(feats),), -1, dtype=torch.long, device=feats.device),
-                           torch.zeros(len(feats), device=feats.device))
+                           zeros, zeros.clone())
         probs = torch.softmax(sims / self.temperature, dim=1)  # -inf (untouched centers) -> probability 0
         conf, label = sims.max(dim=1)
-        return Targets(probs, weight, label, conf)
+        return Targets(probs, weight, label, conf, margin_of(sims, label))
+
+    def balanced_probs(self, q, label):
+        """SwAV: the balanced assignment's row itself, a soft target (the balanced counterpart of Eq. 7)."""
+        return q
 
 
 class LSRO(Strategy):
@@ -86,8 +96,10 @@ class OneHot(Strategy):
     name = "onehot"
 
     def targets(self, feats, logits, centers, center_valid, epoch):
-        conf, label = torch.softmax(logits.float(), dim=1).max(dim=1)
-        return Targets(_onehot(label, logits.shape[1]), self._weights(len(feats), epoch, feats.device), label, conf)
+        p = torch.softmax(logits.float(), dim=1)
+        conf, label = p.max(dim=1)
+        return Targets(_onehot(label, logits.shape[1]), self._weights(len(feats), epoch, feats.device), label, conf,
+                       margin_of(p, label))
 
 
 class MpRL(Strategy):

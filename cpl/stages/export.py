@@ -60,7 +60,8 @@ def pseudo_labels(ctx: RunContext, uf: torch.Tensor, ul: torch.Tensor, centers: 
 
     t, u = ctx.trained, ctx.unlabeled
     lab, cos1, run_up, cos2 = top2(cosine_to_centers(uf, centers, valid))
-    tg = t.strategy.targets(uf, ul, centers, valid, max(0, ctx.cfg.train.epochs - 1))
+    # The whole set at once: CSLS's reference set and a balanced assignment are this set, as in training
+    tg = t.strategy.set_targets(uf, ul, centers, valid, max(0, ctx.cfg.train.epochs - 1))
     conf = tg.probs.gather(1, tg.label.clamp(min=0)[:, None]).squeeze(1)
     history = t.trainer.state.history_labels
     hist = np.stack(history) if history else np.zeros((0, len(uf)))
