@@ -19,7 +19,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = re.compile(r"^\*\*#(\d+)\*\* → \*\*pid (\d+)\*\*(.*)\s+cos (-?\d\.\d{3}) · Δ (-?\d\.\d{3})", re.S)
+GRID = re.compile(r"^\*\*#(\d+)\*\* → \*\*pid (\d+)\*\*(.*)\s+cos (-?\d\.\d{3}) · margin (-?[\d.]+)", re.S)
 
 
 def gan_page(**params: str) -> AppTest:
@@ -34,6 +34,14 @@ def grid_captions(at: AppTest) -> list[re.Match]:
     """The grid's image captions, parsed (the detail section's images have other captions)."""
     found = [GRID.match(c) for im in at.image for c in im.captions]
     return [m for m in found if m]
+
+
+def margin_shown(text: str, stored: float) -> bool:
+    """Whether a margin's text shows the stored one: 3 decimals, or 2 significant digits below 0.01 (a small
+    margin reads as what it is, never as "0.000"); the file holds 5 decimals."""
+    if abs(stored) >= 0.01:
+        return float(text) == pytest.approx(stored, abs=6e-4)
+    return float(text) == pytest.approx(stored, rel=0.05, abs=1e-5) and (stored == 0 or text.strip("0.-") != "")
 
 
 def values(field) -> np.ndarray:
@@ -58,9 +66,9 @@ def test_grid_captions_histogram_and_download(app_env, app_run):
     for m in caps:
         row = table.iloc[int(m[1])]
         assert int(m[2]) == row.pid
-        # shown with 3 decimals, stored with 4 (pseudo_labels.csv): up to 5e-4 + 5e-5 apart
+        # shown with 3 decimals, stored with 5 (pseudo_labels.csv): up to 5e-4 + 5e-6 apart
         assert float(m[4]) == pytest.approx(row.cos, abs=6e-4)
-        assert float(m[5]) == pytest.approx(row.margin, abs=6e-4)
+        assert margin_shown(m[5], row.margin)
         assert "✓" not in m[3] and "✗" not in m[3]  # GAN images have no hidden truth
     assert [b.label for b in at.get("download_button")] == ["Download the assignment table (CSV)"]
     bars = chart(at, "gan-histogram")["data"][0]
@@ -88,13 +96,18 @@ def test_sort_filter_and_why_this_label(app_env, app_run):
     assert len(caps) == min(48, (table.pid == pid).sum()) and {int(m[2]) for m in caps} == {pid}
 
     pick = int(caps[0][1])
+    assert not at.get("dialog")
     at.button(key=f"pick-{pick}").click().run()
     assert at.number_input(key="gan-img").value == pick
     row = table.iloc[pick]
+    # "Why?" opens the explanation as a dialog over the grid (the section below the grid shows it too)
+    [dialog] = at.get("dialog")
+    text = " ".join(m.value for m in dialog.markdown)
+    assert f"Assigned: pid {row.pid}** · cos {row.cos:.3f}" in text
     text = " ".join(m.value for m in at.markdown)
     assert f"Assigned: pid {row.pid}** · cos {row.cos:.3f}" in text
     assert f"Runner-up: pid {int(row.runner_up_pid)}** · cos {row.runner_up_cos:.3f}" in text
-    assert f"margin {row.margin:.3f}" in text
+    assert margin_shown(re.search(r"\(margin (-?[\d.]+)\)", text)[1], row.margin)
     # the real images beside it are labeled training images of those two identities
     train = pd.read_csv(app_run.features / "train.csv")
     shown = [int(c.split()[1]) for im in at.image for c in im.captions if c.startswith("pid ")]
