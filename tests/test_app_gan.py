@@ -110,7 +110,7 @@ def test_sort_filter_and_why_this_label(app_env, app_run):
     assert margin_shown(re.search(r"\(margin (-?[\d.]+)\)", text)[1], row.margin)
     # the real images beside it are labeled training images of those two identities
     train = pd.read_csv(app_run.features / "train.csv")
-    shown = [int(c.split()[1]) for im in at.image for c in im.captions if c.startswith("pid ")]
+    shown = [int(c.split()[1]) for im in dialog.image for c in im.captions if c.startswith("pid ")]
     for label, pid in ((row.label, row.pid), (row.runner_up, row.runner_up_pid)):
         assert shown.count(int(pid)) == min(8, (train.label == label).sum())
 
