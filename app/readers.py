@@ -87,9 +87,13 @@ def run_facts(run: RunDir) -> dict:
 
 
 def gan_quality(run: RunDir) -> dict | None:
-    """The run's DCGAN quality (gan.json ``quality``: ``fd``, ``fd_floor``, ``n``), None when not measured."""
+    """The run's DCGAN quality (gan.json ``quality``): exactly ``fd``, ``fd_floor`` (numbers), ``n`` (a number or
+    None) and ``feature_space`` (a text, "" when not recorded); None when not measured."""
     q = as_dict((read_json(run.gan) or {}).get("quality"))
-    return q if health.is_number(q.get("fd")) and health.is_number(q.get("fd_floor")) else None
+    if not (health.is_number(q.get("fd")) and health.is_number(q.get("fd_floor"))):
+        return None
+    return {"fd": float(q["fd"]), "fd_floor": float(q["fd_floor"]), "n": number(q.get("n")),
+            "feature_space": text(q.get("feature_space")) or ""}
 
 
 def gan_fd_text(run: RunDir) -> str:

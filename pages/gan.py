@@ -356,9 +356,10 @@ def _quality(run: RunDir) -> None:
                      "EfficientNet-Lite0 feature space (not the Inception FID: compare it with the floor only)")
     m[1].metric("real-vs-real floor", f"{q['fd_floor']:.0f}",
                 help="the same distance between two disjoint halves of the real images")
-    m[2].caption(f"{q['n']} images a side. {q['feature_space']}. The closer the GAN is to the floor, the more "
-                 "its samples look like the real images to an ImageNet network; samples far above it are "
-                 "textures, not people.")
+    facts = ([f"{q['n']:.0f} images a side."] if q["n"] else []) + ([f"{q['feature_space']}."] if q["feature_space"]
+                                                                     else [])
+    m[2].caption(" ".join([*facts, "The closer the GAN is to the floor, the more its samples look like the real "
+                           "images to an ImageNet network; samples far above it are textures, not people."]))
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from app.safety import safe_run
 from cpl.data.images import UploadError, decode_upload
 from cpl.runs.launch import cpl_command
 from cpl.runs.rundir import RunDir, list_runs
-from cpl.runs.status import read_status
+from cpl.runs.status import ACTIVE, read_status
 
 MODES = ("Hardest queries first", "By identity", "By query number", "Upload an image")
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "webp"]
@@ -234,14 +234,20 @@ def main() -> None:
     if run is None:
         return
     ret = readers.retrieval(run)
-    if not ret or "index" not in ret:
+    if not ret:
         status = read_status(run)
-        st.info("Retrieval lists are written after evaluation, at the end of the run "
-                f"(now: {status.get('message') or status.get('stage') or status.get('state')}).")
+        if status.get("state") in ACTIVE:
+            st.info("Retrieval lists are written after evaluation, at the end of the run "
+                    f"(now: {status.get('message') or status.get('stage') or status.get('state')}).")
+        else:
+            st.info(f"This run ({status.get('state')}) has no retrieval lists: `retrieval.npz` is missing or "
+                    "damaged.")
         return
     query, gallery = readers.split(run, "query"), readers.split(run, "gallery")
-    if len(query) != ret["index"].shape[0]:
-        st.error("features/query.csv does not match retrieval.npz; the run directory is inconsistent.")
+    ranked_rows = max(int(ret[k].max(initial=-1)) for k in ("index", "rr_index") if k in ret)
+    if len(query) != ret["index"].shape[0] or len(gallery) <= ranked_rows:
+        st.error("`features/query.csv` or `features/gallery.csv` does not match `retrieval.npz` (missing, "
+                 "damaged or of another evaluation): the run directory is inconsistent.")
         return
     run2 = _second_run(run)
     if run2 is not None and not _same_dataset(run, run2):
