@@ -6,6 +6,7 @@ That no page imports torch is tested for the whole app in tests/test_app_torch_f
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -126,7 +127,9 @@ def test_holdout_marks_and_accuracy(app_env, holdout_run):
         assert ("✓" in m[3]) == (row.correct == 1) and ("✗" in m[3]) == (row.correct == 0)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["label accuracy"] == f"{100 * table.correct.mean():.1f}%"
-    names = [t.get("name") for t in chart(at, "gan-curves")["data"]]
+    curves = chart(at, "gan-curves")
+    names = [t.get("name") for t in curves["data"]]
+    assert curves["layout"]["yaxis2"]["title"]["text"] == "cosine / probability / share"  # what it plots
     assert "pseudo-label accuracy" in names
     at.radio(key="gan-verdict").set_value("✗ wrong").run()
     caps = grid_captions(at)
@@ -203,3 +206,25 @@ def test_switching_runs_forgets_the_picked_image(app_env, app_run, holdout_run):
     assert not at.exception, [e.message for e in at.exception]
     assert at.number_input(key="gan-img").value == 0 and at.multiselect(key="gan-ids").value == []
     assert len(grid_captions(at)) == min(48, n_small)
+
+
+def test_square_gan_images_are_shown_at_the_crops_aspect(app_env, app_run, tmp_path):
+    from app.gallery import Card, card_image, reshaped
+    from app.readers import config
+    from cpl.runs.rundir import RunDir
+
+    square = tmp_path / "square.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(square)
+    buf = square.read_bytes()
+    assert Image.open(io.BytesIO(reshaped(buf, 2.0, 128))).size == (64, 128)  # width, height: a 2:1 crop
+    assert Image.open(io.BytesIO(reshaped(buf, 0.5, 128))).size == (128, 64)
+    # a GAN sample of the run, as its grid card draws it: the shape of the network's input, and a border
+    table = pd.read_csv(app_run.pseudo_labels)
+    data = config(RunDir(app_run.path))["data"]
+    aspect = data["height"] / data["width"]
+    card = Card(table.path[0], "", aspect=aspect)
+    with Image.open(io.BytesIO(card_image(app_run, card, max_side=128))) as im:
+        border = 2 * max(2, 128 // 32)
+        assert (im.height - border) / (im.width - border) == pytest.approx(aspect, rel=0.02)
+    with Image.open(app_run.path / table.path[0]) as sample:
+        assert sample.width == sample.height  # the DCGAN draws squares
