@@ -153,7 +153,8 @@ def empty_table(schema: dict[str, str]) -> pd.DataFrame:
 
 
 def typed(df: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
-    """``df`` reduced to the columns of ``schema`` with their types; :func:`empty_table` when a column is
+    """``df`` with the columns of ``schema`` first, in their types, then any others as read (a newer run may
+    write more; a page declares a column before it reads it); :func:`empty_table` when a declared column is
     missing or an INT column has a gap or a non-number (a partial or damaged file)."""
     if not set(schema) <= set(df.columns):
         return empty_table(schema)
@@ -168,7 +169,8 @@ def typed(df: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
                 return empty_table(schema)
             values = values.astype(INT)
         out[col] = values
-    return pd.DataFrame(out).reset_index(drop=True)
+    extra = {c: df[c] for c in df.columns if c not in schema}
+    return pd.DataFrame({**out, **extra}).reset_index(drop=True)
 
 
 def table(path: Path, schema: dict[str, str]) -> pd.DataFrame:
