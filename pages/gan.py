@@ -82,7 +82,8 @@ def _caption(r, holdout: bool, pid_of: dict[int, int], differs: bool) -> str:
         return f"#{r.index} · no valid center"
     head = f"**#{r.index}** → **pid {int(r.pid)}**"
     if holdout:
-        head += " :green[✓]" if r.correct == 1 else f" :red[✗ true {int(r.true_pid)}]"
+        head += " :green[✓]" if r.correct == 1 else " :red[✗" + ("]" if np.isnan(r.true_pid) else
+                                                               f" true {int(r.true_pid)}]")
     text = f"{head}  \ncos {r.cos:.3f}" + ("" if np.isnan(r.margin) else f" · margin {_small(r.margin)}")
     if differs:
         text += f"  \nmethod: {_pid_text(int(r.method_label), pid_of)}"
@@ -93,7 +94,8 @@ def _table(run: RunDir, pid_of: dict[int, int], late_from: int) -> pd.DataFrame:
     """pseudo_labels.csv plus true_pid, a 'late' flag and whether the method's own label differs."""
     df = readers.pseudo_labels(run)
     unl = readers.unlabeled(run)
-    df["true_pid"] = unl["true_pid"].to_numpy() if len(unl) == len(df) else np.nan
+    # the hidden identity's pid: unlabeled.csv's, or (that file missing) the class map's for true_label
+    df["true_pid"] = unl["true_pid"].to_numpy() if len(unl) == len(df) else df["true_label"].map(pid_of)
     df["late"] = df["last_change_epoch"] >= late_from
     df["method_differs"] = df["method_label"] != df["label"]
     return df
@@ -260,7 +262,7 @@ def _explain(why: Why, i: int, where: str) -> None:
                 _examples(run, real, int(r.runner_up),
                           f"**Runner-up: pid {int(r.runner_up_pid)}** · cos {r.runner_up_cos:.3f} "
                           f"(margin {_small(r.margin)})")
-            if holdout and r.correct == 0 and not np.isnan(r.true_label):
+            if holdout and r.correct == 0 and not np.isnan(r.true_label) and not np.isnan(r.true_pid):
                 _examples(run, real, int(r.true_label), f"**Hidden true identity: pid {int(r.true_pid)}**")
         if r.method_label != r.label:
             st.caption(f"The run's own method ({method}) gives {_pid_text(int(r.method_label), pid_of)} "
@@ -338,7 +340,7 @@ def _absent_notes(run: RunDir, train: pd.DataFrame, history: dict) -> None:
         notes.append("`features/train.csv`: no labeled training images to show beside an assignment, and the "
                      "identities that received no image are not counted")
     if readers.unlabeled(run).empty:
-        notes.append("`unlabeled.csv`: the hidden true identities of held-out images are not shown")
+        notes.append("`unlabeled.csv`: the unlabeled set is known only through pseudo_labels.csv")
     if not history:
         notes.append("`pseudo_history.npz`: no per-epoch label history")
     if notes:

@@ -228,3 +228,17 @@ def test_square_gan_images_are_shown_at_the_crops_aspect(app_env, app_run, tmp_p
         assert (im.height - border) / (im.width - border) == pytest.approx(aspect, rel=0.02)
     with Image.open(app_run.path / table.path[0]) as sample:
         assert sample.width == sample.height  # the DCGAN draws squares
+
+
+def test_a_holdout_run_without_unlabeled_csv_still_names_the_true_identities(app_world, holdout_run, tmp_path,
+                                                                              monkeypatch):
+    isolated_copy(app_world, holdout_run, tmp_path, monkeypatch, drop=("unlabeled.csv",))
+    at = gan_page(run="copy")
+    assert any("`unlabeled.csv`" in w.value for w in at.warning)  # says what is missing ...
+    table = pd.read_csv(holdout_run.pseudo_labels)
+    pid_of = pd.read_csv(holdout_run.features / "train.csv").groupby("label")["pid"].first()
+    caps = grid_captions(at)
+    assert caps
+    for m in caps:  # ... and still marks every assignment, a wrong one with the hidden identity's pid
+        row = table.iloc[int(m[1])]
+        assert m[3].strip() == (":green[✓]" if row.correct == 1 else f":red[✗ true {pid_of[int(row.true_label)]}]")
