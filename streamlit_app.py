@@ -27,7 +27,10 @@ st.logo(str(ASSETS / "logo.svg"), icon_image=str(ASSETS / "icon.svg"), size="lar
 
 PAGES = {
     "Train": [
-        st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:", url_path="runs", default=True),
+        st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:", url_path="", default=True),
+        # The Runs page lives at "/"; "/runs" (a link typed or shared by its name) serves the same script
+        # instead of "Page not found". Listed after the default, so links to pages/runs.py go to "/".
+        st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:", url_path="runs", visibility="hidden"),
         st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch"),
     ],
     "Inspect": [
@@ -64,4 +67,5 @@ root = settings.runs_root()
 page = st.navigation(PAGES, position="sidebar")
 demo_notice(root)
 page.run()
-st.sidebar.caption(f"Runs folder `{root}`  \nData roots " + ", ".join(f"`{p}`" for p in settings.data_roots()))
+st.sidebar.caption(f"Runs folder `{settings.shown(root)}`  \nData roots "
+                   + ", ".join(f"`{settings.shown(p)}`" for p in settings.data_roots()))

@@ -116,8 +116,10 @@ def pseudo_label_figure(epochs: pd.DataFrame) -> go.Figure:
                                      line={"color": color, "dash": dash}), secondary_y=True)
     fig.update_xaxes(title_text="epoch", **_epoch_ticks([epochs]))
     fig.update_yaxes(title_text="images", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title_text="fraction", secondary_y=True, range=[0, 1.02], showgrid=False, tickmode="linear",
-                     tick0=0, dtick=0.25)
+    # the right axis holds cosines (a target probability for methods without centers) and, for the holdout
+    # source, shares of images: named by what they are, all in [0, 1]
+    fig.update_yaxes(title_text="cosine / probability / share", secondary_y=True, range=[0, 1.02], showgrid=False,
+                     tickmode="linear", tick0=0, dtick=0.25)
     return _layout(fig, "Pseudo-labels per epoch")
 
 

@@ -38,12 +38,15 @@ class Card:
     """One image of a grid: ``path`` as stored in the run's CSV, its caption (Markdown) and border colour.
 
     ``key`` (unique on the page) adds a button under the image that calls the grid's ``on_pick(key)``.
+    ``aspect`` (height / width) shows the image at that shape, as the network saw it: a square GAN sample
+    beside 2:1 person crops is resized to the crops' aspect in training too.
     """
 
     path: str
     caption: str
     colour: str = NEUTRAL
     key: str | None = None
+    aspect: float | None = None
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
@@ -56,11 +59,25 @@ def framed(png: bytes, colour: str, width: int) -> bytes:
     return buf.getvalue()
 
 
+@st.cache_data(show_spinner=False, max_entries=4096)
+def reshaped(png: bytes, aspect: float, max_side: int) -> bytes:
+    """PNG bytes of ``png`` resized to ``aspect`` (height / width), its longer side ``max_side`` pixels."""
+    height, width = (max_side, max(1, round(max_side / aspect))) if aspect >= 1 else \
+        (max(1, round(max_side * aspect)), max_side)
+    with Image.open(io.BytesIO(png)) as im:
+        out = im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def card_image(run: RunDir, card: Card, max_side: int = 128) -> bytes | None:
     """The bordered thumbnail of ``card`` (PNG bytes), or None when the image is missing or refused."""
     png = thumbnail(run, card.path, settings.allowed_roots(), max_side=max_side)
     if png is None:
         return None
+    if card.aspect:
+        png = reshaped(png, card.aspect, max_side)
     return framed(png, card.colour, max(2, max_side // 32))
 
 
@@ -82,7 +99,8 @@ def grid(run: RunDir, cards: Sequence[Card], *, columns: int = 8, max_side: int 
                     st.image(data, caption=card.caption, width="stretch")
                     shown += 1
                 if card.key is not None and on_pick is not None:
-                    st.button(button, key=card.key, on_click=on_pick, args=(card.key,), type="tertiary")
+                    st.button(button, key=card.key, on_click=on_pick, args=(card.key,), type="secondary",
+                              icon=":material/help:", width="stretch")
     return shown
 
 

@@ -5,7 +5,12 @@ version as soon as the run rewrites it (every file is replaced atomically) and n
 unchanged one. Nothing here computes anything heavy: the run process wrote it all.
 
 A damaged file (truncated, hand-edited, unreadable, of the wrong type) reads as absent: the readers return
-the documented types or nothing, never raise, and :mod:`app.health` says what is wrong.
+the documented types or nothing, never raise, and :mod:`app.health` says what is wrong. The artifacts the
+inspection pages read are declared here once, by construction: a table reader always returns a frame with its
+declared columns and types (:data:`PSEUDO_LABELS`, :data:`UNLABELED`, :data:`SPLIT`, :data:`TRAIN_SPLIT`), empty
+when the file is missing, damaged or lacks a column; an array reader returns either every declared array, with
+one leading dimension, or {} (:data:`EMBEDDING`, :data:`RETRIEVAL`, :data:`PSEUDO_HISTORY`). A page tests for
+emptiness, never for a column or a key.
 """
 
 from __future__ import annotations
@@ -82,9 +87,13 @@ def run_facts(run: RunDir) -> dict:
 
 
 def gan_quality(run: RunDir) -> dict | None:
-    """The run's DCGAN quality (gan.json ``quality``: ``fd``, ``fd_floor``, ``n``), None when not measured."""
+    """The run's DCGAN quality (gan.json ``quality``): exactly ``fd``, ``fd_floor`` (numbers), ``n`` (a number or
+    None) and ``feature_space`` (a text, "" when not recorded); None when not measured."""
     q = as_dict((read_json(run.gan) or {}).get("quality"))
-    return q if health.is_number(q.get("fd")) and health.is_number(q.get("fd_floor")) else None
+    if not (health.is_number(q.get("fd")) and health.is_number(q.get("fd_floor"))):
+        return None
+    return {"fd": float(q["fd"]), "fd_floor": float(q["fd_floor"]), "n": number(q.get("n")),
+            "feature_space": text(q.get("feature_space")) or ""}
 
 
 def gan_fd_text(run: RunDir) -> str:
@@ -127,21 +136,63 @@ def csv_file(path: Path) -> pd.DataFrame:
     return _csv(str(path), stamp(path))
 
 
+# Column types of the tables the pages read: INT columns are never empty in a sound file (a gap means the
+# file is damaged), FLOAT columns may be (NaN), TEXT columns are strings ("" for a gap).
+INT, FLOAT, TEXT = "int64", "float64", "text"
+PSEUDO_LABELS = {"index": INT, "path": TEXT, "label": INT, "pid": FLOAT, "cos": FLOAT, "runner_up": INT,
+                 "runner_up_pid": FLOAT, "runner_up_cos": FLOAT, "margin": FLOAT, "last_change_epoch": INT,
+                 "method_label": INT, "method_conf": FLOAT, "true_label": FLOAT, "correct": FLOAT}
+UNLABELED = {"index": INT, "path": TEXT, "source": TEXT, "true_label": INT, "true_pid": FLOAT}
+SPLIT = {"path": TEXT, "pid": INT, "camid": INT}
+TRAIN_SPLIT = {**SPLIT, "label": INT}
+
+
+def empty_table(schema: dict[str, str]) -> pd.DataFrame:
+    """A frame with no rows and the columns (and dtypes) of ``schema``."""
+    return pd.DataFrame({c: pd.Series(dtype=object if t == TEXT else t) for c, t in schema.items()})
+
+
+def typed(df: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
+    """``df`` with the columns of ``schema`` first, in their types, then any others as read (a newer run may
+    write more; a page declares a column before it reads it); :func:`empty_table` when a declared column is
+    missing or an INT column has a gap or a non-number (a partial or damaged file)."""
+    if not set(schema) <= set(df.columns):
+        return empty_table(schema)
+    out = {}
+    for col, kind in schema.items():
+        if kind == TEXT:
+            out[col] = df[col].fillna("").astype(str)
+            continue
+        values = pd.to_numeric(df[col], errors="coerce").astype(FLOAT)
+        if kind == INT:
+            if values.isna().any() or not np.all(np.isfinite(values)) or (values % 1 != 0).any():
+                return empty_table(schema)
+            values = values.astype(INT)
+        out[col] = values
+    extra = {c: df[c] for c in df.columns if c not in schema}
+    return pd.DataFrame({**out, **extra}).reset_index(drop=True)
+
+
+def table(path: Path, schema: dict[str, str]) -> pd.DataFrame:
+    """A CSV artifact as a frame with exactly the columns of ``schema`` (empty when missing or damaged)."""
+    return typed(csv_file(path), schema)
+
+
 def pseudo_labels(run: RunDir) -> pd.DataFrame:
-    """pseudo_labels.csv: the final assignment of every unlabeled image, one row each (``label`` a class index
-    0..K-1, ``cos``, ``margin``, ...); empty before the export stage."""
-    return csv_file(run.pseudo_labels)
+    """pseudo_labels.csv: the final assignment of every unlabeled image, one row each (:data:`PSEUDO_LABELS`:
+    ``label`` a class index 0..K-1 or -1, ``cos``, ``margin``, ...); empty before the export stage."""
+    return table(run.pseudo_labels, PSEUDO_LABELS)
 
 
 def unlabeled(run: RunDir) -> pd.DataFrame:
-    """unlabeled.csv: one row per unlabeled image, ``index, path, source, true_label, true_pid`` (``true_label``
-    -1 unless the source is ``holdout``)."""
-    return csv_file(run.unlabeled)
+    """unlabeled.csv: one row per unlabeled image (:data:`UNLABELED`; ``true_label`` -1 unless the source is
+    ``holdout``); empty when missing or damaged."""
+    return table(run.unlabeled, UNLABELED)
 
 
 def split(run: RunDir, name: str) -> pd.DataFrame:
-    """features/<name>.csv: path, pid, camid (+ label for train)."""
-    return csv_file(run.features / f"{name}.csv")
+    """features/<name>.csv: path, pid, camid (+ the class ``label`` for train: :data:`TRAIN_SPLIT`)."""
+    return table(run.features / f"{name}.csv", TRAIN_SPLIT if name == "train" else SPLIT)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -158,22 +209,53 @@ def npz(path: Path) -> dict[str, np.ndarray]:
     return _npz(str(path), stamp(path))
 
 
+# The arrays of each .npz artifact the pages read, by name: their number of dimensions and the group that must
+# be complete (an optional group, like the re-ranked lists, is dropped when part of it is missing).
+EMBEDDING = {"xy": 2, "kind": 1, "row": 1, "label": 1}
+RETRIEVAL = {"index": 2, "dist": 2, "ap": 1}
+RERANKED = {"rr_index": 2, "rr_dist": 2, "rr_ap": 1}
+PSEUDO_HISTORY = {"labels": 2, "confidence": 2}
+
+
+def _complete(arrays: dict[str, np.ndarray], schema: dict[str, int]) -> bool:
+    """Whether ``arrays`` holds every array of ``schema`` with its number of dimensions and one leading size."""
+    if not all(k in arrays and arrays[k].ndim == n for k, n in schema.items()):
+        return False
+    return len({arrays[k].shape[0] for k in schema}) == 1
+
+
+def arrays(path: Path, schema: dict[str, int], optional: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of ``schema`` (and of ``optional`` when all of them are there and fit) from an ``.npz`` file;
+    {} when the file is missing or damaged or lacks one of ``schema``'s arrays."""
+    found = npz(path)
+    if not _complete(found, schema):
+        return {}
+    out = {k: found[k] for k in schema}
+    if optional and _complete(found, optional) and found[next(iter(optional))].shape[0] == len(
+            found[next(iter(schema))]):
+        out |= {k: found[k] for k in optional}
+    return out
+
+
 def embedding(run: RunDir) -> dict[str, np.ndarray]:
-    """embedding.npz, the UMAP: ``xy [N, 2] float32``, ``kind [N] int8`` (0 train, 1 unlabeled, 2 center),
-    ``row [N] int32``, ``label [N] int32`` (class index); {} until the export stage has written it."""
-    return npz(run.embedding)
+    """embedding.npz, the UMAP (:data:`EMBEDDING`): ``xy [N, 2] float32``, ``kind [N] int8`` (0 train,
+    1 unlabeled, 2 center), ``row [N] int32``, ``label [N] int32`` (class index); {} until the export stage has
+    written it, or when it is damaged."""
+    return arrays(run.embedding, EMBEDDING)
 
 
 def retrieval(run: RunDir) -> dict[str, np.ndarray]:
-    """retrieval.npz: ``index [Q, k] int32`` gallery rows best first, ``dist [Q, k] float32``, ``ap [Q] float32``
-    (NaN without a valid match), and with re-ranking ``rr_index``, ``rr_dist``, ``rr_ap``; {} until written."""
-    return npz(run.retrieval)
+    """retrieval.npz (:data:`RETRIEVAL`): ``index [Q, k] int32`` gallery rows best first, ``dist [Q, k]
+    float32``, ``ap [Q] float32`` (NaN without a valid match), and with re-ranking ``rr_index``, ``rr_dist``,
+    ``rr_ap`` (:data:`RERANKED`, all or none); {} until written, or when damaged."""
+    return arrays(run.retrieval, RETRIEVAL, RERANKED)
 
 
 def pseudo_history(run: RunDir) -> dict[str, np.ndarray]:
-    """pseudo_history.npz: ``labels [E, U] int32`` (-1 = not seen in that epoch) and ``confidence [E, U]
-    float16``, one row per epoch trained with pseudo-labels; {} before the first or without unlabeled images."""
-    return npz(run.pseudo_history)
+    """pseudo_history.npz (:data:`PSEUDO_HISTORY`): ``labels [E, U] int32`` (-1 = not seen in that epoch) and
+    ``confidence [E, U] float16``, one row per epoch trained with pseudo-labels; {} before the first, without
+    unlabeled images, or when damaged."""
+    return arrays(run.pseudo_history, PSEUDO_HISTORY)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -185,9 +267,11 @@ def _npy(path: str, version: tuple) -> np.ndarray | None:
 
 
 def features(run: RunDir, name: str) -> np.ndarray | None:
-    """features/<name>.npy ([N, D] float16 normalised; centers [K, D] float32)."""
+    """features/<name>.npy ([N, D] float16 normalised; centers [K, D] float32); None when missing, damaged or
+    not two-dimensional."""
     path = run.features / f"{name}.npy"
-    return _npy(str(path), stamp(path))
+    found = _npy(str(path), stamp(path))
+    return found if found is not None and found.ndim == 2 else None
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)

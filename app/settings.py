@@ -33,3 +33,16 @@ def synthetic_root() -> Path:
 def allowed_roots() -> list[Path]:
     """Every folder the app may read a file from."""
     return [runs_root(), *data_roots()]
+
+
+def shown(path: Path) -> str:
+    """``path`` as a page shows it: relative to the working directory when inside it, ``~/…`` under the home
+    folder, else as it is. Pages and their screenshots then name the folder the way the user started the app
+    with, not the machine's layout."""
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        return prefix + rel.as_posix() if str(rel) != "." or prefix else "."
+    return str(path)

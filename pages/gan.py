@@ -8,6 +8,7 @@ unlabeled images and the training-time labels exist; the page shows those and sa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,22 @@ def _epochs(run: RunDir, history: dict) -> int:
     return int(cfg_epochs or history.get("labels", np.zeros((0, 0))).shape[0])
 
 
+def _aspect(run: RunDir) -> float:
+    """Height / width of the network's input (data.height, data.width): the shape every unlabeled image is
+    resized to for training, and is shown at."""
+    data = readers.as_dict(readers.config(run).get("data"))
+    h, w = readers.number(data.get("height")), readers.number(data.get("width"))
+    return h / w if h and w and h > 0 and w > 0 else 2.0
+
+
+def _small(x: float) -> str:
+    """A cosine difference as text: 3 decimals, or 2 significant digits below 0.01 (a margin of 0.0004 is not
+    "0.000"); "0" for an exact tie."""
+    if abs(x) >= 0.01:
+        return f"{x:.3f}"
+    return np.format_float_positional(x, precision=2, fractional=False, trim="-")
+
+
 def _pid_text(label: int, pid_of: dict[int, int]) -> str:
     if label == EXTRA_CLASS:
         return "the extra 'generated' class"
@@ -65,8 +82,9 @@ def _caption(r, holdout: bool, pid_of: dict[int, int], differs: bool) -> str:
         return f"#{r.index} · no valid center"
     head = f"**#{r.index}** → **pid {int(r.pid)}**"
     if holdout:
-        head += " :green[✓]" if r.correct == 1 else f" :red[✗ true {int(r.true_pid)}]"
-    text = f"{head}  \ncos {r.cos:.3f} · Δ {r.margin:.3f}" if not np.isnan(r.margin) else f"{head}  \ncos {r.cos:.3f}"
+        head += " :green[✓]" if r.correct == 1 else " :red[✗" + ("]" if np.isnan(r.true_pid) else
+                                                               f" true {int(r.true_pid)}]")
+    text = f"{head}  \ncos {r.cos:.3f}" + ("" if np.isnan(r.margin) else f" · margin {_small(r.margin)}")
     if differs:
         text += f"  \nmethod: {_pid_text(int(r.method_label), pid_of)}"
     return text
@@ -76,15 +94,17 @@ def _table(run: RunDir, pid_of: dict[int, int], late_from: int) -> pd.DataFrame:
     """pseudo_labels.csv plus true_pid, a 'late' flag and whether the method's own label differs."""
     df = readers.pseudo_labels(run)
     unl = readers.unlabeled(run)
-    if "true_pid" in unl and len(unl) == len(df):
-        df["true_pid"] = unl["true_pid"].to_numpy()
+    # the hidden identity's pid: unlabeled.csv's, or (that file missing) the class map's for true_label
+    df["true_pid"] = unl["true_pid"].to_numpy() if len(unl) == len(df) else df["true_label"].map(pid_of)
     df["late"] = df["last_change_epoch"] >= late_from
     df["method_differs"] = df["method_label"] != df["label"]
     return df
 
 
 def _pick(key: str) -> None:
+    """A grid's "Why?": that image becomes the selected one, and its explanation opens as a dialog."""
     st.session_state["gan-img"] = int(key.removeprefix("pick-"))
+    st.session_state["gan-why"] = True
 
 
 def _filters(df: pd.DataFrame, holdout: bool, epochs: int, late_from: int) -> tuple[pd.DataFrame, int]:
@@ -124,9 +144,11 @@ def _filters(df: pd.DataFrame, holdout: bool, epochs: int, late_from: int) -> tu
 def _grid(run: RunDir, view: pd.DataFrame, per_page: int, holdout: bool, pid_of: dict[int, int]) -> None:
     start, stop = page_bounds(len(view), per_page, key="gan-page")
     cards = []
+    aspect = _aspect(run)
     for r in view.iloc[start:stop].itertuples(index=False):
         colour = (GREEN if r.correct == 1 else RED) if holdout else (AMBER if r.late else NEUTRAL)
-        cards.append(Card(r.path, _caption(r, holdout, pid_of, bool(r.method_differs)), colour, f"pick-{r.index}"))
+        cards.append(Card(r.path, _caption(r, holdout, pid_of, bool(r.method_differs)), colour, f"pick-{r.index}",
+                          aspect))
     shown = grid(run, cards, columns=COLUMNS, button="Why?", on_pick=_pick)
     if shown < len(cards):
         st.warning(f"{len(cards) - shown} of {len(cards)} images on this page could not be shown "
@@ -147,7 +169,7 @@ def _examples(run: RunDir, real: pd.DataFrame, label: int, title: str) -> None:
 
 def _history_figure(history: dict, i: int, pid_of: dict[int, int]) -> go.Figure | None:
     labels, conf = history.get("labels"), history.get("confidence")
-    if labels is None or conf is None or i >= labels.shape[1]:
+    if labels is None or conf is None or i >= labels.shape[1]:  # no history, or one of another unlabeled set
         return None
     seen = labels[:, i] >= 0
     if not seen.any():
@@ -165,22 +187,57 @@ def _history_figure(history: dict, i: int, pid_of: dict[int, int]) -> go.Figure 
     return fig
 
 
-def _selected(run: RunDir, df: pd.DataFrame, real: pd.DataFrame, history: dict, pid_of: dict[int, int],
-              holdout: bool, method: str) -> None:
-    n = len(df)
+@dataclass(frozen=True)
+class Why:
+    """What explaining one image's label needs: the run, its assignment table (pseudo_labels.csv plus
+    true_pid/late/method_differs), the labeled training images (features/train.csv less the unlabeled ones),
+    the per-epoch history, class -> pid, whether there is a hidden truth, and the run's method."""
+
+    run: RunDir
+    df: pd.DataFrame
+    real: pd.DataFrame
+    history: dict
+    pid_of: dict[int, int]
+    holdout: bool
+    method: str
+
+
+def _image_number(n: int) -> int:
+    """The selected unlabeled image (``?img=``, the grid's "Why?" or the number field), in 0..n-1."""
     if "gan-img" not in st.session_state:
         wanted = st.query_params.get("img", "0")
         st.session_state["gan-img"] = int(wanted) if wanted.isdigit() and int(wanted) < n else 0
+    return min(max(int(st.session_state["gan-img"]), 0), n - 1)
+
+
+@st.dialog("Why this label?", width="large")
+def _why_dialog(why: Why, i: int) -> None:
+    """The explanation of image ``i`` where the user clicked (the grid is long; the section below it is far)."""
+    _explain(why, i, "dialog")
+
+
+def _selected(why: Why) -> None:
+    """The "Why this label?" section: pick an image by number and see its explanation."""
+    n = len(why.df)
+    _image_number(n)
     st.subheader("Why this label?")
     i = int(st.number_input("Unlabeled image #", 0, n - 1, key="gan-img",
                             help="Or press 'Why?' under an image of the grid"))
     if st.query_params.get("img") != str(i):
         st.query_params["img"] = str(i)
+    _explain(why, i, "section")
+
+
+def _explain(why: Why, i: int, where: str) -> None:
+    """Image ``i``'s assignment: the image, its cosines, real images of the assigned and runner-up identities
+    (and of the hidden true one), and its label per epoch. ``where`` keeps the chart keys apart."""
+    run, df, real, history, pid_of, holdout, method = (why.run, why.df, why.real, why.history, why.pid_of,
+                                                        why.holdout, why.method)
     r = df.set_index("index").loc[i]
     left, right = st.columns([1, 4])
     with left:
         data = card_image(run, Card(r.path, "", GREEN if holdout and r.correct == 1 else
-                                    RED if holdout else NEUTRAL), max_side=192)
+                                    RED if holdout else NEUTRAL, aspect=_aspect(run)), max_side=192)
         if data is None:
             st.warning("This image cannot be shown (missing, or outside the allowed folders).")
         else:
@@ -189,7 +246,7 @@ def _selected(run: RunDir, df: pd.DataFrame, real: pd.DataFrame, history: dict, 
             st.metric("cosine to assigned center", f"{r.cos:.3f}")
             if not np.isnan(r.runner_up_cos):
                 st.metric("runner-up cosine", f"{r.runner_up_cos:.3f}")
-                st.metric("margin", f"{r.margin:.3f}")
+                st.metric("margin", _small(r.margin))
         last = int(r.last_change_epoch)
         st.caption("Training-time label never changed." if last < 0 else
                    f"Training-time label last changed in epoch {last + 1}.")
@@ -204,8 +261,8 @@ def _selected(run: RunDir, df: pd.DataFrame, real: pd.DataFrame, history: dict, 
             if r.runner_up >= 0:
                 _examples(run, real, int(r.runner_up),
                           f"**Runner-up: pid {int(r.runner_up_pid)}** · cos {r.runner_up_cos:.3f} "
-                          f"(margin {r.margin:.3f})")
-            if holdout and r.correct == 0 and not np.isnan(r.true_label):
+                          f"(margin {_small(r.margin)})")
+            if holdout and r.correct == 0 and not np.isnan(r.true_label) and not np.isnan(r.true_pid):
                 _examples(run, real, int(r.true_label), f"**Hidden true identity: pid {int(r.true_pid)}**")
         if r.method_label != r.label:
             st.caption(f"The run's own method ({method}) gives {_pid_text(int(r.method_label), pid_of)} "
@@ -215,12 +272,12 @@ def _selected(run: RunDir, df: pd.DataFrame, real: pd.DataFrame, history: dict, 
             st.caption("This image was never drawn in a training batch, so it has no per-epoch history.")
         else:
             st.markdown("**Its label as training went on** (the label it got each epoch it was drawn)")
-            st.plotly_chart(fig, key="gan-history")
+            st.plotly_chart(fig, key=f"gan-history-{where}")
 
 
 def _histogram(df: pd.DataFrame, pid_of: dict[int, int], holdout: bool) -> None:
     counts = df[df["label"] >= 0]["pid"].astype(int).value_counts()
-    all_pids = sorted(pid_of.values())
+    all_pids = sorted(set(pid_of.values()) | set(counts.index))
     counts = counts.reindex(all_pids, fill_value=0).sort_values(ascending=False, kind="stable")
     st.subheader("GAN images per identity")
     fig = go.Figure(go.Bar(x=[str(p) for p in counts.index], y=counts.to_numpy(), name="assigned",
@@ -258,8 +315,8 @@ def _provisional(run: RunDir, unl: pd.DataFrame, history: dict, status: dict) ->
                 f"(now: {status.get('message') or status.get('stage')}). Below: each image's training-time class "
                 "the last time it was drawn.")
     else:
-        st.info(f"This run ended ({status.get('state')}) before its final pseudo-labels. Below: each image's "
-                "training-time class the last time it was drawn.")
+        st.info(f"This run ({status.get('state')}) has no final pseudo-labels (`pseudo_labels.csv`). Below: each "
+                "image's training-time class the last time it was drawn.")
     labels, conf = history.get("labels"), history.get("confidence")
     start, stop = page_bounds(len(unl), 48, key="gan-page")
     cards = []
@@ -271,8 +328,23 @@ def _provisional(run: RunDir, unl: pd.DataFrame, history: dict, status: dict) ->
                 e = seen[-1]
                 caption = (f"#{r.index} · class {labels[e, r.index]} · conf {float(conf[e, r.index]):.3f} "
                            f"(epoch {e + 1})")
-        cards.append(Card(r.path, caption))
+        cards.append(Card(r.path, caption, aspect=_aspect(run)))
     grid(run, cards, columns=COLUMNS)
+
+
+def _absent_notes(run: RunDir, train: pd.DataFrame, history: dict) -> None:
+    """Say which of the files the page reads beside pseudo_labels.csv are missing or damaged, and what is left
+    out for it."""
+    notes = []
+    if train.empty:
+        notes.append("`features/train.csv`: no labeled training images to show beside an assignment, and the "
+                     "identities that received no image are not counted")
+    if readers.unlabeled(run).empty:
+        notes.append("`unlabeled.csv`: the unlabeled set is known only through pseudo_labels.csv")
+    if not history:
+        notes.append("`pseudo_history.npz`: no per-epoch label history")
+    if notes:
+        st.warning("Missing or damaged in this run directory: " + "; ".join(notes) + ".", icon=":material/warning:")
 
 
 def _quality(run: RunDir) -> None:
@@ -286,9 +358,10 @@ def _quality(run: RunDir) -> None:
                      "EfficientNet-Lite0 feature space (not the Inception FID: compare it with the floor only)")
     m[1].metric("real-vs-real floor", f"{q['fd_floor']:.0f}",
                 help="the same distance between two disjoint halves of the real images")
-    m[2].caption(f"{q['n']} images a side. {q['feature_space']}. The closer the GAN is to the floor, the more "
-                 "its samples look like the real images to an ImageNet network; samples far above it are "
-                 "textures, not people.")
+    facts = ([f"{q['n']:.0f} images a side."] if q["n"] else []) + ([f"{q['feature_space']}."] if q["feature_space"]
+                                                                     else [])
+    m[2].caption(" ".join([*facts, "The closer the GAN is to the floor, the more its samples look like the real "
+                           "images to an ImageNet network; samples far above it are textures, not people."]))
 
 
 def main() -> None:
@@ -312,7 +385,7 @@ def main() -> None:
             st.info("The unlabeled images appear once the run has loaded its data and drawn its GAN samples "
                     f"(now: {status.get('message') or status.get('stage') or state}).")
         else:
-            st.info(f"This run ended ({state}) before it wrote its unlabeled images.")
+            st.info(f"This run ({state}) has no unlabeled images: `unlabeled.csv` is missing or damaged.")
         return
     train = readers.split(run, "train")
     pid_of = _pid_of(train)
@@ -320,17 +393,19 @@ def main() -> None:
     late_from = _late_from(epochs)
     df = _table(run, pid_of, late_from)
     if df.empty:
-        st.info("This run assigned no pseudo-labels.")
+        st.info("This run's `pseudo_labels.csv` holds no assignment: it is empty or damaged (the Runs page says "
+                "what is wrong with the run directory).")
         return
     holdout = df["correct"].notna().any()
     real = train[~train["path"].isin(set(readers.unlabeled(run)["path"]))]
+    _absent_notes(run, train, history)
 
     assigned = df[df["label"] >= 0]
     m = st.columns(6 if holdout else 5)
     m[0].metric("unlabeled images", f"{len(df):,}")
     m[1].metric("identities used", f"{assigned['pid'].nunique()} / {len(pid_of)}")
     m[2].metric("median cosine", f"{assigned['cos'].median():.3f}" if len(assigned) else "–")
-    m[3].metric("median margin", f"{assigned['margin'].median():.3f}" if assigned["margin"].notna().any() else "–")
+    m[3].metric("median margin", _small(assigned["margin"].median()) if assigned["margin"].notna().any() else "–")
     m[4].metric("changed late", f"{int(df['late'].sum()):,}", help=f"last label change in epoch ≥ {late_from + 1}")
     if holdout:
         m[5].metric("label accuracy", f"{100 * df['correct'].mean():.1f}%",
@@ -341,12 +416,15 @@ def main() -> None:
 
     view, per_page = _filters(df, holdout, epochs, late_from)
     _grid(run, view, per_page, holdout, pid_of)
+    why = Why(run, df, real, history, pid_of, holdout, method)
+    if st.session_state.pop("gan-why", False):
+        _why_dialog(why, _image_number(len(df)))
     st.download_button("Download the assignment table (CSV)",
                        data=run.pseudo_labels.read_bytes,
                        file_name=f"{run.id}-pseudo_labels.csv", mime="text/csv", on_click="ignore",
                        key="gan-download")
     st.divider()
-    _selected(run, df, real, history, pid_of, holdout, method)
+    _selected(why)
     st.divider()
     _histogram(df, pid_of, holdout)
     _curves(run)

@@ -25,7 +25,7 @@ from app.safety import safe_run
 from cpl.data.images import UploadError, decode_upload
 from cpl.runs.launch import cpl_command
 from cpl.runs.rundir import RunDir, list_runs
-from cpl.runs.status import read_status
+from cpl.runs.status import ACTIVE, read_status
 
 MODES = ("Hardest queries first", "By identity", "By query number", "Upload an image")
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "webp"]
@@ -95,8 +95,12 @@ def _second_run(run: RunDir) -> RunDir | None:
     return safe_run(root, choice)
 
 
-def _pick_query(query: pd.DataFrame, ap: np.ndarray) -> int | None:
-    """The chosen query row (None for the upload mode), kept in ``?q=``."""
+def _pick_query(query: pd.DataFrame, ap: np.ndarray, lists: str) -> int | None:
+    """The chosen query row (None for the upload mode), kept in ``?q=``.
+
+    The pickers' labels carry each query's AP under the lists shown (``lists``: "plain" or "rr"); their keys
+    name the lists too, so toggling re-ranking draws them anew, labelled with the other APs and still on the
+    query of ``?q=`` (a picker keeps its first labels for as long as its key lives)."""
     n = len(query)
     url_q = st.query_params.get("q", "")
     from_url = int(url_q) if url_q.isdigit() and int(url_q) < n else None
@@ -109,13 +113,15 @@ def _pick_query(query: pd.DataFrame, ap: np.ndarray) -> int | None:
     if mode == "Upload an image":
         return None
     if mode == MODES[0]:
-        order = np.argsort(np.where(np.isnan(ap), np.inf, ap), kind="stable")
-        qi = st.selectbox("Query (lowest AP first)", order.tolist(), format_func=label, key="ret-hard")
+        order = np.argsort(np.where(np.isnan(ap), np.inf, ap), kind="stable").tolist()
+        qi = st.selectbox("Query (lowest AP first)", order, format_func=label, key=f"ret-hard-{lists}",
+                          index=order.index(from_url) if from_url in order else 0)
     elif mode == MODES[1]:
         c1, c2 = st.columns([1, 3])
         pid = c1.selectbox("Identity (pid)", sorted(query.pid.unique().tolist()), key="ret-pid")
         rows = np.flatnonzero(query.pid.to_numpy() == pid).tolist()
-        qi = c2.selectbox("Query image", rows, format_func=label, key="ret-pid-row")
+        qi = c2.selectbox("Query image", rows, format_func=label, key=f"ret-pid-row-{lists}",
+                          index=rows.index(from_url) if from_url in rows else 0)
     else:
         qi = st.number_input(f"Query number (0–{n - 1})", 0, n - 1, value=from_url or 0, key="ret-number")
     qi = int(qi)
@@ -210,19 +216,38 @@ def _upload(run: RunDir, topk: int) -> None:
         grid(run, cards, columns=10)
 
 
+def _rerank_toggle(where, available: bool) -> bool:
+    """The re-ranking toggle, kept in ``?rr=1`` (a shared link shows the same lists)."""
+    if "ret-rerank" not in st.session_state:
+        st.session_state["ret-rerank"] = st.query_params.get("rr") == "1"
+    on = where.toggle("k-reciprocal re-ranking", key="ret-rerank", disabled=not available,
+                      help="Zhong et al. 2017, computed by the run (eval.rerank)")
+    if on and st.query_params.get("rr") != "1":
+        st.query_params["rr"] = "1"
+    elif not on:
+        st.query_params.pop("rr", None)
+    return on
+
+
 def main() -> None:
     run = run_page("Retrieval", "ret-", drop_params=("q",))  # ?q=: a query number of the previous run
     if run is None:
         return
     ret = readers.retrieval(run)
-    if not ret or "index" not in ret:
+    if not ret:
         status = read_status(run)
-        st.info("Retrieval lists are written after evaluation, at the end of the run "
-                f"(now: {status.get('message') or status.get('stage') or status.get('state')}).")
+        if status.get("state") in ACTIVE:
+            st.info("Retrieval lists are written after evaluation, at the end of the run "
+                    f"(now: {status.get('message') or status.get('stage') or status.get('state')}).")
+        else:
+            st.info(f"This run ({status.get('state')}) has no retrieval lists: `retrieval.npz` is missing or "
+                    "damaged.")
         return
     query, gallery = readers.split(run, "query"), readers.split(run, "gallery")
-    if len(query) != ret["index"].shape[0]:
-        st.error("features/query.csv does not match retrieval.npz; the run directory is inconsistent.")
+    ranked_rows = max(int(ret[k].max(initial=-1)) for k in ("index", "rr_index") if k in ret)
+    if len(query) != ret["index"].shape[0] or len(gallery) <= ranked_rows:
+        st.error("`features/query.csv` or `features/gallery.csv` does not match `retrieval.npz` (missing, "
+                 "damaged or of another evaluation): the run directory is inconsistent.")
         return
     run2 = _second_run(run)
     if run2 is not None and not _same_dataset(run, run2):
@@ -235,12 +260,11 @@ def main() -> None:
                    + (f" · re-ranked: rank-1 {rr['rank1']:.1f}% · mAP {rr['mAP']:.1f}%" if rr else "")
                    + f" · {len(query):,} queries, {len(gallery):,} gallery images")
     c1, c2 = st.columns([1, 3])
-    rerank = c1.toggle("k-reciprocal re-ranking", key="ret-rerank", disabled="rr_index" not in ret,
-                       help="Zhong et al. 2017, computed by the run (eval.rerank)")
+    rerank = _rerank_toggle(c1, "rr_index" in ret)
     k_max = int(ret["index"].shape[1])
     topk = c2.slider("Top-k", 1, k_max, min(10, k_max), key="ret-topk")
-    ap = _ranked(ret, rerank)[2]
-    qi = _pick_query(query, ap)
+    _, _, ap, reranked = _ranked(ret, rerank)
+    qi = _pick_query(query, ap, "rr" if reranked else "plain")
     if qi is None:
         _upload(run, topk)
         return

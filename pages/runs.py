@@ -119,6 +119,20 @@ COLUMNS = {
 }
 
 
+# The runs table's columns, left to right: what a user looks for first (which run, its state, its results),
+# then whatever else the frame has, then the where-and-how details that take width (problem text, host).
+FIRST = ("run", "state", "rank-1", "mAP", "rank-1 RR", "mAP RR", "method", "progress")
+LAST = ("problem", "device", "host", "message")
+
+
+def column_order(frame: pd.DataFrame) -> list[str]:
+    """The columns of the runs table in display order: :data:`FIRST`, the others as the frame has them,
+    :data:`LAST`."""
+    edges = set(FIRST) | set(LAST)
+    middle = [c for c in frame.columns if c not in edges]
+    return [c for c in FIRST if c in frame] + middle + [c for c in LAST if c in frame]
+
+
 def _selectable(frame: pd.DataFrame) -> list[str | None]:
     """Per table row, the run id a click selects; None for an entry that is not a readable run."""
     return [None if state == State.DAMAGED else run for run, state in zip(frame["run"], frame["state"])]
@@ -152,10 +166,11 @@ def runs_section(root) -> None:
         damaged = int((current["problem"] != "").sum())
         st.caption(" · ".join(f"{n} {state}" for state, n in counts.items())
                    + (f" · **{damaged} with problems** (see the problem column)" if damaged else "")
-                   + f" — runs folder `{root}`")
+                   + f" — runs folder `{settings.shown(root)}`")
         ids = _selectable(current)
         st.session_state[f"{TABLE_KEY}-ids"] = ids
-        st.dataframe(current, hide_index=True, column_config=COLUMNS, on_select="rerun",
+        st.dataframe(current, hide_index=True, column_config=COLUMNS, column_order=column_order(current),
+                     on_select="rerun",
                      selection_mode="single-row", key=TABLE_KEY, width="stretch",
                      height=min(36 * (len(current) + 1) + 4, 420))
         now_active = current["state"].str.contains("running|queued|starting").any()

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Session fixtures building real run directories for the app tests, shared by every test module.
 from app_fixtures import app_env, app_run, app_sweep, app_world, holdout_run  # noqa: E402, F401
-from messy_runs import messy_root  # noqa: E402, F401 - 300 fabricated run directories, 30 damaged
+from messy_runs import messy_root  # noqa: E402, F401 - 300 fabricated run directories, 42 damaged
 
 
 def shared_data_dir() -> Path:

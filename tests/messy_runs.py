@@ -1,4 +1,4 @@
-"""A messy runs folder for the app tests: 300 fabricated run directories (no training), 30 of them damaged.
+"""A messy runs folder for the app tests: 300 fabricated run directories (no training), 42 of them damaged.
 
 The healthy runs hold every file a finished (or failed, or cancelled) run writes, with the documented layout
 and small arrays (docs/run-directory.md), so the Runs and Compare pages do their full work on each. Each
@@ -12,6 +12,10 @@ damaged one is broken in one way, and :data:`DAMAGES` says which file the app mu
   features folder), a .npz cut short, a .npy that is not one, of the wrong shape, with too few rows or
   another feature dimension;
 * entries of the runs root that are no readable run: a file, a folder without run.json, a broken link;
+* each artifact an inspection page (GAN, Embedding, Retrieval) reads absent on its own, from an otherwise whole
+  CPL run with a UMAP (:data:`ABSENT`); those that a finished run must have are damage, the optional ones
+  (unlabeled.csv, pseudo_history.npz, gan.json, status.json) are not, and the pages must still say what they
+  can;
 * permissions: an unreadable results.json and an unreadable run folder. Root reads them anyway, so under
   root (detected by trying to read) those two are not damage and the tests leave them out.
 """
@@ -43,11 +47,13 @@ DATA_ROOT = "dataset-not-on-this-machine/synthetic"
 class MessyRoot:
     """The runs root, and for each damaged entry (by name) the file the app must name (None: not damage on
     this machine, e.g. a permission that root ignores) and the kind of damage (a key of DAMAGES, STRAYS or
-    NEEDS_UNLABELED)."""
+    NEEDS_UNLABELED, or ``absent <artifact>``); ``absent`` names, per run, the one artifact of :data:`ABSENT`
+    it lacks (damage or not)."""
 
     root: Path
     damaged: dict[str, str | None]
     kind: dict[str, str]
+    absent: dict[str, str]
 
     @property
     def checkable(self) -> dict[str, str]:
@@ -86,20 +92,28 @@ def _artifacts(run: Path, rng: np.random.Generator, method: str, umap: bool) -> 
     np.savez(run / "retrieval.npz", index=rng.integers(0, 10, (q, 5)).astype(np.int32),
              dist=rng.random((q, 5)).astype(np.float32), ap=rng.random(q).astype(np.float32))
     if unlabeled:
+        _csv(run / "unlabeled.csv", "index,path,source,true_label,true_pid",
+             [f"{i},../_cache/gan/k/samples/{i:06d}.png,gan,-1," for i in range(unlabeled)])
+        np.savez(run / "pseudo_history.npz", labels=(np.arange(2 * unlabeled).reshape(2, unlabeled) % 3).astype(
+            np.int32), confidence=np.full((2, unlabeled), 0.8, np.float16))
         _csv(run / "pseudo_labels.csv", "index,path,label,pid,cos,runner_up,runner_up_pid,runner_up_cos,margin,"
              "last_change_epoch,method_label,method_conf,true_label,correct",
              [f"{i},../_cache/gan/k/samples/{i:06d}.png,{i % 3},{i % 3},0.8,1,1,0.5,0.3,1,{i % 3},0.9,-1,"
               for i in range(unlabeled)])
         _write_json(run / "gan.json", {"key": "k", "epochs_done": 1, "quality": {"fd": 812.0, "fd_floor": 402.0,
                                                                                   "n": 64}})
-    if umap:
-        np.savez(run / "embedding.npz", xy=rng.random((5, 2)).astype(np.float32), kind=np.zeros(5, np.int8),
-                 row=np.arange(5, dtype=np.int32), label=np.zeros(5, np.int32))
+    if umap:  # every training and unlabeled image and every center, as the export stage writes it
+        counts = (SPLITS["train"], unlabeled, 3)
+        n = sum(counts)
+        rows = np.concatenate([np.arange(c) for c in counts]).astype(np.int32)
+        np.savez(run / "embedding.npz", xy=rng.random((n, 2)).astype(np.float32),
+                 kind=np.repeat(np.arange(3), counts).astype(np.int8), row=rows, label=rows % 3)
     return unlabeled
 
 
-def healthy_run(root: Path, i: int) -> Path:
-    """Run ``i`` of the folder: finished, except every 17th failed and every 23rd cancelled."""
+def healthy_run(root: Path, i: int, umap: bool = False) -> Path:
+    """Run ``i`` of the folder: finished, except every 17th failed and every 23rd cancelled; with a UMAP when
+    ``umap`` or every 10th."""
     rng = np.random.default_rng(i)
     method = METHODS[i % len(METHODS)]
     run = root / f"m{i:03d}-{method}"
@@ -108,7 +122,7 @@ def healthy_run(root: Path, i: int) -> Path:
     cfg.data.root = DATA_ROOT
     cfg.train.method = method
     cfg.unlabeled.source = "none" if method in ("baseline", "center") else "gan"
-    cfg.eval.umap = i % 10 == 0
+    cfg.eval.umap = umap or i % 10 == 0
     (run / "config.yaml").write_text(dump_yaml(cfg))
     created = 1_780_000_000 + 60 * i
     _write_json(run / "run.json", {"id": run.name, "created": created, "argv": [], "method": method,
@@ -224,30 +238,46 @@ STRAYS: dict[str, tuple[Damage, str]] = {
 }
 # Runs with unlabeled images (the cpl method) for the damages that need them.
 NEEDS_UNLABELED = {"pseudo-labels-missing": (lambda r: (r / "pseudo_labels.csv").unlink(), "pseudo_labels.csv")}
-assert len(DAMAGES) + len(STRAYS) + len(NEEDS_UNLABELED) == 30
+# Each artifact the GAN, Embedding and Retrieval pages read, absent on its own from a finished CPL run with a UMAP:
+# whether a finished run must have it (then app.health names it, and the run is damaged).
+ABSENT = {"pseudo_labels.csv": True, "unlabeled.csv": False, "pseudo_history.npz": False, "gan.json": False,
+          "features/train.csv": True, "features/query.csv": True, "features/gallery.csv": True,
+          "features/train.npy": True, "features/unlabeled.npy": True, "features/centers.npy": True,
+          "embedding.npz": True, "retrieval.npz": True, "metrics.jsonl": True, "results.json": True,
+          "config.yaml": True, "status.json": False}
+assert len(DAMAGES) + len(STRAYS) + len(NEEDS_UNLABELED) + sum(ABSENT.values()) == 42
 
 
 def build(root: Path) -> MessyRoot:
-    """The runs root: RUNS entries, 30 of them damaged (see the module doc)."""
+    """The runs root: RUNS entries, 42 of them damaged (see the module doc)."""
     root.mkdir(parents=True)
     damaged: dict[str, str | None] = {}
     kinds: dict[str, str] = {}
+    absent: dict[str, str] = {}
     healthy = RUNS - len(STRAYS)
     finished = [i for i in range(healthy) if i % 17 and i % 23]
     cpl_runs = [i for i in finished if METHODS[i % len(METHODS)] == "cpl"]
-    plain = [i for i in finished if i not in cpl_runs[: len(NEEDS_UNLABELED)]]
+    special = cpl_runs[: len(NEEDS_UNLABELED) + len(ABSENT)]
+    plain = [i for i in finished if i not in special]
     targets = dict(zip(plain[:: len(plain) // len(DAMAGES)], DAMAGES.items()))
-    targets |= dict(zip(cpl_runs, NEEDS_UNLABELED.items()))
+    targets |= dict(zip(special, NEEDS_UNLABELED.items()))
+    missing = dict(zip(special[len(NEEDS_UNLABELED):], ABSENT.items()))
     for i in range(healthy):
-        run = healthy_run(root, i)
+        run = healthy_run(root, i, umap=i in missing)
         if i in targets:
             name, (damage, file) = targets[i]
             applies = damage(run) is not False
             damaged[run.name], kinds[run.name] = (file if applies else None), name
+        if i in missing:
+            artifact, required = missing[i]
+            (run / artifact).unlink()
+            absent[run.name], kinds[run.name] = artifact, f"absent {artifact}"
+            if required:
+                damaged[run.name] = artifact
     for name, (damage, file) in STRAYS.items():
         damage(root / name)
         damaged[name], kinds[name] = file, name
-    return MessyRoot(root, damaged, kinds)
+    return MessyRoot(root, damaged, kinds, absent)
 
 
 def _restore_permissions(root: Path) -> None:

@@ -6,6 +6,7 @@ That no page imports torch is tested for the whole app in tests/test_app_torch_f
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = re.compile(r"^\*\*#(\d+)\*\* → \*\*pid (\d+)\*\*(.*)\s+cos (-?\d\.\d{3}) · Δ (-?\d\.\d{3})", re.S)
+GRID = re.compile(r"^\*\*#(\d+)\*\* → \*\*pid (\d+)\*\*(.*)\s+cos (-?\d\.\d{3}) · margin (-?[\d.]+)", re.S)
 
 
 def gan_page(**params: str) -> AppTest:
@@ -34,6 +35,14 @@ def grid_captions(at: AppTest) -> list[re.Match]:
     """The grid's image captions, parsed (the detail section's images have other captions)."""
     found = [GRID.match(c) for im in at.image for c in im.captions]
     return [m for m in found if m]
+
+
+def margin_shown(text: str, stored: float) -> bool:
+    """Whether a margin's text shows the stored one: 3 decimals, or 2 significant digits below 0.01 (a small
+    margin reads as what it is, never as "0.000"); the file holds 5 decimals."""
+    if abs(stored) >= 0.01:
+        return float(text) == pytest.approx(stored, abs=6e-4)
+    return float(text) == pytest.approx(stored, rel=0.05, abs=1e-5) and (stored == 0 or text.strip("0.-") != "")
 
 
 def values(field) -> np.ndarray:
@@ -58,9 +67,9 @@ def test_grid_captions_histogram_and_download(app_env, app_run):
     for m in caps:
         row = table.iloc[int(m[1])]
         assert int(m[2]) == row.pid
-        # shown with 3 decimals, stored with 4 (pseudo_labels.csv): up to 5e-4 + 5e-5 apart
+        # shown with 3 decimals, stored with 5 (pseudo_labels.csv): up to 5e-4 + 5e-6 apart
         assert float(m[4]) == pytest.approx(row.cos, abs=6e-4)
-        assert float(m[5]) == pytest.approx(row.margin, abs=6e-4)
+        assert margin_shown(m[5], row.margin)
         assert "✓" not in m[3] and "✗" not in m[3]  # GAN images have no hidden truth
     assert [b.label for b in at.get("download_button")] == ["Download the assignment table (CSV)"]
     bars = chart(at, "gan-histogram")["data"][0]
@@ -88,16 +97,21 @@ def test_sort_filter_and_why_this_label(app_env, app_run):
     assert len(caps) == min(48, (table.pid == pid).sum()) and {int(m[2]) for m in caps} == {pid}
 
     pick = int(caps[0][1])
+    assert not at.get("dialog")
     at.button(key=f"pick-{pick}").click().run()
     assert at.number_input(key="gan-img").value == pick
     row = table.iloc[pick]
+    # "Why?" opens the explanation as a dialog over the grid (the section below the grid shows it too)
+    [dialog] = at.get("dialog")
+    text = " ".join(m.value for m in dialog.markdown)
+    assert f"Assigned: pid {row.pid}** · cos {row.cos:.3f}" in text
     text = " ".join(m.value for m in at.markdown)
     assert f"Assigned: pid {row.pid}** · cos {row.cos:.3f}" in text
     assert f"Runner-up: pid {int(row.runner_up_pid)}** · cos {row.runner_up_cos:.3f}" in text
-    assert f"margin {row.margin:.3f}" in text
+    assert margin_shown(re.search(r"\(margin (-?[\d.]+)\)", text)[1], row.margin)
     # the real images beside it are labeled training images of those two identities
     train = pd.read_csv(app_run.features / "train.csv")
-    shown = [int(c.split()[1]) for im in at.image for c in im.captions if c.startswith("pid ")]
+    shown = [int(c.split()[1]) for im in dialog.image for c in im.captions if c.startswith("pid ")]
     for label, pid in ((row.label, row.pid), (row.runner_up, row.runner_up_pid)):
         assert shown.count(int(pid)) == min(8, (train.label == label).sum())
 
@@ -113,7 +127,9 @@ def test_holdout_marks_and_accuracy(app_env, holdout_run):
         assert ("✓" in m[3]) == (row.correct == 1) and ("✗" in m[3]) == (row.correct == 0)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["label accuracy"] == f"{100 * table.correct.mean():.1f}%"
-    names = [t.get("name") for t in chart(at, "gan-curves")["data"]]
+    curves = chart(at, "gan-curves")
+    names = [t.get("name") for t in curves["data"]]
+    assert curves["layout"]["yaxis2"]["title"]["text"] == "cosine / probability / share"  # what it plots
     assert "pseudo-label accuracy" in names
     at.radio(key="gan-verdict").set_value("✗ wrong").run()
     caps = grid_captions(at)
@@ -190,3 +206,39 @@ def test_switching_runs_forgets_the_picked_image(app_env, app_run, holdout_run):
     assert not at.exception, [e.message for e in at.exception]
     assert at.number_input(key="gan-img").value == 0 and at.multiselect(key="gan-ids").value == []
     assert len(grid_captions(at)) == min(48, n_small)
+
+
+def test_square_gan_images_are_shown_at_the_crops_aspect(app_env, app_run, tmp_path):
+    from app.gallery import Card, card_image, reshaped
+    from app.readers import config
+    from cpl.runs.rundir import RunDir
+
+    square = tmp_path / "square.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(square)
+    buf = square.read_bytes()
+    assert Image.open(io.BytesIO(reshaped(buf, 2.0, 128))).size == (64, 128)  # width, height: a 2:1 crop
+    assert Image.open(io.BytesIO(reshaped(buf, 0.5, 128))).size == (128, 64)
+    # a GAN sample of the run, as its grid card draws it: the shape of the network's input, and a border
+    table = pd.read_csv(app_run.pseudo_labels)
+    data = config(RunDir(app_run.path))["data"]
+    aspect = data["height"] / data["width"]
+    card = Card(table.path[0], "", aspect=aspect)
+    with Image.open(io.BytesIO(card_image(app_run, card, max_side=128))) as im:
+        border = 2 * max(2, 128 // 32)
+        assert (im.height - border) / (im.width - border) == pytest.approx(aspect, rel=0.02)
+    with Image.open(app_run.path / table.path[0]) as sample:
+        assert sample.width == sample.height  # the DCGAN draws squares
+
+
+def test_a_holdout_run_without_unlabeled_csv_still_names_the_true_identities(app_world, holdout_run, tmp_path,
+                                                                              monkeypatch):
+    isolated_copy(app_world, holdout_run, tmp_path, monkeypatch, drop=("unlabeled.csv",))
+    at = gan_page(run="copy")
+    assert any("`unlabeled.csv`" in w.value for w in at.warning)  # says what is missing ...
+    table = pd.read_csv(holdout_run.pseudo_labels)
+    pid_of = pd.read_csv(holdout_run.features / "train.csv").groupby("label")["pid"].first()
+    caps = grid_captions(at)
+    assert caps
+    for m in caps:  # ... and still marks every assignment, a wrong one with the hidden identity's pid
+        row = table.iloc[int(m[1])]
+        assert m[3].strip() == (":green[✓]" if row.correct == 1 else f":red[✗ true {pid_of[int(row.true_label)]}]")

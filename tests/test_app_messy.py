@@ -1,6 +1,8 @@
-"""The app on a messy runs folder (tests/messy_runs.py): 300 fabricated run directories, 30 damaged in varied
+"""The app on a messy runs folder (tests/messy_runs.py): 300 fabricated run directories, 42 damaged in varied
 ways. Every damaged run is marked with what is wrong (the ``problem`` field, from :mod:`app.health`), healthy
-runs are not, and no page shows an exception: not the Runs table, not a damaged run's own view, not Compare.
+runs are not, and no page shows an exception: not the Runs table, not a damaged run's own view, not Compare,
+and not the GAN, Embedding and Retrieval pages of a run that lacks any one of the artifacts they read (each of
+them then says which file it misses).
 
 Speed: each page render is timed in CPU seconds of this process (``time.process_time``: the render's own
 work; AppTest runs the script in a thread of this process) and must stay under 3 s with cold caches. Wall
@@ -14,7 +16,7 @@ import time
 import pytest
 import streamlit as st
 from app_fixtures import open_app
-from messy_runs import RUNS, MessyRoot
+from messy_runs import ABSENT, RUNS, MessyRoot
 
 from app import health
 from cpl.runs.rundir import RunDir, list_runs
@@ -58,7 +60,7 @@ def test_health_names_the_damaged_file_of_every_damaged_entry(messy_root: MessyR
         assert file in {p.file for p in problems[name]}, (name, problems[name])
     healthy = {name: found for name, found in problems.items() if name not in messy_root.checkable}
     assert healthy == {name: [] for name in healthy}  # nothing flagged that is not damaged
-    assert len(messy_root.checkable) >= 28  # 30, less the two permission cases when running as root
+    assert len(messy_root.checkable) >= 40  # 42, less the two permission cases when running as root
 
 
 def test_runs_page_marks_every_damaged_run_fast(messy_env: MessyRoot) -> None:
@@ -119,6 +121,34 @@ def test_a_damaged_runs_own_view_shows_what_is_wrong(messy_env: MessyRoot) -> No
 @pytest.mark.slow  # one page render per damaged run
 def test_every_damaged_runs_own_view_shows_what_is_wrong(messy_env: MessyRoot) -> None:
     _open_each_damaged_run(messy_env, _damaged_views(messy_env, None))
+
+
+# The inspection pages and the artifacts each names when it is absent (it reads the others too, for parts of
+# its view, and must then still show the rest without an exception).
+NAMED = {"pages/gan.py": ("pseudo_labels.csv", "unlabeled.csv", "pseudo_history.npz", "features/train.csv"),
+         "pages/embedding.py": ("embedding.npz", "features/train.csv", "pseudo_labels.csv", "features/train.npy",
+                                "unlabeled.npy", "centers.npy"),
+         "pages/retrieval.py": ("retrieval.npz", "features/query.csv", "features/gallery.csv")}
+
+
+def _messages(at) -> str:
+    return " ".join(e.value for kind in ("info", "warning", "error", "caption", "markdown") for e in getattr(at, kind))
+
+
+def test_inspection_pages_say_which_artifact_is_absent(messy_env: MessyRoot) -> None:
+    assert sorted(messy_env.absent.values()) == sorted(ABSENT)  # each artifact absent on its own, once
+    at = open_app()
+    for name, artifact in messy_env.absent.items():
+        for page, named in NAMED.items():
+            at.switch_page(page)
+            at.query_params.clear()
+            at.query_params.update(run=name)
+            at.run()
+            assert not at.exception, (name, page, [e.message for e in at.exception])
+            text = _messages(at)
+            assert at.title and text, (name, page)
+            if any(artifact.endswith(n) for n in named):
+                assert artifact.split("/")[-1] in text, (name, page, text)
 
 
 def _part_that_fails(damaged: bool) -> None:

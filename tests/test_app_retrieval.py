@@ -53,7 +53,7 @@ def test_hardest_query_top10_distances_and_ap(app_env, app_run, lists):
     gallery = pd.read_csv(app_run.features / "gallery.csv")
     at = retrieval_page(run=app_run.id)
     qi = int(np.argsort(np.where(np.isnan(lists["ap"]), np.inf, lists["ap"]), kind="stable")[0])
-    assert at.selectbox(key="ret-hard").value == qi
+    assert at.selectbox(key="ret-hard-plain").value == qi
     cards = ranked(at)
     assert len(cards) == 10
     check_list(cards, lists["index"][qi, :10], lists["dist"][qi, :10], query.iloc[qi], gallery)
@@ -74,6 +74,24 @@ def test_rerank_toggle_query_param_and_topk(app_env, app_run, lists):
     check_list(cards, lists["rr_index"][5, :4], lists["rr_dist"][5, :4], query.iloc[5], gallery)
     text = " ".join(m.value for m in at.markdown)
     assert f"AP {100 * lists['rr_ap'][5]:.1f}%" in text and "re-ranked" in text
+
+
+def test_rerank_relabels_the_picked_query_and_is_kept_in_the_url(app_env, app_run, lists):
+    at = retrieval_page(run=app_run.id)
+    qi = at.selectbox(key="ret-hard-plain").value
+    at.toggle(key="ret-rerank").set_value(True).run()
+    assert at.query_params["rr"] == ["1"] or at.query_params["rr"] == "1"
+    picker = at.selectbox(key="ret-hard-rr")  # drawn anew for the re-ranked lists ...
+    assert picker.value == qi  # ... still on the same query (?q=) ...
+    rr_ap = f"AP {100 * lists['rr_ap'][qi]:.1f}%"
+    assert picker.options[picker.index].endswith(rr_ap)  # ... labelled with its re-ranked AP, as the header is
+    assert any(rr_ap in m.value and "re-ranked" in m.value for m in at.markdown)
+    # a link with ?rr=1 opens with re-ranking on; switching it off drops the parameter
+    at = retrieval_page(run=app_run.id, q=str(qi), rr="1")
+    assert at.toggle(key="ret-rerank").value is True
+    assert any(rr_ap in m.value and "re-ranked" in m.value for m in at.markdown)
+    at.toggle(key="ret-rerank").set_value(False).run()
+    assert "rr" not in at.query_params
 
 
 def test_second_run_side_by_side(app_env, app_run, holdout_run, lists):
@@ -124,5 +142,5 @@ def test_switching_runs_keeps_the_page_consistent(app_env, app_run, holdout_run)
     with np.load(holdout_run.retrieval) as z:
         ap = z["ap"]
     qi = int(np.argsort(np.where(np.isnan(ap), np.inf, ap), kind="stable")[0])
-    assert at.radio(key="ret-mode").value == "Hardest queries first" and at.selectbox(key="ret-hard").value == qi
+    assert at.radio(key="ret-mode").value == "Hardest queries first" and at.selectbox(key="ret-hard-plain").value == qi
     assert len(ranked(at)) == 10

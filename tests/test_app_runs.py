@@ -44,6 +44,10 @@ def test_finished_fixture_run_shows_its_metrics(app_env, app_run: RunDir) -> Non
     assert row["GAN"] == f"FD {q['fd']:.0f} (floor {q['fd_floor']:.0f})"
     assert any(f"sha256 {weights['sha256'][:12]}" in c.value for c in at.caption)
     assert row["rank-1"] == pytest.approx(res["rank1"]) and row["mAP RR"] == pytest.approx(res["rerank"]["mAP"])
+    # the results come right after the run and its state; the wide where-and-how columns come last
+    order = list(at.dataframe[0].proto.column_order)
+    assert order[:6] == ["run", "state", "rank-1", "mAP", "rank-1 RR", "mAP RR"]
+    assert order[-4:] == ["problem", "device", "host", "message"] and sorted(order) == sorted(table.columns)
     assert any("finished" in m.value and "badge" in m.value for m in at.markdown)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["rank-1 (%)"] == f"{res['rank1']:.1f}" and metrics["mAP (%)"] == f"{res['mAP']:.1f}"

@@ -93,6 +93,18 @@ def test_a_missing_demo_config_is_reported_and_retried(fresh: Path, monkeypatch:
     assert not (fresh / launching.DEMO_MARKER).exists()  # the next start tries again
 
 
+def test_folders_are_shown_without_the_machines_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import shown
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    assert shown(work / "runs") == "runs" and shown(work) == "."  # as the app was started: `make run` shows runs
+    assert shown(home / "data" / "market") == "~/data/market"
+    assert shown(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")  # anywhere else: where it is
+
+
 def test_server_settings_are_safe_defaults() -> None:
     conf = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert conf["server"]["address"] == "127.0.0.1"

@@ -7,9 +7,13 @@ Runs page marks the damaged runs and no page shows an exception; two tabs launch
 is killed and restarted while the runs train, and every run finishes and is listed once. Screenshots go to
 ``test-artifacts/``.
 
-Tiers: the holdout-marks test is the default tier's browser smoke test (the server, the entry script's routing,
-a page with images); launching a run, the hostile query strings, the messy runs folder and the two tabs with the
-restart are in the slow tier (`make test-slow`).
+The rough edges a new user met are checked where they were seen, in the browser: "Why?" under a GAN image opens
+its explanation in view, the Runs table shows rank-1 and mAP within 1280 px, ``/runs`` is the Runs page, the
+Embedding legend is neutral (colour means identity), and the re-ranked AP labels the picked query.
+
+Tiers: the holdout-marks test and those rough edges are the default tier's browser tests (the server, the entry
+script's routing, pages with images); launching a run, the hostile query strings, the messy runs folder and the two
+tabs with the restart are in the slow tier (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402 - only when there is a browser
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402 - only when there is a browser
 
 from tools.screenshots import settle  # noqa: E402 - imports playwright too
 
@@ -258,6 +262,87 @@ def test_holdout_marks_right_and_wrong(page: Page, server: str, holdout_run: Run
         assert (m.group(3) == "✓") == (int(row["correct"]) == 1)
     assert any(m.group(3) == "✗" for m in found)  # a 2-epoch network gets some wrong
     _shot(page, "gan-holdout.png")
+
+
+def test_why_opens_where_the_user_is_looking(page: Page, server: str, app_run: RunDir) -> None:
+    _open(page, server, f"/gan?run={app_run.id}")
+    labels = pd.read_csv(app_run.pseudo_labels)
+    pick = min(12, len(labels) - 1)  # an image of the grid's second row (sorted by sample index)
+    _captions(page, pick + 1, CAPTION)
+    button = page.get_by_role("button", name="Why?").nth(pick)
+    assert button.get_attribute("data-testid") == "stBaseButton-secondary"  # drawn as a button, not as a link
+    button.scroll_into_view_if_needed()
+    button.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text(f"unlabeled image #{pick}")).to_be_in_viewport(timeout=120_000)
+    row = labels.iloc[pick]
+    if row.label >= 0:
+        expect(dialog.get_by_text(f"Assigned: pid {int(row.pid)}")).to_be_in_viewport()
+    _shot(page, "gan-why.png")
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+
+
+def _grid_headers(tab: Page) -> list[str]:
+    """The column headers the page's first table draws (glide-data-grid keeps an accessible table of the columns
+    in view only: a column scrolled out of sight is not in it)."""
+    grid = tab.locator("[data-testid='stMain'] [data-testid='stDataFrame']").first
+    grid.locator("[role='columnheader']").first.wait_for(state="attached", timeout=120_000)
+    return grid.locator("[role='columnheader']").all_inner_texts()
+
+
+def test_runs_page_at_its_name_and_results_within_1280_px(browser: Browser, server: str) -> None:
+    tab = browser.new_page(viewport={"width": 1280, "height": 900})
+    tab.set_default_timeout(60_000)
+    try:
+        for path in ("/runs", "/"):  # by its name (a link typed or shared), and as the app's first page
+            _open(tab, server, path)
+            tab.get_by_role("heading", name="Runs", exact=True).wait_for()
+            body = tab.inner_text("body")
+            assert "Page not found" not in body, path
+            headers = _grid_headers(tab)
+            assert {"run", "state", "rank-1", "mAP"} <= set(headers), (path, headers)
+            _shot(tab, "runs-1280.png")
+    finally:
+        tab.close()
+
+
+def test_embedding_legend_shows_kinds_in_a_neutral_colour(page: Page, server: str, app_run: RunDir) -> None:
+    _open(page, server, f"/embedding?run={app_run.id}")
+    items = page.locator(".js-plotly-plot .legend .traces")
+    items.nth(2).wait_for(state="attached", timeout=120_000)
+    names = [items.nth(i).locator(".legendtext").text_content() for i in range(items.count())]
+    assert names == ["training images", "unlabeled (GAN) images", "class centers"]
+    colours = set()
+    for i in range(items.count()):
+        style = items.nth(i).locator(".legendpoints path").first.get_attribute("style")
+        fill = re.search(r"fill: (rgb\([^)]*\))", style)
+        colours.add(fill[1] if fill else re.search(r"stroke: (rgb\([^)]*\))", style)[1])  # the open star
+    assert colours == {"rgb(107, 107, 107)"}  # one neutral grey: a symbol's colour would name no identity
+    _shot(page, "embedding-legend.png")
+
+
+def test_rerank_toggle_relabels_the_query_and_stays_in_the_url(page: Page, server: str, app_run: RunDir) -> None:
+    ret = np.load(app_run.retrieval)
+    _open(page, server, f"/retrieval?run={app_run.id}")
+    picker = page.locator("[data-testid='stMain'] [data-testid='stSelectbox'] input").first
+    qi = int(re.match(r"q(\d+) ", picker.input_value())[1])
+
+    def ap_text(ap: float) -> str:
+        return "no valid match in the gallery" if np.isnan(ap) else f"AP {100 * ap:.1f}%"
+
+    assert picker.input_value().endswith(ap_text(ret["ap"][qi]))
+    page.get_by_text("k-reciprocal re-ranking").click()
+    page.wait_for_url(re.compile(r"[?&]rr=1"))
+    _settle(page)
+    reranked = ap_text(ret["rr_ap"][qi])
+    header = page.get_by_text(re.compile(rf"^{re.escape(app_run.id)} \(\w+\) · .* · re-ranked$"))
+    expect(header).to_contain_text(reranked)
+    expect(picker).to_have_value(re.compile(rf"^q{qi} · .*{re.escape(reranked)}$"))  # the same query, its new AP
+    _shot(page, "retrieval-rerank.png")
+    page.goto(page.url)  # the link shared from here: a new session, re-ranked from the URL alone
+    _settle(page)
+    expect(page.get_by_text(re.compile(r" · re-ranked$"))).to_contain_text(reranked)
 
 
 def _shown(page: Page, text: str | re.Pattern, where: str) -> str:

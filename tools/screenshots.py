@@ -2,6 +2,10 @@
 headless Chromium (Debian's), save PNGs.
 
     python tools/screenshots.py --runs-root runs --run <run id> --out docs/screenshots
+
+The pages show the runs folder and the data roots relative to the working directory (here the repository), so
+a runs root and data roots inside the repository (``runs``, ``data``: ``make run``'s defaults) keep the
+machine's paths out of the pictures.
 """
 
 from __future__ import annotations
