@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cpl.data.check import check_dataset
+from cpl.data.dataset import DatasetError
+from cpl.data.formats import load_dataset
 from cpl.data.images import ImageError, UploadError, decode_upload, load_images, probe_file
-from cpl.data.market import SPLIT_FOLDERS, DatasetError, load_market, parse_name
+from cpl.data.market import SPLIT_FOLDERS, parse_name
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -96,14 +98,14 @@ def _write(root: Path, spec: dict[str, dict[str, bytes] | None]) -> None:
 
 def _check_then_load(root: Path) -> None:
     """The checker never raises; the loader refuses only what the checker reports; checked data decodes."""
-    report = check_dataset(root, workers=2)
+    report = check_dataset(root, kind="market", workers=2)
     event(f"check ok: {report.ok}")
     for line in report.errors + report.warnings:
         assert "\n" not in line and line
     assert report.format().count("\n") == len(report.errors) + len(report.warnings) + len(report.splits) + (
         2 if report.splits else 1)
     try:
-        ds = load_market(root)
+        ds = load_dataset(root, "market")
     except DatasetError as exc:
         assert "\n" not in str(exc)
         assert not report.ok
