@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from app_fixtures import open_app, wait_for
+from dataset_builders import PEOPLE, make_folders, make_msmt17
 from PIL import Image
 
 from app import launching
@@ -189,6 +190,29 @@ def test_invalid_folder_shows_the_error_and_disables_launch(data_roots: Path) ->
     assert any("bounding_box_test: split folder is missing" in e for e in errors)
     assert _button(at, "Launch run").disabled
     assert not list_runs(Path(os.environ["CPL_RUNS_ROOT"]))
+
+
+@pytest.mark.parametrize("kind, label, build", [
+    ("msmt17", "MSMT17", make_msmt17),
+    ("folders", "Identity folders", lambda root: make_folders(root, PEOPLE)),
+])
+def test_every_format_is_listed_checked_and_launchable(data_roots: Path, kind: str, label: str, build) -> None:
+    build(data_roots / "mine")
+    at = _launch_page()
+    dataset = at.selectbox(key="dataset")
+    assert f"mine ({label})" in dataset.options
+    mine = next(d for d in launching.discover_datasets([data_roots], data_roots / "synthetic") if d.name == "mine")
+    assert mine.kind == kind
+    dataset.set_value(mine).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["split"]) == ["train", "query", "gallery"] and table["images"].min() > 0
+    assert any(label in c.value and "names and links checked" in c.value for c in at.caption)
+    base = next(s for s in at.selectbox if s.label == "Base config")
+    base.set_value(launching.CONFIGS_DIR / "synthetic.yaml").run()  # ships no weights to download: launchable here
+    assert [e.value for e in at.error] == []
+    assert not _button(at, "Launch run").disabled
+    assert any(f"data.kind={kind}" in c.value for c in at.code)
 
 
 def test_bad_override_is_named_and_disables_launch(data_roots: Path) -> None:
