@@ -30,6 +30,7 @@ class ConfigError(ValueError):
 
 
 UNLABELED_SOURCES = ("gan", "folder", "holdout", "none")
+IMAGE_CACHES = ("memory", "disk")
 
 
 @dataclass
@@ -72,6 +73,9 @@ class DataConfig:
     max_train_images: int = 0  # 0 = all; caps keep --fast-dev-run small
     max_query_images: int = 0
     max_gallery_images: int = 0
+    # memory: every split decoded into RAM | disk: decoded once into <runs root>/_cache/images and memory-mapped
+    # (cpl/data/image_cache.py; the same pixels, so the same training, without holding the dataset in RAM)
+    cache: str = "memory"
 
 
 @dataclass
@@ -343,6 +347,7 @@ def validate(cfg: Config) -> None:
     if unused:
         raise ConfigError(f"{unused}: only used when data.kind is {unused.removeprefix('data.')} (or auto on such "
                           f"a folder), got data.kind={c.data.kind!r}")
+    _check(c.data.cache in IMAGE_CACHES, "data.cache", f"must be one of {', '.join(IMAGE_CACHES)}", c.data.cache)
     _check(0.0 < c.data.folders.test_fraction < 1.0, "data.folders.test_fraction", "must be strictly between 0 and 1",
            c.data.folders.test_fraction)
     _check(bool(c.data.root), "data.root", "must name a dataset folder (set it with --set data.root=PATH)",

@@ -354,3 +354,18 @@ def test_fast_dev_run_trains_and_evaluates_every_format(tmp_path: Path, syntheti
         # the fast-dev-run caps keep 48 queries, each with every image of its identity in the gallery
         assert set(q_cams.tolist()) == {NO_CAMERA} and {r[0] for r in qs} <= {r[0] for r in gs}
         assert res["num_valid"] == len(qs) == 48
+
+
+def test_a_run_refuses_options_of_a_format_its_folder_is_not(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "people", PEOPLE)
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "run", "--config", "configs/synthetic.yaml",
+         "--run-dir", str(run), "--fast-dev-run", "--set", "data.kind=auto", "--set", f"data.root={root}",
+         "--set", "data.msmt17.with_val=false"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == (
+        f"data.msmt17: only used by that format, but {root} is read as folders; remove the setting")
+    assert not (run / "dataset.json").exists()

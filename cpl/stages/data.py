@@ -30,6 +30,7 @@ def load_data(ctx: RunContext) -> None:
     from cpl.config import format_options, unused_format_options
     from cpl.data.check import check_dataset, raise_if_invalid
     from cpl.data.formats import SYNTHETIC, load_dataset, resolve
+    from cpl.data.image_cache import cached_images
     from cpl.data.images import load_images
 
     cfg = ctx.cfg
@@ -54,10 +55,16 @@ def load_data(ctx: RunContext) -> None:
                       max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
     h, w = cfg.data.height, cfg.data.width
     ctx.progress(0.2, f"decoding {len(ds.train) + len(ds.query) + len(ds.gallery)} images")
-    train_imgs = load_images(ds.train.paths, h, w)
+
+    def decode(paths: tuple[str, ...]) -> torch.Tensor:
+        if cfg.data.cache == "disk":
+            return cached_images(paths, h, w, ctx.run.cache_root / "images")
+        return load_images(paths, h, w)
+
+    train_imgs = decode(ds.train.paths)
     ctx.progress(0.6)
-    query_imgs = load_images(ds.query.paths, h, w)
-    gallery_imgs = query_imgs if ds.gallery.paths == ds.query.paths else load_images(ds.gallery.paths, h, w)
+    query_imgs = decode(ds.query.paths)
+    gallery_imgs = query_imgs if ds.gallery.paths == ds.query.paths else decode(ds.gallery.paths)
     labels = np.asarray(ds.train_labels, dtype=np.int64)
     faults.point("data")
     ctx.data = _split(ctx, ds, labels, train_imgs, query_imgs, gallery_imgs)
