@@ -32,7 +32,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 NO_CAMERA = -1
-SPLITS = ("train", "query", "gallery")
 
 
 class DatasetError(ValueError):
@@ -111,6 +110,7 @@ class ReidDataset:
     label_to_pid: np.ndarray
     format: str
     protocol: str
+
     @property
     def num_classes(self) -> int:
         """K, the number of training identities (classes 0..K-1)."""
