@@ -208,9 +208,12 @@ def test_identity_folders_seeded_split(tmp_path: Path) -> None:
 def test_identity_folders_split_file(tmp_path: Path) -> None:
     root = make_folders(tmp_path / "people", {"ann": 3, "bob": 2, "cy": 2, "dee": 4})
     (root / "split.txt").write_text("# who is tested\nann train\nbob test\ncy train  # comment\ndee test\n")
+    (root / "empty").mkdir()  # no images: no identity, so the split file need not list it
     ds = load_dataset(root)
     assert ds.label_to_pid.tolist() == [1, 3] and sorted(set(ds.query.pids.tolist())) == [2, 4]
     assert len(ds.train) == 5 and len(ds.query) == len(ds.gallery) == 6
+    report = check_dataset(root)
+    assert report.ok and report.splits["train"].ignored == 1
 
 
 @pytest.mark.parametrize("split, message", [  # message: what follows the split file's path

@@ -45,12 +45,12 @@ def _has_image(folder: str) -> bool:
 
 
 def recognise(root: Path) -> bool:
-    """Whether ``root`` looks like identity folders: its first subfolders hold image files directly."""
+    """Whether ``root`` looks like identity folders: one of its first subfolders holds image files directly."""
     try:
         folders = _identity_folders(root)[:_PEEK]
     except DatasetError:
         return False
-    return bool(folders) and all(_has_image(f.path) for f in folders)
+    return any(_has_image(f.path) for f in folders)
 
 
 def _read_split_file(path: Path, names: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -107,18 +107,18 @@ def scan(root: Path, *, seed: int = 0, test_fraction: float = 0.5) -> tuple[dict
     listings = {f.name: list_folder(Path(f.path)) for f in folders}
     counts = {name: len(listing.images) for name, listing in listings.items()}
     split_file = root / SPLIT_FILE
-    roles, errors = (_read_split_file(split_file, list(listings)) if split_file.exists()
-                     else _seeded_roles(counts, seed, test_fraction))
+    people = [name for name, n in counts.items() if n]  # a folder without images is no identity
+    roles, errors = (_read_split_file(split_file, people) if split_file.exists()
+                     else _seeded_roles({n: counts[n] for n in people}, seed, test_fraction))
     if errors:
         return {}, [errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more)"]
     rows: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
     ignored: dict[str, list[str]] = {"train": [], "test": []}
     broken: dict[str, list[str]] = {"train": [], "test": []}
     for pid, (name, listing) in enumerate(listings.items(), 1):
-        role = roles[name]
+        role = roles.get(name, "train")
         rows[role] += [(p, pid) for p in listing.images]
-        ignored[role] += [f"{name}/{x}" for x in listing.ignored] + ([f"{name}/ (no images)"] if not counts[name]
-                                                                     else [])
+        ignored[role] += [f"{name}/{x}" for x in listing.ignored] + ([] if counts[name] else [f"{name}/ (no images)"])
         broken[role] += listing.broken
     try:
         with os.scandir(root) as it:
