@@ -115,6 +115,8 @@ def test_msmt17_loads_train_plus_val_with_shifted_pids(tmp_path: Path, version: 
 @pytest.mark.parametrize("fault, message", [
     ("missing list", "list_query.txt: list file is missing (MSMT17 needs list_train.txt, list_val.txt"),
     ("bad line", "list_train.txt line 2: expected 'relpath pid', got 'just-a-path'"),
+    ("unicode digits", "list_train.txt line 1: expected 'relpath pid', got '0000/x.jpg \u00b2'"),
+    ("unicode camera", "list_train.txt line 1: 0000/0000_000_\u00b2_x_0.jpg: no camera in the file name"),
     ("missing image", "list_gallery.txt line 1: 0000/0000_012_02_0303morning_0012_0.jpg does not exist in"),
     ("escape", "list_val.txt line 1: ../../etc/x.jpg is not a path inside"),
     ("no camera", "list_train.txt line 1: 0000/oops.jpg: no camera in the file name"),
@@ -131,6 +133,10 @@ def test_msmt17_hostile_inputs(tmp_path: Path, fault: str, message: str) -> None
     elif fault == "bad line":
         lines = listing.read_text().splitlines(keepends=True)
         listing.write_text(lines[0] + "just-a-path\n" + "".join(lines[2:]))
+    elif fault == "unicode digits":
+        listing.write_text("0000/x.jpg \u00b2\n" + listing.read_text())
+    elif fault == "unicode camera":
+        listing.write_text("0000/0000_000_\u00b2_x_0.jpg 0\n" + listing.read_text())
     elif fault == "missing image":
         (root / "test" / msmt_name(0, 12, 2)).unlink()
     elif fault == "escape":

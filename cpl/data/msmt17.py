@@ -45,13 +45,14 @@ def camera_of(name: str) -> int | None:
     """The camera of an MSMT17 file name (its third ``_`` field), or None: ``'0000_000_01_0303morning_0015_0.jpg'``
     -> 1."""
     fields = os.path.basename(name).split("_")
-    return int(fields[2]) if len(fields) > 3 and fields[2].isdigit() and len(fields[2]) <= 3 else None
+    cam = fields[2] if len(fields) > 3 else ""
+    return int(cam) if cam.isascii() and cam.isdigit() and len(cam) <= 3 else None  # '²'.isdigit() is True
 
 
 def _parse_line(line: str, folder: Path) -> tuple[str, int, int] | str:
     """``(absolute path, listed pid, camera)`` of one list line, else why not (one line)."""
     parts = line.split()
-    if len(parts) != 2 or not parts[1].isdigit() or len(parts[1]) > 9:
+    if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 9:
         return f"expected 'relpath pid', got {display_path(line.strip()[:80])!r}"
     rel, pid = parts[0], int(parts[1])
     if os.path.isabs(rel) or ".." in Path(rel).parts:
