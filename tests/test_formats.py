@@ -209,6 +209,8 @@ def test_identity_folders_seeded_split(tmp_path: Path) -> None:
     assert stats["train"].cameras == stats["query"].cameras == 0
     assert stats["train"].ignored + stats["query"].ignored == 2  # notes.txt, person3/thumbs.db
     assert stats["query"].images == stats["gallery"].images == len(ds.query)
+    assert report.images == len(ds.train) + len(ds.query)  # query and gallery are one set of files
+    assert report.format().splitlines()[-1].startswith(f"OK: {report.images:,} images decoded")
 
 
 def test_identity_folders_split_file(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     decoded: bool = False
+    images: int = 0  # distinct image files listed (identity folders' query and gallery share theirs)
     seconds: float = 0.0
 
     @property
@@ -95,7 +96,7 @@ class CheckReport:
                 lines.append("  ".join(cells).rstrip())
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"error: {e}" for e in self.errors]
-        total = sum(s.images for s in self.splits.values())
+        total = self.images
         how = "decoded" if self.decoded else "listed (not decoded)"
         if self.ok:
             lines.append(f"OK: {total:,} images {how} in {self.seconds:.1f} s")
@@ -261,5 +262,6 @@ def check_dataset(root: str | os.PathLike, *, kind: str = AUTO, options: dict | 
     report.warnings += _identity_warnings({name: usable_split(scan) for name, scan in scans.items()})
     # identity folders' query and gallery are the same images: say each of their problems once
     report.errors, report.warnings = list(dict.fromkeys(report.errors)), list(dict.fromkeys(report.warnings))
+    report.images = len({p for scan in scans.values() for p in scan.paths})
     report.seconds = time.perf_counter() - start
     return report
