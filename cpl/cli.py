@@ -1,6 +1,6 @@
 """The ``cpl`` command.
 
-    cpl check DATA_DIR                    validate a Market-layout dataset, print split statistics
+    cpl check DATA_DIR [--kind K]         validate a dataset (any format), print split statistics
     cpl synth OUT_DIR [--ids N --seed S]  write the built-in synthetic dataset
     cpl run --config F [--set k=v ...]    run the whole pipeline into a new run directory
     cpl resume RUN_DIR                    continue a run from its last checkpoint
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cpl import PROG, __version__
 from cpl.config import ConfigError, fast_dev_run, load_config
+from cpl.data.formats import AUTO, FORMATS
 from cpl.runs.rundir import RunDir, default_runs_root, list_runs
 from cpl.runs.state import State
 
@@ -34,11 +35,11 @@ def _err(msg: str, code: int = 2) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """``cpl check DIR``: validate a Market-layout dataset; exit 0 when usable, 2 otherwise."""
+    """``cpl check DIR``: validate a dataset of any format; exit 0 when usable, 2 otherwise."""
     from cpl.data.check import check_dataset
 
     t0 = time.time()
-    report = check_dataset(Path(args.data_dir), decode=not args.no_decode)
+    report = check_dataset(Path(args.data_dir), kind=args.kind, decode=not args.no_decode)
     print(report.format())
     print(f"checked in {time.time() - t0:.1f} s")
     return 0 if report.ok else 2
@@ -208,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of run directories (default: $CPL_RUNS_ROOT or ./runs)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("check", help="validate a Market-1501-layout dataset and print split statistics")
+    s = sub.add_parser("check", help="validate a dataset (any format) and print split statistics")
     s.add_argument("data_dir")
+    s.add_argument("--kind", choices=[AUTO, *FORMATS], default=AUTO,
+                   help="the dataset's format (default: recognised from the folder's layout)")
     s.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster, less thorough)")
     s.set_defaults(fn=cmd_check)
 

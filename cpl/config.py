@@ -21,6 +21,7 @@ import yaml
 
 from cpl import PROG
 from cpl.backbones import BACKBONES
+from cpl.data.formats import AUTO, FORMATS, KINDS
 from cpl.methods import (
     CENTER_LABEL_METHODS,
     CENTER_LOSS_METHODS,
@@ -36,6 +37,7 @@ class ConfigError(ValueError):
 
 
 UNLABELED_SOURCES = ("gan", "folder", "holdout", "none")
+IMAGE_CACHES = ("memory", "disk")
 
 
 @dataclass
@@ -48,17 +50,39 @@ class SyntheticConfig:
 
 
 @dataclass
+class Msmt17Config:
+    """``data.msmt17.*``: options of the MSMT17 format (cpl/data/msmt17.py)."""
+
+    with_val: bool = True  # train on list_train + list_val (32,621 images, fast-reid); false: list_train only
+
+
+@dataclass
+class FoldersConfig:
+    """``data.folders.*``: options of the identity-folder format (cpl/data/folders.py), used without a split.txt."""
+
+    test_fraction: float = 0.5  # share of the identities (with >= 2 images) that become test identities
+    seed: int = 0  # the identity split's seed, apart from the run seed so that every run tests the same people
+
+
+@dataclass
 class DataConfig:
     """``data.*``: which dataset, its input size (pixels) and optional caps on each split."""
 
-    kind: str = "market"  # market: a Market-1501-layout folder; synthetic: generated into root on first use
+    # auto: recognised from the folder's layout | a format of cpl.data.formats.FORMATS (market, msmt17, folders) |
+    # synthetic: generated into root on first use (Market layout)
+    kind: str = AUTO
     root: str = ""
     height: int = 256  # re-ID input size, pixels
     width: int = 128
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    msmt17: Msmt17Config = field(default_factory=Msmt17Config)
+    folders: FoldersConfig = field(default_factory=FoldersConfig)
     max_train_images: int = 0  # 0 = all; caps keep --fast-dev-run small
     max_query_images: int = 0
     max_gallery_images: int = 0
+    # memory: every split decoded into RAM | disk: decoded once into <runs root>/_cache/images and memory-mapped
+    # (cpl/data/image_cache.py; the same pixels, so the same training, without holding the dataset in RAM)
+    cache: str = "memory"
 
 
 @dataclass
@@ -357,12 +381,35 @@ def _check(cond: bool, key: str, msg: str, value: Any) -> None:
         raise ConfigError(f"{key}: {msg}, got {value!r}")
 
 
+def format_options(data: DataConfig, fmt: str) -> dict:
+    """The ``data.<fmt>`` section as keyword options of the format's scan (``{}`` for a format without one)."""
+    section = getattr(data, fmt, None)
+    return dataclasses.asdict(section) if fmt in FORMATS and dataclasses.is_dataclass(section) else {}
+
+
+def unused_format_options(data: DataConfig, fmt: str) -> str | None:
+    """``data.<other format>`` when a format other than ``fmt`` has options changed from their defaults (they would
+    be ignored), else None. ``fmt`` is the format the dataset is read as (``synthetic`` reads as Market)."""
+    for name in FORMATS:
+        section = getattr(data, name, None)
+        if name != fmt and dataclasses.is_dataclass(section) and section != type(section)():
+            return f"data.{name}"
+    return None
+
+
 def validate(cfg: Config) -> None:
     """Range and consistency checks; raises :class:`ConfigError` naming the first bad key."""
     c = cfg
     _check(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
            "must be auto, cpu, cuda or cuda:N", c.device)
-    _check(c.data.kind in ("market", "synthetic"), "data.kind", "must be market or synthetic", c.data.kind)
+    _check(c.data.kind in KINDS, "data.kind", f"must be one of {', '.join(KINDS)}", c.data.kind)
+    unused = unused_format_options(c.data, c.data.kind) if c.data.kind != AUTO else None
+    if unused:
+        raise ConfigError(f"{unused}: only used when data.kind is {unused.removeprefix('data.')} (or auto on such "
+                          f"a folder), got data.kind={c.data.kind!r}")
+    _check(c.data.cache in IMAGE_CACHES, "data.cache", f"must be one of {', '.join(IMAGE_CACHES)}", c.data.cache)
+    _check(0.0 < c.data.folders.test_fraction < 1.0, "data.folders.test_fraction", "must be strictly between 0 and 1",
+           c.data.folders.test_fraction)
     _check(bool(c.data.root), "data.root", "must name a dataset folder (set it with --set data.root=PATH)",
            c.data.root)
     for k in ("height", "width"):

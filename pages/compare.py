@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import charts, health, readers, settings
 from app.safety import safe_run, safe_sweep
+from cpl.data.formats import PROTOCOLS, protocol_of
 from cpl.methods import needs_unlabeled
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.state import State
@@ -128,7 +129,7 @@ def run_row(run: RunDir) -> dict:
         "rank-1": num(res.get("rank1")), "rank-5": num(res.get("rank5")), "rank-10": num(res.get("rank10")),
         "mAP": num(res.get("mAP")), "mINP": num(res.get("mINP")), "rank-1 RR": num(rr.get("rank1")),
         "mAP RR": num(rr.get("mAP")), "train time (s)": num(res.get("train_time_s")),
-        "device": readers.text(res.get("device")),
+        "device": readers.text(res.get("device")), "protocol": protocol_of(res),
     }
 
 
@@ -152,6 +153,11 @@ def runs_section(root) -> None:
         st.caption("Choose runs to compare.")
         return
     table = pd.DataFrame([run_row(r) for r in selected])
+    protocols = sorted({p for p in table["protocol"] if p})
+    if len(protocols) > 1:
+        st.warning("These runs were evaluated under different protocols (" + "; ".join(
+            f"**{p}**: {PROTOCOLS[p].description if p in PROTOCOLS else 'unknown'}" for p in protocols)
+            + "): their rank-k and mAP are not comparable across the protocol column.", icon=":material/warning:")
     st.dataframe(table, hide_index=True, width="stretch", column_config={
         c: st.column_config.NumberColumn(c, format="%.2f") for c in ("rank-1", "rank-5", "rank-10", "mAP", "mINP",
                                                                       "rank-1 RR", "mAP RR")}

@@ -17,15 +17,16 @@ from cpl import PROG
 from cpl.backbones import BACKBONES
 from cpl.config import Config, ConfigError, dump_yaml, tricks
 from cpl.data.check import CheckReport, check_dataset
+from cpl.data.formats import FORMATS, PROTOCOLS
 from cpl.methods import BASELINE, METHOD_NAMES, METHODS, needs_unlabeled, uses_center_loss
 from cpl.models.weights import resolve as resolve_weights
 from cpl.sweep.grid import plan_cells
 
 
 @st.cache_data(show_spinner="Checking the dataset…", max_entries=32)
-def check(path: str, version: tuple) -> CheckReport:
-    """``cpl check --no-decode`` of a dataset folder, cached until a split folder changes."""
-    return check_dataset(path, decode=False)
+def check(path: str, kind: str, version: tuple) -> CheckReport:
+    """``cpl check --no-decode --kind KIND`` of a dataset folder, cached until something in it changes."""
+    return check_dataset(path, kind=kind, decode=False)
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -46,9 +47,9 @@ def dataset_section(roots: list[Path], synth: Path) -> tuple[launching.DatasetCh
     st.subheader("1 · Dataset")
     choices = launching.discover_datasets(roots, synth)
     choice = st.selectbox("Dataset", choices, format_func=lambda d: d.label, key="dataset",
-                          help="The embedded synthetic dataset, or any Market-1501-layout folder (bounding_box_train/,"
-                               " query/, bounding_box_test/) directly under a data root: "
-                               + ", ".join(f"`{r}`" for r in roots))
+                          help="The embedded synthetic dataset, or a dataset folder directly under a data root ("
+                               + ", ".join(f"`{r}`" for r in roots) + ") in one of these layouts: "
+                               + "; ".join(f"**{f.label}**: {f.layout}" for f in FORMATS.values()))
     path = launching.dataset_path(choice, roots, synth)
     if path is None:
         st.error("This dataset folder is not inside a data root (or no longer exists).")
@@ -57,17 +58,21 @@ def dataset_section(roots: list[Path], synth: Path) -> tuple[launching.DatasetCh
         st.caption(f"Not generated yet: the run writes it to `{path}` first (about half a minute), "
                    "with disjoint train and test identities seen by several synthetic cameras.")
         return choice, path, True
-    report = check(str(path), launching.folder_stamp(path))
-    st.caption(f"`{path}` — names and links checked in {report.seconds:.1f} s (images are decoded by the run)")
+    report = check(str(path), choice.kind, launching.folder_stamp(path))
+    layout = f"{FORMATS[report.kind].label}; " if report.kind in FORMATS else ""
+    protocol = f" Evaluation: {PROTOCOLS[report.protocol].description}" if report.protocol in PROTOCOLS else ""
+    st.caption(f"`{path}` — {layout}names and links checked in {report.seconds:.1f} s (images are decoded by the "
+               f"run).{protocol}")
     show_report(report)
     return choice, path, report.ok
 
 
 def default_config(choice: launching.DatasetChoice, files: list[Path]) -> int:
-    """Index of the config matching the dataset (synthetic.yaml, cuhk01.yaml for a cuhk01 folder, ...)."""
+    """Index of the config matching the dataset (synthetic.yaml, cuhk01.yaml for a cuhk01 folder, msmt17.yaml for
+    any MSMT17 folder, ...)."""
     names = [p.stem for p in files]
     wanted = "synthetic" if choice.synthetic else choice.name.lower()
-    for candidate in (wanted, "market1501", "synthetic"):
+    for candidate in (wanted, choice.kind, "market1501", "synthetic"):
         if candidate in names:
             return names.index(candidate)
     return 0
@@ -303,7 +308,7 @@ except ConfigError as exc:
 form_key = f"{base_path.stem}-{mode}"
 choices, methods, errors, nproc = settings_section(base, form_key, mode, roots)
 if data_path is not None:
-    choices.data_root, choices.synthetic = data_path, choice.synthetic
+    choices.data_root, choices.synthetic, choices.kind = data_path, choice.synthetic, choice.kind
 counts, seeds, step_matched = [], [], False
 if mode == "sweep":
     counts, seeds, step_matched, grid_errors = sweep_grid(base, form_key, methods)

@@ -22,6 +22,7 @@ from app import readers, settings
 from app.gallery import BLUE, GREEN, GREY, NEUTRAL, RED, Card, card_image, grid
 from app.nav import run_page
 from app.safety import safe_run
+from cpl.data.formats import LEAVE_ONE_OUT, protocol_of
 from cpl.data.images import UploadError, decode_upload
 from cpl.runs.launch import cpl_command
 from cpl.runs.rundir import RunDir, list_runs
@@ -36,10 +37,13 @@ def _ap_text(ap: float) -> str:
     return "no valid match in the gallery" if np.isnan(ap) else f"AP {100 * ap:.1f}%"
 
 
-def _verdict(q: pd.Series, g: pd.Series) -> tuple[str, str]:
-    """(border colour, mark) of gallery image ``g`` for query ``q`` under the Market-1501 protocol."""
+def _verdict(q: pd.Series, g: pd.Series, protocol: str) -> tuple[str, str]:
+    """(border colour, mark) of gallery image ``g`` for query ``q`` under the run's protocol (cross-camera:
+    Market-1501; leave-one-out: only the query image itself is ignored)."""
     if g.pid == q.pid:
-        if g.camid == q.camid:
+        if protocol == LEAVE_ONE_OUT and g.path == q.path:
+            return GREY, "the query itself, ignored"
+        if protocol != LEAVE_ONE_OUT and g.camid == q.camid:
             return GREY, "same cam, ignored"
         return GREEN, ":green[✓]"
     if g.pid == -1:
@@ -55,13 +59,13 @@ def _ranked(ret: dict, rerank: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _result_cards(ret: dict, qi: int, topk: int, rerank: bool, query: pd.DataFrame,
-                  gallery: pd.DataFrame) -> tuple[list[Card], float, bool]:
+                  gallery: pd.DataFrame, protocol: str) -> tuple[list[Card], float, bool]:
     index, dist, ap, reranked = _ranked(ret, rerank)
     q = query.iloc[qi]
     cards = []
     for rank, (g_row, d) in enumerate(zip(index[qi, :topk], dist[qi, :topk]), start=1):
         g = gallery.iloc[int(g_row)]
-        colour, mark = _verdict(q, g)
+        colour, mark = _verdict(q, g, protocol)
         cards.append(Card(g.path, f"**{rank}** · d {d:.3f}  \npid {g.pid} · cam {g.camid} {mark}", colour))
     return cards, float(ap[qi]), reranked
 
@@ -147,7 +151,8 @@ def _show_lists(run: RunDir, run2: RunDir | None, ret: dict, qi: int, topk: int,
         cols = st.columns(len(runs))
         for col, (r, rr) in zip(cols, runs):
             with col:
-                cards, ap, reranked = _result_cards(rr, qi, topk, rerank, query, gallery)
+                cards, ap, reranked = _result_cards(rr, qi, topk, rerank, query, gallery,
+                                                    protocol_of(readers.results(r)))
                 method = readers.run_facts(r).get("method") or "?"
                 st.markdown(f"**{r.id}** ({method}) · **{_ap_text(ap)}**"
                             + (" · re-ranked" if reranked else (" · not re-ranked (the run has no re-ranked lists)"
@@ -155,9 +160,14 @@ def _show_lists(run: RunDir, run2: RunDir | None, ret: dict, qi: int, topk: int,
                 shown = grid(r, cards, columns=10 if len(runs) == 1 else 5)
                 if shown < len(cards):
                     st.warning(f"{len(cards) - shown} gallery images could not be shown.")
-    st.caption("Border: green = same identity from another camera (a true match); red = another identity "
-               "(pid 0: distractor); grey = same identity and camera, which the Market-1501 protocol ignores. "
-               "d = cosine distance (1 − cosine) between L2-normalised features; after re-ranking, the "
+    if protocol_of(readers.results(run)) == LEAVE_ONE_OUT:
+        match, ignored = ("another image of the same identity", "the query image itself, which the leave-one-out "
+                          "protocol ignores (the dataset has no cameras)")
+    else:
+        match, ignored = ("same identity from another camera", "same identity and camera, which the Market-1501 "
+                          "protocol ignores")
+    st.caption(f"Border: green = {match} (a true match); red = another identity (pid 0: distractor); grey = "
+               f"{ignored}. d = cosine distance (1 − cosine) between L2-normalised features; after re-ranking, the "
                "k-reciprocal re-ranked distance.")
 
 

@@ -21,6 +21,7 @@ from app import charts, health, readers, settings
 from app.launching import start_sweep
 from app.nav import select_run
 from app.safety import safe_sweep
+from cpl.data.formats import PROTOCOLS, protocol_of
 from cpl.methods import needs_unlabeled
 from cpl.runs.launch import delete, launch_cancel, launch_resume
 from cpl.runs.rundir import RunDir
@@ -286,7 +287,8 @@ def results_block(run: RunDir) -> None:
     facts = [f"method **{res.get('method')}**", f"{res.get('num_classes', '?')} training identities",
              f"{int(unlabeled):,} unlabeled images ({res.get('unlabeled_source', 'none')})",
              f"{res.get('epochs')} epochs in {charts.duration(readers.number(res.get('train_time_s')))}",
-             f"{res.get('num_valid_queries', '?')} queries", f"backbone {res.get('backbone', '?')}",
+             f"{res.get('num_valid_queries', '?')} queries ({protocol_of(res)} protocol)",
+             f"backbone {res.get('backbone', '?')}",
              f"weights: {_weights_text(res.get('weights'))}"]
     st.caption(" · ".join(facts))
 
@@ -335,6 +337,10 @@ def curves(run: RunDir) -> None:
         info = readers.dataset_info(run)
         if info:
             left.markdown(f"**Dataset** `{info.get('root')}` — {info.get('num_classes')} training identities")
+            protocol = protocol_of(readers.results(run)) or readers.text(info.get("protocol"))
+            if protocol:
+                left.caption(f"Evaluation protocol: **{protocol}**"
+                             + (f" — {PROTOCOLS[protocol].description}" if protocol in PROTOCOLS else ""))
             splits = {k: v for k, v in readers.as_dict(info.get("splits")).items() if isinstance(v, dict)}
             left.dataframe(pd.DataFrame(splits).T.reset_index(names="split"), hide_index=True)
             warnings = info.get("warnings")

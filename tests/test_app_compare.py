@@ -107,3 +107,24 @@ def test_table1_frame_names_the_step_matched_baseline() -> None:
                                "cpl mAP"]
     assert t.loc["100", "baseline (step-matched) rank-1"] == "72.00" and t.loc["0 (baseline)", "cpl mAP"] == "50.00"
     assert t.loc["improvement", "baseline (step-matched) rank-1"] == "+2.00"  # more steps alone
+
+
+def test_runs_evaluated_under_different_protocols_are_flagged(tmp_path: Path, monkeypatch) -> None:
+    from messy_runs import healthy_run
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    a, b = healthy_run(runs, 1), healthy_run(runs, 2)  # results.json without a protocol: cross-camera
+    monkeypatch.setenv("CPL_RUNS_ROOT", str(runs))
+    monkeypatch.setenv("CPL_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("CPL_DEMO", "0")
+    at = _page(run=a.name, run2=b.name)
+    table = next(d.value for d in at.dataframe if "protocol" in d.value.columns)
+    assert table["protocol"].tolist() == ["cross-camera", "cross-camera"]
+    assert not any("different protocols" in w.value for w in at.warning)
+    res = json.loads((b / "results.json").read_text())
+    (b / "results.json").write_text(json.dumps({**res, "protocol": "leave-one-out"}))
+    at = _page(run=a.name, run2=b.name)
+    table = next(d.value for d in at.dataframe if "protocol" in d.value.columns)
+    assert table["protocol"].tolist() == ["cross-camera", "leave-one-out"]
+    assert any("evaluated under different protocols" in w.value and "leave-one-out" in w.value for w in at.warning)

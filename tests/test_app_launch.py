@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from app_fixtures import open_app, wait_for
+from dataset_builders import PEOPLE, make_folders, make_msmt17
 from PIL import Image
 
 from app import launching
@@ -58,7 +59,8 @@ def data_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_discover_datasets_lists_market_folders_only(data_roots: Path) -> None:
     found = launching.discover_datasets([data_roots], data_roots / "synthetic")
     assert found[0].synthetic
-    assert [d.name for d in found[1:]] == ["broken", "tiny"]  # "notes" has no split folder
+    assert [d.name for d in found[1:]] == ["broken", "tiny"]  # "notes" is no dataset layout
+    assert [d.kind for d in found] == ["synthetic", "market", "market"]
     tiny = found[2]
     assert launching.dataset_path(tiny, [data_roots], data_roots / "synthetic") == (data_roots / "tiny").resolve()
     # a crafted choice naming something outside the root is refused by app.safety
@@ -69,12 +71,12 @@ def test_discover_datasets_lists_market_folders_only(data_roots: Path) -> None:
 def test_overrides_build_the_config_the_form_shows(tmp_path: Path) -> None:
     base = launching.base_defaults(SYNTH)
     root = tmp_path / "odd: name #1"  # a path YAML would misread unquoted
-    choices = launching.RunChoices(data_root=root, synthetic=False, method="fapl", source="holdout",
+    choices = launching.RunChoices(data_root=root, synthetic=False, kind="msmt17", method="fapl", source="holdout",
                                    holdout_fraction=0.3, center_weight=3e-4, center_alpha=0.25, epochs=24,
                                    backbone="resnet34", pretrained="none", seed=7, device="cpu", name="my run",
                                    extra=["train.batch_size=8"])
     cfg = launching.resolve(SYNTH, launching.overrides_for(choices, base), fast=False)
-    assert cfg.data.kind == "market" and cfg.data.root == str(root)
+    assert cfg.data.kind == "msmt17" and cfg.data.root == str(root)
     assert (cfg.train.method, cfg.seed, cfg.name, cfg.device) == ("fapl", 7, "my run", "cpu")
     assert (cfg.unlabeled.source, cfg.unlabeled.holdout_fraction) == ("holdout", 0.3)
     assert (cfg.train.center_weight, cfg.train.center_alpha, cfg.train.epochs) == (3e-4, 0.25, 24)
@@ -165,7 +167,8 @@ def test_form_renders_with_the_base_config_values(data_roots: Path) -> None:
     labels = {s.label for s in at.selectbox}
     assert {"Dataset", "Base config", "Method", "Backbone", "Device"} <= labels
     dataset = at.selectbox(key="dataset")
-    assert [o for o in dataset.options] == [launching.SYNTHETIC.label, "broken", "tiny"]
+    assert [o for o in dataset.options] == [launching.SYNTHETIC.label, "broken (Market-1501 layout)",
+                                            "tiny (Market-1501 layout)"]
     method = next(s for s in at.selectbox if s.label == "Method")
     assert method.value == "cpl" and set(method.options) == set(METHODS)
     assert any(METHODS["cpl"].description in c.value for c in at.caption)
@@ -241,6 +244,29 @@ def test_invalid_folder_shows_the_error_and_disables_launch(data_roots: Path) ->
     assert any("bounding_box_test: split folder is missing" in e for e in errors)
     assert _button(at, "Launch run").disabled
     assert not list_runs(Path(os.environ["CPL_RUNS_ROOT"]))
+
+
+@pytest.mark.parametrize("kind, label, build", [
+    ("msmt17", "MSMT17", make_msmt17),
+    ("folders", "Identity folders", lambda root: make_folders(root, PEOPLE)),
+])
+def test_every_format_is_listed_checked_and_launchable(data_roots: Path, kind: str, label: str, build) -> None:
+    build(data_roots / "mine")
+    at = _launch_page()
+    dataset = at.selectbox(key="dataset")
+    assert f"mine ({label})" in dataset.options
+    mine = next(d for d in launching.discover_datasets([data_roots], data_roots / "synthetic") if d.name == "mine")
+    assert mine.kind == kind
+    dataset.set_value(mine).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["split"]) == ["train", "query", "gallery"] and table["images"].min() > 0
+    assert any(label in c.value and "names and links checked" in c.value for c in at.caption)
+    base = next(s for s in at.selectbox if s.label == "Base config")
+    base.set_value(launching.CONFIGS_DIR / "synthetic.yaml").run()  # ships no weights to download: launchable here
+    assert [e.value for e in at.error] == []
+    assert not _button(at, "Launch run").disabled
+    assert any(f"data.kind={kind}" in c.value for c in at.code)
 
 
 def test_bad_override_is_named_and_disables_launch(data_roots: Path) -> None:

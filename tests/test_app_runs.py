@@ -43,6 +43,7 @@ def test_finished_fixture_run_shows_its_metrics(app_env, app_run: RunDir) -> Non
     q = json.loads(app_run.gan.read_text())["quality"]
     assert row["GAN"] == f"FD {q['fd']:.0f} (floor {q['fd_floor']:.0f})"
     assert any(f"sha256 {weights['sha256'][:12]}" in c.value for c in at.caption)
+    assert res["protocol"] == "cross-camera" and any("queries (cross-camera protocol)" in c.value for c in at.caption)
     assert row["rank-1"] == pytest.approx(res["rank1"]) and row["mAP RR"] == pytest.approx(res["rerank"]["mAP"])
     # the results come right after the run and its state; the wide where-and-how columns come last
     order = list(at.dataframe[0].proto.column_order)
@@ -200,3 +201,21 @@ def test_cached_readers_see_a_rewritten_file(tmp_path: Path) -> None:
     assert readers.results(run) == {"rank1": 10.0}
     write_json(run.results, {"rank1": 20.0})  # same size: only the modification time tells them apart
     assert readers.results(run) == {"rank1": 20.0}
+
+
+def test_a_camera_less_run_shows_its_protocol(tmp_path: Path, monkeypatch) -> None:
+    from messy_runs import healthy_run
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    run = healthy_run(runs, 1)
+    res = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**res, "protocol": "leave-one-out", "num_valid_queries": 4}))
+    monkeypatch.setenv("CPL_RUNS_ROOT", str(runs))
+    monkeypatch.setenv("CPL_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("CPL_DEMO", "0")
+    at = open_app(run=run.name)
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("4 queries (leave-one-out protocol)" in c.value for c in at.caption)
+    assert any("Evaluation protocol: **leave-one-out**" in c.value and "the query image itself is left out" in c.value
+               for c in at.caption)

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cpl.data.check import check_dataset
+from cpl.data.dataset import DatasetError
+from cpl.data.formats import load_dataset
 from cpl.data.images import ImageError, UploadError, decode_upload, load_images, probe_file
-from cpl.data.market import SPLIT_FOLDERS, DatasetError, load_market, parse_name
+from cpl.data.market import SPLIT_FOLDERS, parse_name
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -96,14 +98,14 @@ def _write(root: Path, spec: dict[str, dict[str, bytes] | None]) -> None:
 
 def _check_then_load(root: Path) -> None:
     """The checker never raises; the loader refuses only what the checker reports; checked data decodes."""
-    report = check_dataset(root, workers=2)
+    report = check_dataset(root, kind="market", workers=2)
     event(f"check ok: {report.ok}")
     for line in report.errors + report.warnings:
         assert "\n" not in line and line
     assert report.format().count("\n") == len(report.errors) + len(report.warnings) + len(report.splits) + (
         2 if report.splits else 1)
     try:
-        ds = load_market(root)
+        ds = load_dataset(root, "market")
     except DatasetError as exc:
         assert "\n" not in str(exc)
         assert not report.ok
@@ -151,3 +153,58 @@ def test_random_bytes_to_decoders(data: bytes) -> None:
         assert image.mode == "RGB" and image.width * image.height > 0
     except UploadError as exc:
         assert str(exc) and "\n" not in str(exc)
+
+
+# ---------------------------------------------------------------------------------------------- other formats
+
+list_lines = st.lists(st.one_of(
+    st.builds(lambda pid, i, cam: f"{pid:04d}/{pid:04d}_{i:03d}_{cam:02d}_0303morning_{i:04d}_0.jpg {pid}",
+              st.integers(0, 3), st.integers(0, 20), st.integers(0, 16)),
+    st.text(st.characters(exclude_characters="\x00", codec="utf-8"), max_size=40),
+), max_size=6)
+
+
+def _check_then_load_kind(root: Path, kind: str) -> None:
+    """As :func:`_check_then_load`, for any format: check never raises, load refuses only what check reports."""
+    report = check_dataset(root, kind=kind, workers=2)
+    for line in report.errors + report.warnings:
+        assert "\n" not in line and line
+    try:
+        ds = load_dataset(root, kind)
+    except DatasetError as exc:
+        assert "\n" not in str(exc) and not report.ok
+        return
+    if report.ok:
+        paths = list(dict.fromkeys(p for split in ds.splits for p in split.paths))
+        assert load_images(paths, 12, 6, workers=2).shape == (len(paths), 3, 12, 6)
+
+
+@FUZZ
+@given(st.fixed_dictionaries({name: list_lines for name in ("train", "val", "query", "gallery")}),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 20), st.integers(0, 16), contents()), max_size=8))
+def test_random_msmt17_lists(lists: dict[str, list[str]], files: list[tuple[int, int, int, bytes]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for folder in ("train", "test"):
+            for pid, i, cam, data in files:
+                path = root / folder / f"{pid:04d}" / f"{pid:04d}_{i:03d}_{cam:02d}_0303morning_{i:04d}_0.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        for name, lines in lists.items():
+            (root / f"list_{name}.txt").write_text("".join(line.replace("\r", "") + "\n" for line in lines))
+        _check_then_load_kind(root, "msmt17")
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["ann", "bob", "cy", "dee", "ed"]), split_files, max_size=5),
+       st.one_of(st.none(), st.text(max_size=60)))
+def test_random_identity_folders(people: dict[str, dict[str, bytes]], split: str | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for person, files in people.items():
+            (root / person).mkdir()
+            for name, data in files.items():
+                (root / person / name).write_bytes(data)
+        if split is not None:
+            (root / "split.txt").write_text(split)
+        _check_then_load_kind(root, "folders")

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpl.data.market import (
-    SPLIT_FOLDERS,
-    DatasetError,
-    load_market,
-    parse_name,
-    relabel,
-    scan_split,
-)
+from cpl.data.dataset import DatasetError, relabel
+from cpl.data.formats import load_dataset
+from cpl.data.market import SPLIT_FOLDERS, parse_name, scan_split
 
 MARKET_SAMPLES = {  # the 7 real Market-1501 crops in the shared data, with the (pid, camera) of each
     "0001_c1s1_001051_00.jpg": (1, 1),
@@ -100,7 +95,7 @@ def test_scan_extensions_ignored_files_and_order(tmp_path: Path) -> None:
 def test_load_relabels_in_sorted_pid_order(tmp_path: Path) -> None:
     root = make_dataset(tmp_path, train=names([(30, 1), (7, 2), (30, 2), (2, 1), (7, 1), (2, 3)]),
                         query=names([(5, 1)]), gallery=names([(5, 2)]))
-    ds = load_market(root)
+    ds = load_dataset(root)
     assert ds.train.pids.tolist() == [2, 2, 7, 7, 30, 30]  # path order: names start with the pid
     assert ds.train.camids.tolist() == [1, 3, 1, 2, 1, 2]
     assert ds.label_to_pid.tolist() == [2, 7, 30]
@@ -122,7 +117,7 @@ def test_junk_and_distractors(tmp_path: Path) -> None:
         query=names([(3, 1), (-1, 2), (0, 1)]),
         gallery=names([(3, 2), (-1, 1), (0, 1), (0, 3), (4, 2)]),
     )
-    ds = load_market(root)
+    ds = load_dataset(root)
     assert ds.train.pids.tolist() == [1, 1, 2]  # junk and distractors are not people to learn
     assert ds.label_to_pid.tolist() == [1, 2]
     assert ds.query.pids.tolist() == [3]  # neither has a true match
@@ -143,8 +138,8 @@ def _toy_market(root: Path, rng: np.random.Generator) -> Path:
 
 def test_train_cap_keeps_identities_whole(tmp_path: Path) -> None:
     root = _toy_market(tmp_path, np.random.default_rng(0))
-    full = load_market(root)
-    ds = load_market(root, max_train=37, seed=3)
+    full = load_dataset(root)
+    ds = load_dataset(root, max_train=37, seed=3)
     assert len(ds.train) == 37
     _, counts = np.unique(ds.train.pids, return_counts=True)
     assert counts.min() >= 2
@@ -154,56 +149,56 @@ def test_train_cap_keeps_identities_whole(tmp_path: Path) -> None:
     assert set(ds.train.paths) <= set(full.train.paths) and list(ds.train.paths) == sorted(ds.train.paths)
     assert ds.label_to_pid.tolist() == sorted(set(ds.train.pids.tolist()))
     assert ds.train_labels.max() == ds.num_classes - 1
-    again = load_market(root, max_train=37, seed=3)
-    other = load_market(root, max_train=37, seed=4)
+    again = load_dataset(root, max_train=37, seed=3)
+    other = load_dataset(root, max_train=37, seed=4)
     assert again.train.paths == ds.train.paths
     assert other.train.paths != ds.train.paths
-    assert len(load_market(root, max_train=10_000).train) == len(full.train)
+    assert len(load_dataset(root, max_train=10_000).train) == len(full.train)
 
 
 def test_test_caps_keep_matches_and_distractors(tmp_path: Path) -> None:
     root = _toy_market(tmp_path, np.random.default_rng(1))
-    full = load_market(root)
-    ds = load_market(root, max_query=12, max_gallery=40, seed=0)
+    full = load_dataset(root)
+    ds = load_dataset(root, max_query=12, max_gallery=40, seed=0)
     assert 0 < len(ds.query) <= 12 and len(ds.gallery) == 40
     for pid in set(ds.query.pids.tolist()):
         # every gallery image of a kept query identity is kept
         assert np.sum(ds.gallery.pids == pid) == np.sum(full.gallery.pids == pid)
     assert np.sum(ds.gallery.pids == 0) == 40 - np.isin(ds.gallery.pids, ds.query.pids).sum()
-    only_query = load_market(root, max_query=5)
+    only_query = load_dataset(root, max_query=5)
     assert len(only_query.query) == 5 and only_query.gallery.paths == full.gallery.paths
-    assert load_market(root, max_query=5, seed=9).query.paths != only_query.query.paths
+    assert load_dataset(root, max_query=5, seed=9).query.paths != only_query.query.paths
 
 
 def test_gallery_cap_too_small(tmp_path: Path) -> None:
     root = make_dataset(tmp_path, train=names([(1, 1), (1, 2)]), query=names([(5, 1)]),
                         gallery=names([(5, 2), (5, 3), (0, 1)]))
     with pytest.raises(DatasetError, match="max_gallery=1"):
-        load_market(root, max_gallery=1)
-    ds = load_market(root, max_gallery=2)
+        load_dataset(root, max_gallery=1)
+    ds = load_dataset(root, max_gallery=2)
     assert sorted(ds.gallery.pids.tolist()) == [5, 5]
 
 
 def test_fingerprint(tmp_path: Path) -> None:
     root = make_dataset(tmp_path, train=names([(1, 1), (1, 2), (2, 1), (2, 2)]), query=names([(5, 1)]),
                         gallery=names([(5, 2)]))
-    fp = load_market(root).fingerprint()
+    fp = load_dataset(root).fingerprint()
     assert re.fullmatch(r"[0-9a-f]{16}", fp)
     # a copy of the dataset elsewhere (same names, sizes, mtimes) has the same fingerprint: paths are relative
     copy = tmp_path / "copy"
     shutil.copytree(root, copy, copy_function=shutil.copy2)
-    assert load_market(copy).fingerprint() == fp
-    assert load_market(str(root)).fingerprint() == fp
-    assert load_market(root, max_train=2).fingerprint() != fp
-    first = Path(load_market(root).train.paths[0])
+    assert load_dataset(copy).fingerprint() == fp
+    assert load_dataset(str(root)).fingerprint() == fp
+    assert load_dataset(root, max_train=2).fingerprint() != fp
+    first = Path(load_dataset(root).train.paths[0])
     st = first.stat()
     os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    fp_touched = load_market(root).fingerprint()
+    fp_touched = load_dataset(root).fingerprint()
     assert fp_touched != fp
     with first.open("ab") as fh:
         fh.write(b"\0")
     os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert load_market(root).fingerprint() != fp_touched  # size changed, mtime restored
+    assert load_dataset(root).fingerprint() != fp_touched  # size changed, mtime restored
 
 
 @pytest.mark.parametrize("fault, message", [
@@ -229,7 +224,7 @@ def test_load_errors(tmp_path: Path, fault: str, message: str) -> None:
         for p in (root / "bounding_box_train").iterdir():
             p.rename(p.with_name("-1" + p.name[4:]))
     with pytest.raises(DatasetError) as info:
-        load_market(root)
+        load_dataset(root)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -244,14 +239,14 @@ def test_load_real_market_samples(shared_data: Path, tmp_path: Path) -> None:
         folder.mkdir()
         for name in files:
             (folder / name).symlink_to(src / name)
-    ds = load_market(tmp_path)
+    ds = load_dataset(tmp_path)
     assert ds.label_to_pid.tolist() == [22, 27, 32] and ds.train.cameras == (2, 6)
     assert ds.query.pids.tolist() == [1] and ds.query.camids.tolist() == [1]
     assert ds.gallery.pids.tolist() == [1, 48, 65] and ds.gallery.camids.tolist() == [6, 1, 6]
 
 
 def test_load_cuhk01(shared_data: Path) -> None:
-    ds = load_market(shared_data / "cuhk01")
+    ds = load_dataset(shared_data / "cuhk01")
     assert (len(ds.train), ds.num_classes, len(ds.query), ds.query.num_ids, len(ds.gallery), ds.gallery.num_ids) == (
         1940, 485, 972, 486, 972, 486)
     assert ds.label_to_pid.tolist() == list(range(1, 486))
@@ -260,7 +255,7 @@ def test_load_cuhk01(shared_data: Path) -> None:
     # README: every query has exactly one cross-camera match
     for pid, cam in zip(ds.query.pids, ds.query.camids):
         assert np.sum((ds.gallery.pids == pid) & (ds.gallery.camids != cam)) == 1
-    small = load_market(shared_data / "cuhk01", max_train=64, max_query=20, max_gallery=30, seed=1)
+    small = load_dataset(shared_data / "cuhk01", max_train=64, max_query=20, max_gallery=30, seed=1)
     assert len(small.train) == 64 and small.num_classes == 16
     assert len(small.query) == 20 and len(small.gallery) == 30
     assert set(small.query.pids.tolist()) <= set(small.gallery.pids.tolist())

@@ -193,7 +193,7 @@ def test_unusable_or_bad_trick_settings_are_refused_by_name(overrides, key):
 
 
 @pytest.mark.parametrize("path", ["configs/market1501-bot.yaml", "configs/dukemtmc-bot.yaml",
-                                  "configs/cuhk01-bot.yaml"])
+                                  "configs/cuhk01-bot.yaml", "configs/msmt17-bot.yaml"])
 def test_bot_configs_switch_every_trick_on(path):
     cfg = load_config(path)
     assert tricks(cfg) == ["lr-warmup", "erasing", "label-smoothing", "last-stride-1", "bnneck", "pk-sampler",

@@ -1,4 +1,4 @@
-"""``cpl check``: validate a Market-1501-layout dataset before any work starts, and report its statistics.
+"""``cpl check``: validate a dataset of any format before any work starts, and report its statistics.
 
 Errors stop a run (training calls :func:`raise_if_invalid` first); warnings describe data that
 works but may not be what the user meant. Every message is one line naming the file or folder.
@@ -15,21 +15,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cpl.data.images import ImageError, probe_file, workers_for
-from cpl.data.market import (
+from cpl.data.dataset import (
     DISTRACTOR_PID,
     JUNK_PID,
-    SPLIT_FOLDERS,
+    NO_CAMERA,
     DatasetError,
     Split,
     SplitScan,
     display_path,
     examples,
-    root_error,
+    has_valid_match,
     scan_errors,
-    scan_split,
     usable_split,
 )
+from cpl.data.formats import AUTO, resolve, scan_dataset
+from cpl.data.images import ImageError, probe_file, workers_for
 
 __all__ = ["CheckReport", "DatasetError", "SplitStats", "check_dataset", "raise_if_invalid"]
 
@@ -61,13 +61,18 @@ class SplitStats:
 
 @dataclass
 class CheckReport:
-    """The outcome of :func:`check_dataset`. ``splits`` has an entry for every split folder found."""
+    """The outcome of :func:`check_dataset`. ``splits`` has an entry for every split that could be read;
+    ``kind`` is the dataset format's name (empty when the folder is not a dataset) and ``protocol`` its evaluation
+    protocol."""
 
     root: str
+    kind: str = ""
+    protocol: str = ""
     splits: dict[str, SplitStats] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     decoded: bool = False
+    images: int = 0  # distinct image files listed (identity folders' query and gallery share theirs)
     seconds: float = 0.0
 
     @property
@@ -77,7 +82,7 @@ class CheckReport:
 
     def format(self) -> str:
         """What ``cpl check`` prints: a table of split statistics, then one line per warning and error."""
-        lines = [f"dataset {self.root}"]
+        lines = [f"dataset {self.root}" + (f" ({self.kind}, protocol {self.protocol})" if self.kind else "")]
         if self.splits:
             header = ("split", "folder", "images", "ids", "cameras", "junk", "distractors", "ignored")
             rows = [header] + [
@@ -91,7 +96,7 @@ class CheckReport:
                 lines.append("  ".join(cells).rstrip())
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"error: {e}" for e in self.errors]
-        total = sum(s.images for s in self.splits.values())
+        total = self.images
         how = "decoded" if self.decoded else "listed (not decoded)"
         if self.ok:
             lines.append(f"OK: {total:,} images {how} in {self.seconds:.1f} s")
@@ -115,7 +120,7 @@ def _split_stats(scan: SplitScan) -> SplitStats:
         folder=display_path(scan.folder),
         images=len(scan.paths),
         identities=int(np.unique(pids[pids > DISTRACTOR_PID]).size),
-        cameras=int(np.unique(scan.camids).size),
+        cameras=int(np.unique(scan.camids[scan.camids != NO_CAMERA]).size),
         junk=int(np.sum(pids == JUNK_PID)),
         distractors=int(np.sum(pids == DISTRACTOR_PID)),
         ignored=len(scan.ignored),
@@ -202,17 +207,18 @@ def _identity_warnings(splits: dict[str, Split]) -> list[str]:
                 f"{len(only_gallery)} identities appear only in the gallery, not in query (pids "
                 f"{listed(only_gallery)}); they act as distractors"
             )
-        cams: dict[int, set[int]] = {}
-        for pid, cam in zip(splits["gallery"].pids.tolist(), splits["gallery"].camids.tolist()):
-            cams.setdefault(pid, set()).add(cam)
         q = splits["query"]
-        same_camera_only = {
-            p for p, c in zip(q.pids.tolist(), q.camids.tolist()) if p in gallery and not cams[p] - {c}
-        }
-        if same_camera_only:
+        valid = has_valid_match(q, splits["gallery"])
+        unmatched = {p for p, ok in zip(q.pids.tolist(), valid.tolist()) if p in gallery and not ok}
+        if unmatched and bool(np.all(q.camids == NO_CAMERA)):
             warnings.append(
-                f"{len(same_camera_only)} query identities have no cross-camera match in the gallery (pids "
-                f"{listed(same_camera_only)}); those queries score no AP"
+                f"{len(unmatched)} query identities have no other image in the gallery (pids {listed(unmatched)}); "
+                "those queries score no AP"
+            )
+        elif unmatched:
+            warnings.append(
+                f"{len(unmatched)} query identities have no cross-camera match in the gallery (pids "
+                f"{listed(unmatched)}); those queries score no AP"
             )
     overlap = train & (query | gallery)
     if overlap:
@@ -223,39 +229,39 @@ def _identity_warnings(splits: dict[str, Split]) -> list[str]:
     return warnings
 
 
-def check_dataset(root: str | os.PathLike, *, decode: bool = True, workers: int = 0) -> CheckReport:
-    """Validate the Market-1501-layout dataset at ``root``; never raises for a dataset problem.
+def check_dataset(root: str | os.PathLike, *, kind: str = AUTO, options: dict | None = None, decode: bool = True,
+                  workers: int = 0) -> CheckReport:
+    """Validate the dataset at ``root`` (format ``kind``: a name of :data:`cpl.data.formats.FORMATS`, or ``auto``
+    to recognise it; ``options`` its ``data.<format>`` settings); never raises for a dataset problem.
 
     ``decode`` decodes every image fully (PIL ``open`` + ``load``, truncated files are errors) in
-    ``workers`` threads (0 = one per CPU core); without it only names and links are checked.
+    ``workers`` threads (0 = one per CPU core); without it only names, lists and links are checked.
     """
     start = time.perf_counter()
     report = CheckReport(root=display_path(os.path.abspath(root)), decoded=decode)
-    problem = root_error(root)
-    if problem:
-        report.errors.append(problem)
+    try:
+        fmt = resolve(root, kind)
+    except DatasetError as exc:
+        report.errors.append(str(exc))
         return report
-
-    scans: dict[str, SplitScan] = {}
-    for name in SPLIT_FOLDERS:
-        try:
-            scans[name] = scan_split(root, name)
-        except DatasetError as exc:
-            report.errors.append(str(exc))
+    report.kind, report.protocol = fmt.name, fmt.protocol
+    scans, errors = scan_dataset(root, fmt, options)
+    report.errors += errors
     for name, scan in scans.items():
         report.splits[name] = _split_stats(scan)
         report.errors += scan_errors(scan)
         report.warnings += _dropped_warnings(scan, report.splits[name])
 
     if decode:
-        paths = [p for scan in scans.values() for p in scan.paths]
+        paths = list(dict.fromkeys(p for scan in scans.values() for p in scan.paths))  # query = gallery: once
         with ThreadPoolExecutor(max_workers=workers_for(workers)) as pool:
-            results = list(pool.map(_probe, paths))
-        offset = 0
+            decoded = dict(zip(paths, pool.map(_probe, paths)))
         for name, scan in scans.items():
-            _decode_split(scan, results[offset: offset + len(scan.paths)], report.splits[name], report)
-            offset += len(scan.paths)
+            _decode_split(scan, [decoded[p] for p in scan.paths], report.splits[name], report)
 
     report.warnings += _identity_warnings({name: usable_split(scan) for name, scan in scans.items()})
+    # identity folders' query and gallery are the same images: say each of their problems once
+    report.errors, report.warnings = list(dict.fromkeys(report.errors)), list(dict.fromkeys(report.warnings))
+    report.images = len({p for scan in scans.values() for p in scan.paths})
     report.seconds = time.perf_counter() - start
     return report

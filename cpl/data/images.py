@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cpl.data.market import IMAGE_EXTENSIONS, display_path
+from cpl.data.dataset import IMAGE_EXTENSIONS, display_path
 
 if TYPE_CHECKING:
     import torch

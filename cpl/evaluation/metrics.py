@@ -15,6 +15,7 @@ torchreid sorts with an unstable argsort, so on exact ties its order is arbitrar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +23,22 @@ import numpy as np
 import torch
 
 from cpl.evaluation._tensors import chunk_rows, float_matrix, label_vector
+
+
+def protocol_keys(protocol: str, q_paths: Sequence[str], g_paths: Sequence[str], q_camids: Any,
+                  g_camids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(q_keys [Q] int64, g_keys [G] int64)`` to pass to :func:`evaluate` as cameras under ``protocol`` (a key of
+    :data:`cpl.data.formats.PROTOCOLS`).
+
+    cross-camera: the cameras themselves. leave-one-out (no cameras): each image is its own "camera", so only the
+    query image itself (the same file in the gallery) is left out and every other image of its identity is a match.
+    """
+    from cpl.data.formats import LEAVE_ONE_OUT
+
+    if protocol != LEAVE_ONE_OUT:
+        return np.asarray(q_camids, dtype=np.int64), np.asarray(g_camids, dtype=np.int64)
+    at = {p: i for i, p in enumerate(g_paths)}
+    return np.array([at.get(p, -1 - i) for i, p in enumerate(q_paths)], dtype=np.int64), np.arange(len(g_paths))
 
 
 def evaluate(
@@ -36,7 +53,8 @@ def evaluate(
 
     distmat: [Q, G] float (numpy array or torch tensor; on a CUDA tensor the work runs on that GPU),
     smaller = more similar. q_pids, q_camids: [Q] int; g_pids, g_camids: [G] int.
-    For each query, gallery images of the same pid seen by the same camera are excluded, and gallery
+    For each query, gallery images of the same pid seen by the same camera are excluded (pass
+    :func:`protocol_keys` as the cameras for another protocol), and gallery
     pid -1 (junk) is excluded; pid 0 (distractors) are ordinary negatives. Queries without a valid
     match are skipped in CMC, mAP and mINP.
 

@@ -1,7 +1,8 @@
 """Stages ``data`` and ``unlabeled``: the labeled dataset decoded into memory, and the unlabeled set beside it.
 
-``data`` checks and decodes the Market-layout dataset and decides which training images are labeled (all of them,
-or all but a holdout) and where the unlabeled images come from; it writes ``dataset.json``.
+``data`` checks and decodes the dataset (any format of :data:`cpl.data.formats.FORMATS`) and decides which
+training images are labeled (all of them, or all but a holdout) and where the unlabeled images
+come from; it writes ``dataset.json``.
 ``unlabeled`` produces those images: a DCGAN trained (or reused from the cache) and sampled, a folder decoded,
 or the held-out training images; it writes ``unlabeled.csv`` and, for a GAN, ``gan.json``.
 """
@@ -26,31 +27,44 @@ log = logging.getLogger(PROG)
 
 def load_data(ctx: RunContext) -> None:
     """Stage ``data``: check, decode and split the dataset (``ctx.data``); write ``dataset.json``."""
+    from cpl.config import format_options, unused_format_options
     from cpl.data.check import check_dataset, raise_if_invalid
+    from cpl.data.formats import SYNTHETIC, load_dataset, resolve
+    from cpl.data.image_cache import cached_images
     from cpl.data.images import load_images
-    from cpl.data.market import load_market
 
     cfg = ctx.cfg
     ctx.progress(0.0, "checking the dataset")
     root = Path(cfg.data.root)
-    if cfg.data.kind == "synthetic":
+    if cfg.data.kind == SYNTHETIC:
         from cpl.synth import ensure
 
         s = cfg.data.synthetic
         log.info("synthetic dataset at %s (ids=%d, seed=%d)", root, s.ids, s.seed)
         ensure(root, ids=s.ids, seed=s.seed, cameras=s.cameras)
-    report = check_dataset(root, decode=False)
+    fmt = resolve(root, cfg.data.kind).name
+    unused = unused_format_options(cfg.data, fmt)
+    if unused:
+        raise RunFailed(f"{unused}: only used by that format, but {root} is read as {fmt}; remove the setting")
+    options = format_options(cfg.data, fmt)
+    report = check_dataset(root, kind=fmt, options=options, decode=False)
     raise_if_invalid(report)
     for w in report.warnings:
         log.warning("dataset: %s", w)
-    ds = load_market(root, max_train=cfg.data.max_train_images, max_query=cfg.data.max_query_images,
-                     max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
+    ds = load_dataset(root, fmt, options, max_train=cfg.data.max_train_images, max_query=cfg.data.max_query_images,
+                      max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
     h, w = cfg.data.height, cfg.data.width
     ctx.progress(0.2, f"decoding {len(ds.train) + len(ds.query) + len(ds.gallery)} images")
-    train_imgs = load_images(ds.train.paths, h, w)
+
+    def decode(paths: tuple[str, ...]) -> torch.Tensor:
+        if cfg.data.cache == "disk":
+            return cached_images(paths, h, w, ctx.run.cache_root / "images")
+        return load_images(paths, h, w)
+
+    train_imgs = decode(ds.train.paths)
     ctx.progress(0.6)
-    query_imgs = load_images(ds.query.paths, h, w)
-    gallery_imgs = load_images(ds.gallery.paths, h, w)
+    query_imgs = decode(ds.query.paths)
+    gallery_imgs = query_imgs if ds.gallery.paths == ds.query.paths else decode(ds.gallery.paths)
     labels = np.asarray(ds.train_labels, dtype=np.int64)
     faults.point("data")
     ctx.data = _split(ctx, ds, labels, train_imgs, query_imgs, gallery_imgs)
@@ -93,9 +107,10 @@ def _dataset_record(d: LoadedData, root: Path, warnings: list[str], num_gan: int
     its source aside) and the dataset's warnings."""
     ds = d.ds
     return {
-        "root": str(root.resolve()), "num_classes": ds.num_classes, "fingerprint": ds.fingerprint(),
+        "root": str(root.resolve()), "format": ds.format, "protocol": ds.protocol, "num_classes": ds.num_classes,
+        "fingerprint": ds.fingerprint(),
         "splits": {name: {"images": len(sp), "ids": int(len(np.unique(sp.pids))),
-                          "cameras": int(len(np.unique(sp.camids)))}
+                          "cameras": len(sp.cameras)}
                    for name, sp in (("train", ds.train), ("query", ds.query), ("gallery", ds.gallery))},
         "labeled_train_images": int(len(d.keep)), "unlabeled_source": d.source,
         "unlabeled_images": source_images(d, num_gan), "unlabeled_trained": trained_on_unlabeled,

@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: query and gallery features, the Market-1501 protocol (CMC, mAP, mINP) and optional
+"""Stage ``evaluate``: query and gallery features, the dataset's protocol (CMC, mAP, mINP) and optional
 k-reciprocal re-ranking; writes ``results.json`` (the headline, first) and ``retrieval.npz``. Rank 0 only;
 recomputed from the final checkpoint on resume."""
 
@@ -37,17 +37,20 @@ def evaluate(ctx: RunContext) -> None:
     from cpl.engine.features import extract
     from cpl.evaluation import evaluate as protocol
     from cpl.evaluation import rerank_features, topk
+    from cpl.evaluation.metrics import protocol_keys
 
     cfg, d, t = ctx.cfg, ctx.data, ctx.trained
     ctx.progress(0.0, "extracting features")
     ex = extract_options(ctx)
     qf, _ = extract(t.trainer.model, d.query_imgs, retrieval=True, **ex)
-    gf, _ = extract(t.trainer.model, d.gallery_imgs, retrieval=True, **ex)
+    same = d.ds.query.paths == d.ds.gallery.paths  # leave-one-out: the query images are the gallery
+    gf = qf if same else extract(t.trainer.model, d.gallery_imgs, retrieval=True, **ex)[0]
     faults.point("eval")
     ctx.progress(0.5, "evaluating")
     q, g = d.ds.query, d.ds.gallery
     dist_qg = (1.0 - qf @ gf.T).numpy()  # cosine distance; same ranking as Euclidean on unit vectors
-    base = protocol(dist_qg, q.pids, g.pids, q.camids, g.camids)
+    q_keys, g_keys = protocol_keys(d.ds.protocol, q.paths, g.paths, q.camids, g.camids)
+    base = protocol(dist_qg, q.pids, g.pids, q_keys, g_keys)
     results = metrics(base)
     idx, dst = topk(dist_qg, min(cfg.eval.topk, len(gf)))
     retrieval = {"index": idx, "dist": dst, "ap": np.asarray(base["all_AP"], dtype=np.float32)}
@@ -56,13 +59,13 @@ def evaluate(ctx: RunContext) -> None:
         faults.point("rerank")
         rr = rerank_features(qf.numpy(), gf.numpy(), k1=cfg.eval.k1, k2=cfg.eval.k2,
                              lambda_value=cfg.eval.lambda_value)
-        rr_res = protocol(rr, q.pids, g.pids, q.camids, g.camids)
+        rr_res = protocol(rr, q.pids, g.pids, q_keys, g_keys)
         results["rerank"] = metrics(rr_res)
         ridx, rdst = topk(rr, min(cfg.eval.topk, len(gf)))
         retrieval.update(rr_index=ridx, rr_dist=rdst, rr_ap=np.asarray(rr_res["all_AP"], dtype=np.float32))
     ctx.record({"type": "eval", "time": time.time(), **{k: v for k, v in results.items() if k != "rerank"},
                 **{f"rerank_{k}": v for k, v in results.get("rerank", {}).items()}})
-    results.update(method=cfg.train.method,
+    results.update(protocol=d.ds.protocol, method=cfg.train.method,
                    num_unlabeled=len(ctx.unlabeled.paths) if t.strategy.uses_unlabeled else 0,
                    unlabeled_source=d.source, epochs=cfg.train.epochs, train_time_s=t.time_s,
                    device=str(ctx.device), world_size=ctx.dist.world_size, num_classes=d.ds.num_classes,

@@ -14,7 +14,7 @@ class LoadedData:
     """Made by stage ``data``: the decoded dataset. Images are ``[N, 3, H, W] uint8``; ``labels`` ``[N_train]
     int64`` are the class indices 0..K-1 of every training image; ``keep`` indexes the labeled ones."""
 
-    ds: object  # cpl.data.market.MarketDataset
+    ds: object  # cpl.data.dataset.ReidDataset
     labels: np.ndarray
     keep: np.ndarray
     train_imgs: torch.Tensor

@@ -10,7 +10,9 @@ from pathlib import Path
 import yaml
 
 from cpl import PROG
-from cpl.config import ConfigError, fast_dev_run, from_dict, load_config, to_dict
+from cpl.config import Config, ConfigError, fast_dev_run, from_dict, load_config, to_dict
+from cpl.data.dataset import DatasetError
+from cpl.data.formats import AUTO, resolve
 from cpl.methods import BASELINE, METHOD_NAMES, has_own_zero_row, needs_unlabeled
 from cpl.models.weights import resolve as resolve_weights
 from cpl.runs.atomic import write_json
@@ -78,6 +80,7 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
     if fast:
         base = fast_dev_run(base)
     resolve_weights(base.model.backbone, base.model.pretrained)  # refuse the whole grid up front, in one line
+    pin_format(base)
     sweep_id = sweep_id or new_run_id(f"sweep-{base.name}", "grid", seeds[0])
     if not valid_id(sweep_id):
         raise ConfigError(f"--sweep-id: {sweep_id!r} is not a valid folder name")
@@ -101,6 +104,18 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
     folder.mkdir(parents=True, exist_ok=True)
     write_json(existing, spec)
     return folder
+
+
+def pin_format(base: Config) -> None:
+    """Resolve ``data.kind: auto`` once for the whole grid (every cell then reads the dataset as the same format,
+    and sweep.json says which); a folder no format recognises refuses the grid, naming ``data.root``."""
+    if base.data.kind != AUTO:
+        return
+    try:
+        base.data.kind = resolve(base.data.root).name
+    except DatasetError as exc:
+        raise ConfigError(f"data.root: {exc}") from None
+    from_dict(to_dict(base))  # the pinned kind may make a data.<format> section unusable: refuse it by name
 
 
 def cell_config(spec: dict, cell: Cell):
