@@ -192,7 +192,8 @@ def unlabeled(run: RunDir) -> pd.DataFrame:
 
 def split(run: RunDir, name: str) -> pd.DataFrame:
     """features/<name>.csv: path, pid, camid (+ the class ``label`` for train: :data:`TRAIN_SPLIT`)."""
-    return table(run.features / f"{name}.csv", TRAIN_SPLIT if name == "train" else SPLIT)
+    # Only the training split carries the class index; keyed by split name (a split is not a run stage).
+    return table(run.features / f"{name}.csv", {"train": TRAIN_SPLIT}.get(name, SPLIT))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
