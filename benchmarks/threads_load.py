@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,12 +58,18 @@ def worker_env(variant: str, environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _timed(fn, repeats: int) -> list[float]:
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, ``kill``) into SystemExit, so that the ``finally`` blocks stop the children."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def _timed(fn, repeats: int, what: str) -> list[float]:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
+        print(f"  {what}: {times[-1]:.3f} s", file=sys.stderr, flush=True)
     return times
 
 
@@ -95,6 +102,7 @@ def _setup(args: argparse.Namespace):
 
 def run_worker(args: argparse.Namespace) -> dict:
     """One variant in this process: threads and wait policy set as the variant says, then the timings (s)."""
+    _exit_on_sigterm()
     if args.worker == "ours":
         from cpl.engine.threads import set_wait_policy
 
@@ -112,10 +120,12 @@ def run_worker(args: argparse.Namespace) -> dict:
         step(), extraction()  # warm-up: allocator, first-call overheads
         out = {"variant": args.worker, "threads": torch.get_num_threads(),
                "wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-               "quiet_step": _timed(step, args.repeats), "quiet_extract": _timed(extraction, args.repeats)}
+               "quiet_step": _timed(step, args.repeats, f"{args.worker} quiet step"),
+               "quiet_extract": _timed(extraction, args.repeats, f"{args.worker} quiet extraction")}
         with competing_load(args.load, max_s=args.max_load_s):
             time.sleep(0.5)  # the busy processes are running
-            out |= {"loaded_step": _timed(step, args.repeats), "loaded_extract": _timed(extraction, args.repeats)}
+            out |= {"loaded_step": _timed(step, args.repeats, f"{args.worker} loaded step"),
+                    "loaded_extract": _timed(extraction, args.repeats, f"{args.worker} loaded extraction")}
     return out
 
 
@@ -190,6 +200,21 @@ def child_argv(args: argparse.Namespace, variant: str) -> list[str]:
             "--max-load-s", str(args.max_load_s)]
 
 
+def _run_child(args: argparse.Namespace, variant: str) -> dict:
+    """One variant's child process (its timings on stderr as they come); stopped with this process."""
+    proc = subprocess.Popen(child_argv(args, variant), env=worker_env(variant, dict(os.environ)),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        stdout, _ = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # the child kills its busy processes on SIGTERM
+            proc.wait()
+    if proc.returncode != 0:
+        sys.exit(f"variant {variant} failed (exit code {proc.returncode})")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run every variant in its own child process; print and return :func:`summarize`'s rows."""
     args = parse_args(argv)
@@ -199,13 +224,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"machine: {_machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{args.backbone}: one training step (batch {args.batch}, {args.height}x{args.width}) and the features of "
           f"{args.extract} images; {args.repeats} repeats quiet, then beside {args.load} busy processes")
-    results = []
-    for variant in args.variants.split(","):
-        out = subprocess.run(child_argv(args, variant), env=worker_env(variant, dict(os.environ)),
-                             capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    _exit_on_sigterm()
+    results = [_run_child(args, variant) for variant in args.variants.split(",")]
     rows = summarize(results)
     print_table(rows)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
