@@ -4,6 +4,7 @@ set at the ``cpl`` entry point before torch loads; the count applied and restore
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -126,3 +127,29 @@ def test_cpu_threads_is_a_validated_config_key() -> None:
     assert load_config(None, ["data.root=x", "cpu_threads=3"]).cpu_threads == 3
     with pytest.raises(ConfigError, match="cpu_threads"):
         load_config(None, ["data.root=x", "cpu_threads=-1"])
+
+
+def test_a_run_computes_with_the_chosen_count_and_records_it(tmp_path: Path) -> None:
+    """The runner applies the policy for the stages (they see the count), writes it to status.json and the log,
+    and leaves the calling process's count as it was."""
+    import torch
+
+    from cpl.config import dump_yaml
+    from cpl.runs.rundir import create_run
+    from cpl.runs.state import Stage
+    from cpl.stages.context import StageSpec
+    from cpl.stages.runner import run_stages
+
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", ["device=cpu", "cpu_threads=3"])
+    run = create_run(tmp_path, "t", dump_yaml(cfg), {"argv": [], "method": "cpl", "sweep": None})
+    seen = []
+
+    def stage(ctx) -> None:
+        seen.append(torch.get_num_threads())
+        ctx.evaluated = type("E", (), {"results": {"rank1": 1.0, "mAP": 1.0}})()
+
+    before = torch.get_num_threads()
+    run_stages(run, [StageSpec(Stage.EVALUATE, stage, weight=lambda c: 1.0, writes=(), resume="-")])
+    assert seen == [3] and torch.get_num_threads() == before
+    assert json.loads(run.status.read_text())["cpu_threads"] == 3
+    assert "computing with 3 CPU threads (cpu_threads in the config, OMP_WAIT_POLICY=" in run.log.read_text()
