@@ -8,7 +8,8 @@ threads under load"). The policy, measured there:
 * the thread count is the number of CPUs this process may really use: its affinity mask, capped by a cgroup CPU
   quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``; 1.5 CPUs give 1 thread), shared by the job's processes on
   this host (torchrun's local ranks); ``cpu_threads`` in the config, or ``OMP_NUM_THREADS`` set by the user or by
-  a scheduler (Ray sets it to a sweep cell's ``--cpus-per-cell``), overrides it. Other CPU runs need no share:
+  a scheduler (Ray sets it to a sweep cell's ``--cpus-per-cell``; torchrun to 1 for jobs of several processes
+  unless it is set, which ``cpu_threads`` overrides), overrides it. Other CPU runs need no share:
   the run queue (``cpl/runs/queue.py``) runs one CPU run at a time per runs root and a local sweep runs its cells
   one after the other, so each has the CPUs to itself; what else runs on the machine is outside our control,
   which is what the wait policy is for;
