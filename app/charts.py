@@ -48,6 +48,12 @@ def _epoch_ticks(frames) -> dict:
     return {"dtick": 1} if 0 < last <= 20 else {}
 
 
+def _lines(n: int) -> str:
+    """Plotly mode of a line trace of ``n`` points: with markers while it has one point (a line through a single
+    point draws nothing, and the first logged iteration of a run would show as empty axes)."""
+    return "lines" if n > 1 else "lines+markers"
+
+
 def iteration_x(iters: pd.DataFrame) -> pd.Series:
     """Fractional epoch (1-based) of each iteration record, e.g. 2.5 = halfway through epoch 2."""
     per_epoch = iters.groupby("epoch")["iter"].transform("max") + 1
@@ -64,10 +70,10 @@ def loss_figure(iters: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
         x = iteration_x(iters)
         for col, name, color in series:
             if _has(iters, col):
-                fig.add_trace(go.Scatter(x=x, y=iters[col], name=name, mode="lines", line={"color": color, "width": 1},
-                                         legendgroup=col), secondary_y=False)
+                fig.add_trace(go.Scatter(x=x, y=iters[col], name=name, mode=_lines(len(x)),
+                                         line={"color": color, "width": 1}, legendgroup=col), secondary_y=False)
         if _has(iters, "loss_center"):
-            fig.add_trace(go.Scatter(x=x, y=iters["loss_center"], name="center ½Σ‖x−c‖² (right)", mode="lines",
+            fig.add_trace(go.Scatter(x=x, y=iters["loss_center"], name="center ½Σ‖x−c‖² (right)", mode=_lines(len(x)),
                                      line={"color": "#9467bd", "width": 1, "dash": "dot"}), secondary_y=True)
     if not epochs.empty:
         for col, name, color in series:
@@ -85,14 +91,15 @@ def accuracy_figure(iters: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
     """Training accuracy on the labeled images of each batch (%), and the backbone learning rate."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     if not iters.empty and _has(iters, "acc"):
-        fig.add_trace(go.Scatter(x=iteration_x(iters), y=100 * iters["acc"], name="batch accuracy", mode="lines",
-                                 line={"color": "#2ca02c", "width": 1}))
+        fig.add_trace(go.Scatter(x=iteration_x(iters), y=100 * iters["acc"], name="batch accuracy",
+                                 mode=_lines(len(iters)), line={"color": "#2ca02c", "width": 1}))
     if not epochs.empty and _has(epochs, "acc"):
         fig.add_trace(go.Scatter(x=_epoch_x(epochs), y=100 * epochs["acc"], name="epoch accuracy",
                                  mode="lines+markers", line={"color": "#006d2c", "width": 2}))
     if not epochs.empty and _has(epochs, "lr"):
-        fig.add_trace(go.Scatter(x=_epoch_x(epochs), y=epochs["lr"], name="learning rate (right)", mode="lines",
-                                 line={"color": "#7f7f7f", "shape": "hv", "dash": "dot"}), secondary_y=True)
+        fig.add_trace(go.Scatter(x=_epoch_x(epochs), y=epochs["lr"], name="learning rate (right)",
+                                 mode=_lines(len(epochs)), line={"color": "#7f7f7f", "shape": "hv", "dash": "dot"}),
+                      secondary_y=True)
     fig.update_xaxes(title_text="epoch", **_epoch_ticks([epochs]))
     fig.update_yaxes(title_text="accuracy (%)", secondary_y=False)
     fig.update_yaxes(title_text="lr", type="log", dtick=1, tickformat=".0e", secondary_y=True, showgrid=False)
@@ -133,7 +140,7 @@ def gan_figure(gan: pd.DataFrame) -> go.Figure:
         for col, name, color, c in [("loss_d", "loss D", "#1f77b4", 1), ("loss_g", "loss G", "#d62728", 1),
                                     ("d_real", "D(real)", "#2ca02c", 2), ("d_fake", "D(G(z))", "#ff7f0e", 2)]:
             if _has(gan, col):
-                fig.add_trace(go.Scatter(x=x, y=gan[col], name=name, mode="lines", line={"color": color}),
+                fig.add_trace(go.Scatter(x=x, y=gan[col], name=name, mode=_lines(len(x)), line={"color": color}),
                               row=1, col=c)
     fig.update_xaxes(title_text="GAN epoch")
     fig.update_yaxes(range=[0, 1], row=1, col=2)

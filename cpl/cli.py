@@ -22,6 +22,7 @@ from pathlib import Path
 from cpl import PROG, __version__
 from cpl.config import ConfigError, fast_dev_run, load_config
 from cpl.data.formats import AUTO, FORMATS
+from cpl.engine.threads import set_wait_policy
 from cpl.runs.rundir import RunDir, default_runs_root, list_runs
 from cpl.runs.state import State
 
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cpl`` command; returns the exit code (2 for a config the user must fix)."""
+    set_wait_policy()  # before anything imports torch: OpenMP reads it once, when torch loads it
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

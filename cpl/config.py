@@ -228,6 +228,7 @@ class Config:
     name: str = "run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cpu_threads: int = 0  # CPU threads per process; 0 = its usable CPUs / its job's processes (cpl/engine/threads.py)
     data: DataConfig = field(default_factory=DataConfig)
     unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
     gan: GanConfig = field(default_factory=GanConfig)
@@ -402,6 +403,8 @@ def validate(cfg: Config) -> None:
     c = cfg
     _check(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
            "must be auto, cpu, cuda or cuda:N", c.device)
+    _check(c.cpu_threads >= 0, "cpu_threads", "must be >= 0 (0 = as many as the CPUs the process may use)",
+           c.cpu_threads)
     _check(c.data.kind in KINDS, "data.kind", f"must be one of {', '.join(KINDS)}", c.data.kind)
     unused = unused_format_options(c.data, c.data.kind) if c.data.kind != AUTO else None
     if unused:

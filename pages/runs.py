@@ -26,7 +26,7 @@ from cpl.methods import needs_unlabeled
 from cpl.runs.launch import delete, launch_cancel, launch_resume
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import ACTIVE, RESUMABLE, TRAINED, QueueReason, Stage, State, parse
-from cpl.runs.status import read_status
+from cpl.runs.status import elapsed_s, read_status
 
 REFRESH_S = 2.0
 LOG_TAIL_BYTES = 12_000
@@ -231,7 +231,7 @@ def header(run: RunDir, status: dict) -> None:
                 "It starts by itself when the device is free.")
     started, finished = readers.number(status.get("started")), readers.number(status.get("finished"))
     if started:
-        took = (finished or readers.number(status.get("updated")) or started) - started
+        took = elapsed_s(status)  # to the clock while it runs: a silent stage must not stop it
         st.caption(f"started {_when(started)} · {'ran' if finished else 'running for'} {charts.duration(took)}"
                    + (f" · pid {status.get('pid')} on {status.get('host')}" if state in ACTIVE else ""))
 

@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from cpl.engine.threads import set_wait_policy
+
+# Before any test imports torch, as the `cpl` entry point does: idle OpenMP threads sleep instead of spinning
+# against the other processes of a busy machine (docs/performance.md, "CPU threads under load").
+set_wait_policy()
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Session fixtures building real run directories for the app tests, shared by every test module.

@@ -219,3 +219,47 @@ def test_a_camera_less_run_shows_its_protocol(tmp_path: Path, monkeypatch) -> No
     assert any("4 queries (leave-one-out protocol)" in c.value for c in at.caption)
     assert any("Evaluation protocol: **leave-one-out**" in c.value and "the query image itself is left out" in c.value
                for c in at.caption)
+
+
+def test_a_silent_stage_keeps_the_elapsed_time_moving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live run whose last status update is 65 s old (a DCGAN epoch between reports) has run for over a minute,
+    not for the 5 s between its start and that update."""
+    monkeypatch.setenv("CPL_RUNS_ROOT", str(tmp_path))
+    monkeypatch.setenv("CPL_DEMO", "0")
+    now = time.time()
+    _fake_run(tmp_path, "silent", {"state": "running", "stage": "unlabeled", "pid": os.getpid(),
+                                   "pgid": os.getpgid(0), "started": now - 70, "updated": now - 65,
+                                   "message": "DCGAN epoch 1/12"})
+    at = open_app(run="silent")
+    assert not at.exception
+    caption = next(c.value for c in at.caption if "running for" in c.value)
+    assert "running for 1 min" in caption, caption
+
+
+def test_the_first_logged_point_of_each_curve_is_drawn(app_env, app_run: RunDir, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run with one iteration record and one DCGAN record (the first ones of a real run) shows them as markers:
+    a line through a single point would leave the axes empty."""
+    records = [json.loads(line) for line in app_run.metrics.read_text().splitlines()]
+    first = [next(r for r in records if r["type"] == kind) for kind in ("iter", "gan")]
+    monkeypatch.setenv("CPL_RUNS_ROOT", str(tmp_path))
+    monkeypatch.setenv("CPL_DEMO", "0")
+    run = _fake_run(tmp_path, "fresh", {"state": "running", "pid": os.getpid(), "pgid": os.getpgid(0)})
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in first))
+    at = open_app(run="fresh")
+    assert not at.exception
+    figures = {json.loads(el.proto.spec)["layout"]["title"]["text"]: json.loads(el.proto.spec)
+               for el in at.get("plotly_chart")}
+    for title in ("Training loss", "Training accuracy (labeled images)", "DCGAN training"):
+        traces = figures[title]["data"]
+        assert traces and all(len(_values(t["x"])) == 1 and "markers" in t["mode"] for t in traces), (title, traces)
+    assert list(_values(figures["Training loss"]["data"][0]["y"])) == [pytest.approx(first[0]["loss"])]
+
+
+def _values(v) -> list:
+    """A trace's coordinates from the figure JSON: a list, or Plotly's typed array (base64 ``bdata``)."""
+    import base64
+
+    import numpy as np
+
+    return list(np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])) if isinstance(v, dict) else list(v)

@@ -67,3 +67,55 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     for heading in ("## Training throughput", "## One CPL run, end to end", "## Evaluation and re-ranking"):
         assert heading in md
     assert "| train |" in md and "| MSMT17 |" in md
+
+
+THREADS = BENCH.parent / "threads_load.py"
+
+
+def _load_threads():
+    spec = importlib.util.spec_from_file_location("threads_load", THREADS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_threads_benchmark_load_is_always_killed_and_its_arguments_checked():
+    """The competing load is one live busy process per requested core inside the block and none after it, also
+    when the block fails; the options are checked and handed to each variant's child."""
+    bench = _load_threads()
+    with pytest.raises(RuntimeError), bench.competing_load(2, max_s=60) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+        raise RuntimeError("a failing timing")
+    assert all(p.poll() is not None for p in procs)
+    args = bench.parse_args(["--quick", "--repeats", "2", "--variants", "default,ours"])
+    assert (args.batch, args.height, args.width, args.repeats) == (8, 64, 32, 2)
+    argv = bench.child_argv(args, "ours")
+    assert argv[argv.index("--worker") + 1] == "ours" and argv[argv.index("--repeats") + 1] == "2"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "default,fastest"])
+    env = bench.worker_env("ours", {"OMP_NUM_THREADS": "7", "OMP_WAIT_POLICY": "ACTIVE", "HOME": "/h"})
+    assert "OMP_NUM_THREADS" not in env and "OMP_WAIT_POLICY" not in env and env["HOME"] == "/h"
+
+
+def test_threads_benchmark_summary_takes_medians_and_ratios():
+    bench = _load_threads()
+    rec = {"threads": 2, "wait_policy": "default", "quiet_step": [1.0, 3.0, 2.0], "loaded_step": [6.0, 4.0, 5.0],
+           "quiet_extract": [1.0], "loaded_extract": [3.0]}
+    rows = bench.summarize([{**rec, "variant": "default"},
+                            {**rec, "variant": "ours", "loaded_step": [2.5, 2.5, 3.0], "wait_policy": "PASSIVE"}])
+    default, ours = rows
+    assert (default["quiet_step"], default["loaded_step"], default["step_loaded_over_quiet"]) == (2.0, 5.0, 2.5)
+    assert (ours["step_loaded_over_quiet"], ours["loaded_step_vs_default"], ours["quiet_step_vs_default"]) == \
+        (1.25, 0.5, 1.0)
+    assert default["extract_loaded_over_quiet"] == 3.0
+
+
+@pytest.mark.slow  # ~50 s: three child processes, each builds Lite0 and times quiet and loaded
+def test_threads_benchmark_quick_runs_every_variant(capsys):
+    rows = _load_threads().main(["--quick", "--load", "1", "--max-load-s", "120"])
+    assert [r["variant"] for r in rows] == ["default", "one", "ours"]
+    assert [r["wait_policy"] for r in rows] == ["default", "default", "PASSIVE"]
+    assert rows[1]["threads"] == 1 and rows[2]["threads"] >= 1
+    for r in rows:
+        assert all(r[k] > 0 for k in ("quiet_step", "loaded_step", "quiet_extract", "loaded_extract"))
+    assert "vs default" in capsys.readouterr().out

@@ -147,3 +147,14 @@ def test_rel_paths(tmp_path):
     assert run.resolve(run.rel(cached)).resolve() == cached.resolve()
     outside = tmp_path / "data" / "img.jpg"
     assert run.rel(outside) == str(outside.resolve())
+
+
+def test_elapsed_time_runs_to_the_clock_while_active_and_stops_at_the_end() -> None:
+    from cpl.runs.status import elapsed_s
+
+    base = {"started": 1000.0, "updated": 1005.0, "heartbeat": 1040.0}
+    assert elapsed_s({**base, "state": "running"}, now=1070.0) == 70.0  # not 5 s: the stage is just silent
+    assert elapsed_s({**base, "state": "queued"}, now=1010.0) == 10.0
+    assert elapsed_s({**base, "state": "finished", "finished": 1500.0}, now=9999.0) == 500.0
+    assert elapsed_s({**base, "state": "failed", "dead": True}, now=9999.0) == 40.0  # to its last heartbeat
+    assert elapsed_s({"state": "running"}, now=5.0) is None

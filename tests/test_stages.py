@@ -115,6 +115,36 @@ def test_the_runner_walks_the_stages_a_run_has_and_splits_the_progress_bar(tmp_p
     assert Stage.EVALUATE not in [s for s, _ in seen]  # rank 0 alone evaluates
 
 
+def test_the_eta_is_known_from_the_first_stage_on_and_follows_each_stage_s_pace(tmp_path: Path, monkeypatch) -> None:
+    """A clock advanced by the stages themselves: the first stage (a DCGAN's epochs, resumed at 25 %) takes 10 s
+    per quarter, the second 1 s per quarter. ETA = the current stage's seconds per unit of run progress × the
+    progress left; until a stage has two points, the run's pace so far."""
+    clock = [1000.0]
+    monkeypatch.setattr(runner.time, "time", lambda: clock[0])
+
+    def stage(name: Stage, fracs: list[float], step_s: float) -> StageSpec:
+        def run(ctx) -> None:
+            for f in fracs:
+                ctx.progress(f, f"{name} {f}")
+                clock[0] += step_s
+        return StageSpec(name, run, weight=lambda cfg: 1.0, writes=("results",), resume="-")
+
+    status = _Status()
+    stages = [stage(Stage.UNLABELED, [0.25, 0.5, 0.75, 1.0], 10.0), stage(Stage.TRAIN, [0.25, 0.5, 1.0], 1.0)]
+    ctx = _ctx(tmp_path, "cpl")
+    ctx.evaluated = type("E", (), {"results": {"rank1": 1.0, "mAP": 1.0}})()
+    runner._walk(ctx, stages, status)
+    etas = [(u["message"], u.get("eta_s")) for u in status.updates if u.get("message")]
+    assert etas == [
+        ("unlabeled 0.25", None),  # the resumed stage's start: no work measured yet
+        # 80 s per unit of run progress (0.125 in 10 s) × 0.75, 0.625, 0.5 left
+        ("unlabeled 0.5", pytest.approx(60.0)), ("unlabeled 0.75", pytest.approx(50.0)),
+        ("unlabeled 1.0", pytest.approx(40.0)),
+        ("train 0.25", pytest.approx(30.0)),  # the new stage's first point: the run's pace, 80 s per unit × 0.375
+        ("train 0.5", pytest.approx(2.0)), ("train 1.0", pytest.approx(0.0)),  # then its own: 8 s per unit
+    ]
+
+
 def test_states_round_trip_through_json_and_damaged_values_parse_to_none() -> None:
     text = json.dumps({"state": State.RUNNING, "stage": Stage.TRAIN, "queue_reason": QueueReason.DEVICE})
     back = json.loads(text)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cpl.config import ConfigError, load_config
+from cpl.engine.threads import configured_threads
 from cpl.runs.atomic import write_text
 from cpl.runs.rundir import RunDir
 
@@ -109,7 +110,8 @@ def rank_gallery(run: RunDir, image: Path, topk: int = 20) -> dict:
 def query_main(args: argparse.Namespace) -> int:
     """The ``cpl query`` command: print the result as JSON, or write it to ``--out``; errors exit 2."""
     try:
-        result = rank_gallery(RunDir(Path(args.run_dir)), Path(args.image), topk=args.topk)
+        with configured_threads(0):
+            result = rank_gallery(RunDir(Path(args.run_dir)), Path(args.image), topk=args.topk)
     except QueryError as exc:
         print(f"cpl: error: {exc}", file=sys.stderr)
         return 2

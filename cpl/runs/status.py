@@ -20,7 +20,7 @@ from cpl.runs.state import ACTIVE, FINAL, QueueReason, Stage, State
 
 STALE_S = 60.0
 HEARTBEAT_S = 5.0
-__all__ = ["ACTIVE", "FINAL", "StatusWriter", "read_raw", "read_status", "pid_alive", "last_log_line"]
+__all__ = ["ACTIVE", "FINAL", "StatusWriter", "read_raw", "read_status", "pid_alive", "last_log_line", "elapsed_s"]
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -165,6 +165,22 @@ def read_status(run: RunDir, now: float | None = None) -> dict:
                       error=st.get("error") or f"the run process died ({why}): killed, out of memory or a reboot",
                       hint=st.get("hint") or "resume it with `cpl resume` (or Resume in the app)")
     return st
+
+
+def elapsed_s(st: dict, now: float | None = None) -> float | None:
+    """Seconds a run has been running (``st``: :func:`read_status`'s dict; ``now``: unix time, default the clock):
+    from ``started`` to ``finished``, or while it is queued or running to ``now``, not to its last update (a stage
+    may be silent for minutes); for a run whose process died, to its last heartbeat. None before it started."""
+    started = _number(st.get("started"), 0.0)
+    if started <= 0:
+        return None
+    if st.get("finished") is not None:
+        end = _number(st.get("finished"), started)
+    elif st.get("state") in ACTIVE:
+        end = time.time() if now is None else now
+    else:
+        end = _number(st.get("heartbeat"), _number(st.get("updated"), started))
+    return max(0.0, end - started)
 
 
 def last_log_line(run: RunDir, max_bytes: int = 4096) -> str:

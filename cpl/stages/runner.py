@@ -12,9 +12,11 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 from cpl import PROG
 from cpl import config as cfgmod
+from cpl.engine.threads import configured_threads
 from cpl.runs import faults
 from cpl.runs.atomic import write_json
 from cpl.runs.queue import device_slots, scheduled, wait_until_held
@@ -63,6 +65,9 @@ def run_stages(run: RunDir, stages: Sequence[StageSpec], *, stop: StopFlag | Non
         device = dist.resolve_device(cfg.device, info)
         status.update(device=str(device) if not info.enabled else f"{device.type} x{info.world_size}")
         with ExitStack() as stack:
+            threads = stack.enter_context(configured_threads(cfg.cpu_threads, info.local_world_size))
+            log.info("computing with %s", threads.describe())
+            status.update(cpu_threads=threads.threads)
             if not scheduled():  # a cluster scheduler (Ray) already placed the run on its device
                 _claim_devices(stack, run, dist.job_devices(cfg.device, info), info, status, stop)
             dist.init(info, device)
@@ -91,6 +96,26 @@ def run_stages(run: RunDir, stages: Sequence[StageSpec], *, stop: StopFlag | Non
             handler.close()
 
 
+@dataclass
+class Pace:
+    """Seconds left in the run at the pace measured since a starting point: the first report past the start of
+    what it measures (a resumed stage starts past 0, so its first report is not counted as work done). The stage
+    weights stand in for the durations of the stages still to come."""
+
+    since: tuple[float, float] | None = None  # (unix s, run progress) of the starting point
+
+    def eta(self, frac: float, progress: float, now: float) -> float | None:
+        """Seconds left after a report of ``frac`` of a stage (``progress`` of the run, at unix time ``now``);
+        None until there are two points to measure between."""
+        if frac <= 0:
+            return None
+        if self.since is None:
+            self.since = (now, progress)
+            return None
+        t0, p0 = self.since
+        return (now - t0) / (progress - p0) * (1.0 - progress) if progress > p0 and now > t0 else None
+
+
 def _walk(ctx: RunContext, stages: Sequence[StageSpec], status: StatusWriter) -> dict:
     """Each stage of the run in order; the progress bar is split by the stages' weights. Returns results.json."""
     t_start = time.time()
@@ -98,15 +123,23 @@ def _walk(ctx: RunContext, stages: Sequence[StageSpec], status: StatusWriter) ->
     weights = [s.weight(ctx.cfg) for s in planned]
     total = sum(weights) or 1.0
     entered: dict[str, float] = {}
+    run_pace = Pace()
     for i, spec in enumerate(planned):
         if spec.main_only and not ctx.is_main:
             continue
         start, width = sum(weights[:i]) / total, weights[i] / total
+        stage_pace = Pace()
 
         def report(frac: float, message: str | None, fields: dict, name: Stage = spec.name, start: float = start,
-                   width: float = width) -> None:
+                   width: float = width, stage_pace: Pace = stage_pace) -> None:
+            progress = min(1.0, start + width * frac)
+            now = time.time()
+            stage_eta, run_eta = stage_pace.eta(frac, progress, now), run_pace.eta(frac, progress, now)
+            eta = stage_eta if stage_eta is not None else run_eta  # the stage's own pace once it has one
             extra = {"message": message} if message is not None else {}
-            status.update(stage=name, progress=min(1.0, start + width * frac), **extra, **fields)
+            if eta is not None:
+                extra["eta_s"] = eta
+            status.update(stage=name, progress=progress, **extra, **fields)
 
         ctx.report = report
         entered[spec.name.value] = time.time()

@@ -74,9 +74,8 @@ def train(ctx: RunContext) -> None:
 
     def on_progress(epoch: int, it: int, iters: int) -> None:
         done = (epoch + it / iters) / epochs
-        eta = (time.time() - t_start) / max(done - done0, 1e-9) * (1 - done) if done > done0 else None
         ctx.progress(done, f"epoch {epoch + 1}/{epochs}, iteration {it}/{iters}", epoch=epoch, epochs=epochs,
-                     iter=it, iters=iters, eta_s=eta)
+                     iter=it, iters=iters)
         if bar is not None:
             bar.n = round(done * bar.total, 2)
             bar.refresh()
