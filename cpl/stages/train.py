@@ -57,7 +57,7 @@ def _build(ctx: RunContext, strategy):
 
 def train(ctx: RunContext) -> None:
     """Stage ``train``: build, resume from the newest checkpoint if any, fit (``ctx.trained``); write
-    ``checkpoints/`` and ``pseudo_history.npz`` every epoch."""
+    ``checkpoints/``, ``pseudo_history.npz`` and the pseudo-label diagnostics every epoch."""
     from cpl.engine.checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
     from cpl.engine.trainer import Hooks, Trainer
     from cpl.pseudo import get_strategy
@@ -83,8 +83,7 @@ def train(ctx: RunContext) -> None:
             ctx.check_disk(_state_bytes(state), "a checkpoint")
             save_checkpoint(run.checkpoints, TRAIN_PREFIX, state, epoch + 1)
             if trainer.state.history_labels:
-                write_npz(run.pseudo_history, labels=np.stack(trainer.state.history_labels),
-                          confidence=np.stack(trainer.state.history_conf))
+                write_history(ctx, trainer.state, data.num_classes, strategy.uses_unlabeled)
 
     trainer = Trainer(cfg, data, model, strategy, ctx.device, ctx.dist,
                       Hooks(on_record=ctx.record, on_epoch_end=on_epoch_end, on_progress=on_progress,
@@ -109,6 +108,20 @@ def train(ctx: RunContext) -> None:
             bar.close()
     ctx.trained = Trained(trainer=trainer, strategy=strategy, weights=weights, time_s=time.time() - t_start)
     faults.point("train-end")
+
+
+def write_history(ctx: RunContext, state, k: int, uses_unlabeled: bool) -> None:
+    """``pseudo_history.npz`` from the trainer's ``state`` (TrainState) and, for a method that trains on unlabeled
+    images, the diagnostics of that history over ``k`` identities (``pseudo_stats.csv``, ``pseudo_identities.npz``,
+    ``data_map.csv``): rewritten every epoch, so the app follows them live."""
+    from cpl.pseudo import diagnostics
+
+    labels, conf, margin = (np.stack(state.history_labels), np.stack(state.history_conf),
+                            np.stack(state.history_margin))
+    write_npz(ctx.run.pseudo_history, labels=labels, confidence=conf, margin=margin)
+    if uses_unlabeled and labels.shape[1]:
+        u = ctx.unlabeled
+        diagnostics.write(ctx.run, diagnostics.History(labels=labels, conf=conf, margin=margin, truth=u.truth), k)
 
 
 def _log_plan(cfg, data, strategy, trainer) -> None:
