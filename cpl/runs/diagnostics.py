@@ -179,3 +179,17 @@ def read_data_map(path: Path) -> DataMap | None:
                        epochs_seen=col(4, np.int64), last_change=col(5, np.int64), correctness=col(6, np.float32))
     except ValueError:
         return None
+
+
+SWEEP_COLUMNS = ("pl_ids_used", "pl_top10", "pl_changed", "pl_nmi")
+
+
+def sweep_columns(rows: list[EpochStats]) -> dict:
+    """A sweep cell's pseudo-label columns of ``runs.csv`` from its ``pseudo_stats.csv`` rows: of the last epoch
+    that drew unlabeled images, identities used and the share on the top 10 % identities (spread), labels
+    changed (stability), in percent, and the NMI with the truth (0–1, NaN without); {} when no epoch drew any."""
+    drawn = [r for r in rows if r.seen > 0]
+    if not drawn:
+        return {}
+    last = drawn[-1]
+    return dict(zip(SWEEP_COLUMNS, (100 * last.used_frac, 100 * last.top_share, 100 * last.changed_frac, last.nmi)))
