@@ -384,5 +384,5 @@ def data_map_figure(points: pd.DataFrame, by_correctness: bool) -> go.Figure:
     fig.update_xaxes(title_text="variability: std of the score across epochs", rangemode="tozero")
     fig.update_yaxes(title_text="confidence: mean score behind the label")
     fig = _layout(fig, "Data map: every unlabeled image drawn in training", height=420)
-    fig.update_layout(hovermode="closest", dragmode="lasso")
+    fig.update_layout(hovermode="closest", dragmode="select")
     return fig

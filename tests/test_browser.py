@@ -441,3 +441,44 @@ def test_two_tabs_launch_at_once_and_the_app_restarts_while_they_train(browser: 
             tab.close()
         _stop(server)
         _end_runs(root)
+
+
+def _usage_order(labels: pd.DataFrame, train: pd.DataFrame) -> list[int]:
+    """The pids of the usage chart's bars, left to right: most assigned first, ties by pid."""
+    counts = labels[labels["label"] >= 0]["pid"].astype(int).value_counts()
+    return list(counts.reindex(sorted(train["pid"].unique()), fill_value=0)
+                .sort_values(ascending=False, kind="stable").index)
+
+
+def test_usage_click_filters_the_grid_and_data_map_selects(page: Page, server: str, holdout_run: RunDir) -> None:
+    _open(page, server, f"/gan?run={holdout_run.id}")
+    labels = pd.read_csv(holdout_run.pseudo_labels)
+    first = _usage_order(labels, pd.read_csv(holdout_run.features / "train.csv"))[0]
+    usage = page.locator(".st-key-gan-usage")
+    usage.scroll_into_view_if_needed()
+    usage.locator(".bars .point path").first.click()
+    want = int((labels["pid"] == first).sum())
+
+    def filtered() -> list[str] | None:
+        caps = [c for c in page.locator("[data-testid='stImageCaption']").all_inner_texts() if CAPTION.search(c)]
+        pids = {int(CAPTION.search(c).group(2)) for c in caps}
+        return caps if pids == {first} and len(caps) == min(48, want) else None
+
+    wait_for(filtered, 120, what=f"the grid filtered to pid {first}")
+    _shot(page, "gan-usage-filtered.png")
+
+    data_map = pd.read_csv(holdout_run.data_map)
+    drawn = int((data_map["epochs_seen"] > 0).sum())
+    area = page.locator(".st-key-gan-map .nsewdrag").first
+    area.scroll_into_view_if_needed()
+    box = area.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=5)
+    page.mouse.up()
+    _shown(page, f"{drawn} selected image(s)", "data map selection")
+    shown = min(drawn, 48)
+    caps = _captions(page, shown, re.compile(r" · var "))
+    assert len([c for c in caps if " · var " in c]) == shown
+    _shot(page, "gan-data-map-selected.png")

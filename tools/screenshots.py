@@ -23,6 +23,11 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 PAGES = {"runs": "/?run={run}", "gan-samples": "/gan?run={run}", "embedding": "/embedding?run={run}",
          "retrieval": "/retrieval?run={run}"}
+# Views inside a page, shot as elements: (URL, tab to open first or None, CSS selector of the element).
+SECTIONS = {"gan-identity-usage": ("/gan?run={run}", None, ".st-key-gan-usage"),
+            "gan-data-map": ("/gan?run={run}", None, ".st-key-gan-map"),
+            "runs-pseudo-labels": ("/?run={run}", "Pseudo-labels", "[role='tabpanel']:visible"),
+            "compare-pseudo-labels": ("/compare?run={run}", None, ".st-key-compare-diag-top_share")}
 
 
 def _free_port() -> int:
@@ -60,12 +65,28 @@ def settle(page, timeout_s: float = 90, images: bool = False) -> None:
     time.sleep(0.5)  # the last delta is painted
 
 
+def _section(page, url: str, name: str, run: str, out: Path) -> None:
+    """Screenshot of one of :data:`SECTIONS` to ``out/<name>.png``."""
+    path, tab, selector = SECTIONS[name]
+    page.goto(url + path.format(run=run))
+    settle(page, images=True)
+    if tab:
+        page.get_by_role("tab", name=tab).click()
+        settle(page)
+    element = page.locator(selector).first
+    element.scroll_into_view_if_needed()
+    time.sleep(1.0)  # plotly draws after it scrolls into view
+    element.screenshot(path=str(out / f"{name}.png"))
+    print(out / f"{name}.png")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-root", required=True)
     ap.add_argument("--run", required=True)
     ap.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     ap.add_argument("--pages", default=",".join(PAGES), help=f"comma-separated, from {','.join(PAGES)}")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,6 +107,8 @@ def main() -> int:
                 settle(page, images=True)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 print(out / f"{name}.png")
+            for name in filter(None, args.sections.split(",")):
+                _section(page, url, name, args.run, out)
             browser.close()
     finally:
         server.terminate()
