@@ -12,7 +12,7 @@ import streamlit as st
 
 from app import charts, readers
 from app.gallery import GREEN, NEUTRAL, RED, Card, grid
-from cpl.runs.diagnostics import COLLAPSE_TOP_SHARE, COLLAPSE_USED_FRAC
+from cpl.runs.diagnostics import COLLAPSE_TOP_SHARE, COLLAPSE_USED_FRAC, top_count
 from cpl.runs.rundir import RunDir
 
 # The settings that counter a collapse (docs/methods.md): balanced assignment, hubness-corrected similarity, and
@@ -94,7 +94,7 @@ def usage_section(run: RunDir, df: pd.DataFrame, pid_of: dict[int, int], holdout
     st.plotly_chart(charts.usage_figure(counts, correct, method), key=USAGE_KEY, on_select="rerun",
                     selection_mode="points", width="stretch")
     total = int(counts.sum())
-    top = counts.head(max(1, len(counts) // 10)).sum()
+    top = counts.head(top_count(len(counts))).sum()
     st.caption(f"Final assignment (argmax cosine to the class centers). {int((counts == 0).sum())} of {len(counts)} "
                f"identities received no image; the top 10 % of identities received {100 * top / max(total, 1):.0f}% "
                f"of the {total:,} assigned images. **Click a bar** to show only that identity's images below.")

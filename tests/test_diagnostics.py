@@ -131,7 +131,10 @@ def test_data_map_by_hand():
 
 def test_files_round_trip_and_damage(tmp_path):
     run = RunDir(tmp_path)
-    dg.write(run, history(truth=TRUTH), K)
+    first = dg.write(run, dg.History(labels=LABELS[:2], conf=CONF[:2], margin=MARGIN[:2], truth=TRUTH), K)
+    assert len(first) == 2 and len(files.read_epoch_stats(run.pseudo_stats)) == 2
+    # the next epoch's call keeps the known rows and adds the new epoch's
+    assert dg.write(run, history(truth=TRUTH), K, first)[:2] == first
     rows = files.read_epoch_stats(run.pseudo_stats)
     want = dg.all_epoch_stats(history(truth=TRUTH), K)
     assert len(rows) == 3 and [r.seen for r in rows] == [0, 5, 6]

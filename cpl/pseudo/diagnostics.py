@@ -213,9 +213,13 @@ def data_map(h: History) -> DataMap:
                    correctness=correct.astype(np.float32))
 
 
-def write(run: RunDir, h: History, k: int) -> None:
+def write(run: RunDir, h: History, k: int, known: list[EpochStats] = ()) -> list[EpochStats]:
     """Compute every diagnostic of ``h`` over ``k`` identities and write the run's ``pseudo_stats.csv``,
-    ``pseudo_identities.npz`` and ``data_map.csv`` (:mod:`cpl.runs.diagnostics`)."""
-    write_epoch_stats(run.pseudo_stats, all_epoch_stats(h, k))
+    ``pseudo_identities.npz`` and ``data_map.csv`` (:mod:`cpl.runs.diagnostics`). An epoch's statistics depend on
+    that epoch and the one before only, so the rows ``known`` from an earlier call on the same history are kept and
+    only the epochs after them computed. Returns every epoch's rows."""
+    rows = list(known[: len(h.labels)]) + [epoch_stats(h, k, e) for e in range(len(known), len(h.labels))]
+    write_epoch_stats(run.pseudo_stats, rows)
     write_identity_usage(run.pseudo_identities, identity_usage(h, k))
     write_data_map(run.data_map, data_map(h))
+    return rows
