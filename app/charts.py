@@ -381,7 +381,7 @@ def data_map_figure(points: pd.DataFrame, by_correctness: bool) -> go.Figure:
         text=[f"#{i} → pid {p}" for i, p in zip(points["index"], points["pid"])],
         marker={**marker, "size": 8, "line": {"width": 0.5, "color": "#333333"}},
         hovertemplate="%{text}<br>confidence %{y:.3f}<br>variability %{x:.3f}<extra></extra>", name="images"))
-    fig.update_xaxes(title_text="variability: std of the score across epochs", rangemode="tozero")
+    fig.update_xaxes(title_text="variability: std of the score across epochs")
     fig.update_yaxes(title_text="confidence: mean score behind the label")
     fig = _layout(fig, "Data map: every unlabeled image drawn in training", height=420)
     fig.update_layout(hovermode="closest", dragmode="select")
