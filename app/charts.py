@@ -282,8 +282,8 @@ class Panel:
 PANELS = (
     Panel("Identities used and hub share", "% of identities / of images",
           (("used_frac", "identities used / K"), ("top_share", "images on the top 10 % identities")), True),
-    Panel("Balance of the label histogram", "index (0 = all on one, 1 = uniform)",
-          (("entropy", "normalised entropy"), ("gini", "Gini coefficient (0 = uniform)")), False),
+    Panel("Balance of the label histogram", "index (0–1)",
+          (("entropy", "normalised entropy (1 = uniform)"), ("gini", "Gini coefficient (0 = uniform)")), False),
     Panel("Most chosen identity", "images", (("max_count", "images on the most chosen identity"),), False),
     Panel("Labels changed vs previous epoch", "% of images drawn in both epochs", (("changed_frac", "changed"),), True),
     Panel("Confidence", "score / cosine margin",
@@ -360,8 +360,8 @@ def usage_figure(counts: pd.Series, correct: pd.Series | None, method: str | Non
     fig.update_yaxes(title_text="images", row=1, col=1)
     fig.update_xaxes(title_text="% of identities, fewest images first", range=[0, 100], row=1, col=2)
     fig.update_yaxes(title_text="% of images", range=[0, 100], row=1, col=2)
-    fig = _layout(fig, "Identity usage: which identities the unlabeled images went to", height=340)
-    fig.update_layout(hovermode="closest")
+    fig = _layout(fig, "Identity usage: which identities the unlabeled images went to", height=360)
+    fig.update_layout(hovermode="closest", margin={"t": 64})
     return fig
 
 

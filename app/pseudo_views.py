@@ -221,7 +221,7 @@ def overlay_section(runs: dict[str, tuple[RunDir, str | None]], key: str) -> Non
     cols = st.columns(2)
     for i, name in enumerate(chosen):
         panel, col, label = options[names.index(name)]
-        cols[i % 2].plotly_chart(charts.diagnostics_overlay(series, col, f"{label} ({panel.title.lower()})",
+        cols[i % 2].plotly_chart(charts.diagnostics_overlay(series, col, label[:1].upper() + label[1:],
                                                             panel.unit, panel.percent), key=f"{key}-{col}",
                                  width="stretch")
     rows = pd.concat([df.assign(run=label, method=method, epoch=df["epoch"] + 1)

@@ -97,7 +97,7 @@ def test_runs_pseudo_labels_tab_draws_every_statistic(app_env, holdout_run):
     assert not at.exception, [e.message for e in at.exception]
     figs = [c for c in at.get("plotly_chart") if "-diag-" in c.proto.id]
     data = {t["name"]: t for f in figs for t in json.loads(f.proto.spec)["data"]}
-    assert {"identities used / K", "normalised entropy", "Gini coefficient (0 = uniform)", "changed",
+    assert {"identities used / K", "normalised entropy (1 = uniform)", "Gini coefficient (0 = uniform)", "changed",
             "median score behind the label", "accuracy", "normalised mutual information"} <= set(data)
     drawn = stats.acc.notna()
     np.testing.assert_allclose(values(data["accuracy"]["y"]), 100 * stats.acc[drawn], rtol=1e-5)

@@ -68,14 +68,17 @@ def settle(page, timeout_s: float = 90, images: bool = False) -> None:
 def _section(page, url: str, name: str, run: str, out: Path) -> None:
     """Screenshot of one of :data:`SECTIONS` to ``out/<name>.png``."""
     path, tab, selector = SECTIONS[name]
+    page.set_viewport_size({"width": 1400, "height": 2400})  # tall: a chart scrolled out of view is not drawn
     page.goto(url + path.format(run=run))
     settle(page, images=True)
     if tab:
         page.get_by_role("tab", name=tab).click()
         settle(page)
     element = page.locator(selector).first
+    for chart in element.locator(".js-plotly-plot").all() or [element]:  # plotly draws a chart once it is in view
+        chart.scroll_into_view_if_needed()
+        time.sleep(0.5)
     element.scroll_into_view_if_needed()
-    time.sleep(1.0)  # plotly draws after it scrolls into view
     element.screenshot(path=str(out / f"{name}.png"))
     print(out / f"{name}.png")
 
@@ -102,7 +105,7 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(90_000)
-            for name in args.pages.split(","):
+            for name in filter(None, args.pages.split(",")):
                 page.goto(url + PAGES[name].format(run=args.run))
                 settle(page, images=True)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
