@@ -12,7 +12,7 @@ import streamlit as st
 
 from app import charts, readers
 from app.gallery import GREEN, NEUTRAL, RED, Card, grid
-from cpl.runs.diagnostics import COLLAPSE_TOP_SHARE, COLLAPSE_USED_FRAC, top_count
+from cpl.runs.diagnostics import COLLAPSE_TOP_SHARE, COLLAPSE_USED_FRAC, STATS_COLUMNS, EpochStats, top_count
 from cpl.runs.rundir import RunDir
 
 # The settings that counter a collapse (docs/methods.md): balanced assignment, hubness-corrected similarity, and
@@ -44,9 +44,9 @@ def collapse_warning(run: RunDir) -> None:
     last = _last_drawn(readers.pseudo_stats(run))
     if last is None:
         return
-    top, used = float(last["top_share"]), float(last["used_frac"])
-    if not (top >= COLLAPSE_TOP_SHARE or used < COLLAPSE_USED_FRAC):
+    if not EpochStats(**{c: last[c] for c in STATS_COLUMNS}).collapsed():
         return
+    top, used = float(last["top_share"]), float(last["used_frac"])
     k = int(last["k"])
     st.warning(f"**The pseudo-labels collapsed onto a few identities.** In epoch {int(last['epoch']) + 1}, the 10 % "
                f"most chosen identities received {100 * top:.0f}% of the {int(last['seen']):,} unlabeled images "

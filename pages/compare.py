@@ -189,10 +189,10 @@ def runs_section(root) -> None:
                                  width="stretch")
     diagnostics = {r.id: (r, readers.text(readers.run_facts(r).get("method"))) for r in selected}
     table = pseudo_views.last_epoch_table(diagnostics)
+    st.markdown("**Pseudo-labels** (last epoch that trained on unlabeled images)")
     if not table.empty:
-        st.markdown("**Pseudo-labels** (last epoch that trained on unlabeled images)")
         st.dataframe(table, hide_index=True, width="stretch", column_config=pseudo_views.number_format(table))
-        pseudo_views.overlay_section(diagnostics, "compare-diag")
+    pseudo_views.overlay_section(diagnostics, "compare-diag")
 
 
 st.title("Compare")

@@ -138,3 +138,4 @@ def test_damaged_diagnostics_files_say_so(app_world, app_run, tmp_path, monkeypa
     assert any("pseudo_stats.csv" in c.value and word in c.value for c in at.caption)
     at = open_app("pages/compare.py", run="copy")
     assert not at.exception, [e.message for e in at.exception]
+    assert any("pseudo_stats.csv" in c.value and "copy" in c.value for c in at.caption)
