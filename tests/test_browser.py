@@ -2,14 +2,15 @@
 
 It launches a tiny run from the Launch page, watches it finish on the Runs page, opens the GAN, Embedding
 and Retrieval pages for it and checks what they show against the files the run wrote, checks the ✓/✗
-marks of a holdout run, and tries hostile query strings; on the messy runs folder (tests/messy_runs.py) the
+marks of a holdout run, clicks an identity in its identity-usage chart (the grid filters) and box-selects its data
+map (the images show), and tries hostile query strings; on the messy runs folder (tests/messy_runs.py) the
 Runs page marks the damaged runs and no page shows an exception; two tabs launch at the same moment and the server
 is killed and restarted while the runs train, and every run finishes and is listed once. Screenshots go to
 ``test-artifacts/``.
 
-Tiers: the holdout-marks test is the default tier's browser smoke test (the server, the entry script's routing,
-a page with images); launching a run, the hostile query strings, the messy runs folder and the two tabs with the
-restart are in the slow tier (`make test-slow`).
+Tiers: the holdout-marks and the usage-chart / data-map tests are the default tier's browser tests (the server,
+the entry script's routing, a page with images, a chart's selection); launching a run, the hostile query strings,
+the messy runs folder and the two tabs with the restart are in the slow tier (`make test-slow`).
 """
 
 from __future__ import annotations
