@@ -24,7 +24,8 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
 PAGES = {"runs": "/?run={run}", "gan-samples": "/gan?run={run}", "embedding": "/embedding?run={run}",
          "retrieval": "/retrieval?run={run}"}
 # Views inside a page, shot as elements: (URL, tab to open first or None, CSS selector of the element).
-SECTIONS = {"gan-identity-usage": ("/gan?run={run}", None, ".st-key-gan-usage"),
+SECTIONS = {"gan-collapse-warning": ("/gan?run={run}", None, ".stAlert"),
+            "gan-identity-usage": ("/gan?run={run}", None, ".st-key-gan-usage"),
             "gan-data-map": ("/gan?run={run}", None, ".st-key-gan-map"),
             "runs-pseudo-labels": ("/?run={run}", "Pseudo-labels", "[role='tabpanel']:visible"),
             "compare-pseudo-labels": ("/compare?run={run}", None, ".st-key-compare-diag-top_share")}
