@@ -8,7 +8,9 @@ figures are testable. Epochs are 0-based in the files and shown 1-based. Metrics
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -276,3 +278,125 @@ def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False, so
             row[f"{h} mAP"] = f"{max(r[mp] for r in cand) - base[mp]:+.2f}" if cand else ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------- pseudo-label diagnostics
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One chart of the pseudo-label diagnostics (columns of pseudo_stats.csv, docs/run-directory.md)."""
+
+    title: str
+    unit: str  # the y axis title
+    series: tuple[tuple[str, str], ...]  # (column, legend name)
+    percent: bool  # the columns are shares in [0, 1], shown in percent
+
+
+PANELS = (
+    Panel("Identities used and hub share", "% of identities / of images",
+          (("used_frac", "identities used / K"), ("top_share", "images on the top 10 % identities")), True),
+    Panel("Balance of the label histogram", "index (0–1)",
+          (("entropy", "normalised entropy (1 = uniform)"), ("gini", "Gini coefficient (0 = uniform)")), False),
+    Panel("Most chosen identity", "images", (("max_count", "images on the most chosen identity"),), False),
+    Panel("Labels changed vs previous epoch", "% of images drawn in both epochs", (("changed_frac", "changed"),), True),
+    Panel("Confidence", "score / cosine margin",
+          (("median_conf", "median score behind the label"), ("median_margin", "median margin to runner-up")), False),
+    Panel("Selected by the confidence threshold", "% of images drawn", (("selected_frac", "selected"),), True),
+    Panel("Accuracy against the hidden truth", "% of images drawn",
+          (("acc", "accuracy"), ("acc_selected", "accuracy among the selected")), True),
+    Panel("Agreement with the hidden truth", "index (1 = same partition)",
+          (("nmi", "normalised mutual information"), ("ari", "adjusted Rand index")), False),
+)
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def panels_with_data(frames) -> list[Panel]:
+    """The :data:`PANELS` at least one of the frames (pseudo_stats.csv rows) has a value for."""
+    return [p for p in PANELS if any(_has(df, c) for df in frames for c, _ in p.series)]
+
+
+def diagnostics_figure(stats: pd.DataFrame, panel: Panel, method: str | None) -> go.Figure:
+    """One run's ``panel`` against the (1-based) epoch: its statistics in the method's colour, one dash each."""
+    fig = go.Figure()
+    for (col, name), dash in zip(panel.series, DASHES):
+        if _has(stats, col):
+            fig.add_trace(go.Scatter(x=_epoch_x(stats), y=stats[col] * (100 if panel.percent else 1), name=name,
+                                     mode="lines+markers", line={"color": method_color(method), "dash": dash}))
+    fig.update_xaxes(title_text="epoch", **_epoch_ticks([stats]))
+    fig.update_yaxes(title_text=panel.unit, rangemode="tozero")
+    return _layout(fig, panel.title, height=300)
+
+
+def diagnostics_overlay(series: dict[str, tuple[pd.DataFrame, str | None]], column: str, title: str, unit: str,
+                        percent: bool) -> go.Figure:
+    """``column`` of several runs' pseudo_stats.csv (label -> (frame, method)): one line per run in its method's
+    colour; runs of the same method get different dashes."""
+    fig = go.Figure()
+    seen: dict[str | None, int] = {}
+    for label, (df, method) in series.items():
+        if df is None or not _has(df, column):
+            continue
+        dash = DASHES[seen.get(method, 0) % len(DASHES)]
+        seen[method] = seen.get(method, 0) + 1
+        fig.add_trace(go.Scatter(x=_epoch_x(df), y=df[column] * (100 if percent else 1), name=label,
+                                 mode="lines+markers", line={"color": method_color(method), "dash": dash}))
+    fig.update_xaxes(title_text="epoch", **_epoch_ticks([df for df, _ in series.values() if df is not None]))
+    fig.update_yaxes(title_text=unit, rangemode="tozero")
+    return _layout(fig, title, height=300)
+
+
+def usage_figure(counts: pd.Series, correct: pd.Series | None, method: str | None) -> go.Figure:
+    """Images per identity (``counts``: pid -> images, most chosen first, zeros included) as bars in the method's
+    colour (each bar's ``customdata`` is its pid; clicking selects it), the correct ones (holdout) overlaid, and
+    the Lorenz curve of the counts beside them (the diagonal = every identity the same number of images)."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.72, 0.28], horizontal_spacing=0.08,
+                        subplot_titles=("images per identity, most chosen first", "Lorenz curve"))
+    pids = [str(p) for p in counts.index]
+    fig.add_trace(go.Bar(x=pids, y=counts.to_numpy(), name="assigned", marker_color=method_color(method) or "#7b8fa6",
+                         customdata=list(counts.index), hovertemplate="pid %{x}: %{y} images<extra></extra>"),
+                  row=1, col=1)
+    if correct is not None:
+        fig.add_trace(go.Bar(x=pids, y=correct.reindex(counts.index, fill_value=0).to_numpy(), name="of which correct",
+                             marker_color="#2ca02c", customdata=list(counts.index),
+                             hovertemplate="pid %{x}: %{y} correct<extra></extra>"), row=1, col=1)
+    values = np.sort(counts.to_numpy())
+    total = max(int(values.sum()), 1)
+    x = np.arange(len(values) + 1) / max(len(values), 1) * 100
+    y = np.concatenate([[0.0], np.cumsum(values) / total]) * 100
+    fig.add_trace(go.Scatter(x=x, y=y, name="Lorenz curve", mode="lines", line={"color": method_color(method)},
+                             hovertemplate="%{x:.0f}% of identities hold %{y:.0f}% of images<extra></extra>"),
+                  row=1, col=2)
+    fig.add_trace(go.Scatter(x=[0, 100], y=[0, 100], name="uniform", mode="lines",
+                             line={"color": "#999999", "dash": "dot"}, hoverinfo="skip"), row=1, col=2)
+    fig.update_layout(barmode="overlay", clickmode="event+select")
+    fig.update_xaxes(title_text="identity (pid)", type="category", row=1, col=1)
+    fig.update_yaxes(title_text="images", row=1, col=1)
+    fig.update_xaxes(title_text="% of identities, fewest images first", range=[0, 100], row=1, col=2)
+    fig.update_yaxes(title_text="% of images", range=[0, 100], row=1, col=2)
+    fig = _layout(fig, "Identity usage: which identities the unlabeled images went to", height=360)
+    fig.update_layout(hovermode="closest", margin={"t": 64})
+    return fig
+
+
+def data_map_figure(points: pd.DataFrame, by_correctness: bool) -> go.Figure:
+    """Dataset Cartography of the unlabeled images (``points``: data_map.csv rows drawn at least once, with
+    ``pid``): variability (x) against mean confidence (y), coloured by the share of epochs labeled right
+    (``by_correctness``) or else by identity; each point's ``customdata`` is its image index. Box or lasso
+    selection selects images."""
+    if by_correctness:
+        marker = {"color": points["correctness"] * 100, "colorscale": "RdYlGn", "cmin": 0, "cmax": 100,
+                  "colorbar": {"title": {"text": "% of epochs<br>right"}}}
+    else:
+        marker = {"color": points["label"], "colorscale": "Turbo",
+                  "colorbar": {"title": {"text": "identity<br>(class)"}}}
+    fig = go.Figure(go.Scatter(
+        x=points["variability"], y=points["confidence"], mode="markers", customdata=points["index"],
+        text=[f"#{i} → pid {p}" for i, p in zip(points["index"], points["pid"])],
+        marker={**marker, "size": 8, "line": {"width": 0.5, "color": "#333333"}},
+        hovertemplate="%{text}<br>confidence %{y:.3f}<br>variability %{x:.3f}<extra></extra>", name="images"))
+    fig.update_xaxes(title_text="variability: std of the score across epochs")
+    fig.update_yaxes(title_text="confidence: mean score behind the label")
+    fig = _layout(fig, "Data map: every unlabeled image drawn in training", height=420)
+    fig.update_layout(hovermode="closest", dragmode="select")
+    return fig

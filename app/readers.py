@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from PIL import Image
 
 from cpl.config import CONTROLS, controls_of, tricks_of
 from cpl.runs.atomic import read_jsonl
+from cpl.runs.diagnostics import STATS_COLUMNS, IdentityUsage, read_data_map, read_epoch_stats, read_identity_usage
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs, valid_id
 from cpl.runs.state import State
 from cpl.runs.status import read_status
@@ -424,3 +426,45 @@ def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
                      "rr_rank1": number(rr.get("rank1")), "rr_mAP": number(rr.get("mAP")),
                      "error": text(st_.get("error"))})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- diagnostics
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _pseudo_stats(path: str, version: tuple) -> pd.DataFrame | None:
+    rows = read_epoch_stats(Path(path))
+    return None if rows is None else pd.DataFrame([asdict(r) for r in rows], columns=list(STATS_COLUMNS))
+
+
+def pseudo_stats(run: RunDir) -> pd.DataFrame | None:
+    """pseudo_stats.csv as a frame, one row per epoch with the columns of
+    :class:`cpl.runs.diagnostics.EpochStats` (shares in [0, 1], NaN undefined); None when missing or damaged."""
+    return _pseudo_stats(str(run.pseudo_stats), stamp(run.pseudo_stats))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _identity_usage(path: str, version: tuple) -> IdentityUsage | None:
+    return read_identity_usage(Path(path))
+
+
+def identity_usage(run: RunDir) -> IdentityUsage | None:
+    """pseudo_identities.npz: ``counts [E, K] int32`` images per identity and ``accuracy [E, K] float32`` per true
+    identity, per epoch; None when missing or damaged."""
+    return _identity_usage(str(run.pseudo_identities), stamp(run.pseudo_identities))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _data_map(path: str, version: tuple) -> pd.DataFrame | None:
+    m = read_data_map(Path(path))
+    if m is None:
+        return None
+    return pd.DataFrame({"index": np.arange(len(m.label)), "label": m.label, "confidence": m.confidence,
+                         "variability": m.variability, "epochs_seen": m.epochs_seen, "last_change_epoch":
+                         m.last_change, "correctness": m.correctness})
+
+
+def data_map(run: RunDir) -> pd.DataFrame | None:
+    """data_map.csv as a frame, one row per unlabeled image: ``index, label, confidence, variability, epochs_seen,
+    last_change_epoch, correctness`` (:class:`cpl.runs.diagnostics.DataMap`); None when missing or damaged."""
+    return _data_map(str(run.data_map), stamp(run.data_map))

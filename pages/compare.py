@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, health, readers, settings
+from app import charts, health, pseudo_views, readers, settings
 from app.safety import safe_run, safe_sweep
 from cpl.data.formats import PROTOCOLS, protocol_of
 from cpl.methods import needs_unlabeled
@@ -84,7 +84,9 @@ def sweep_section(root) -> None:
     with st.expander(f"Cells ({len(cells)})"):
         st.dataframe(cells, hide_index=True, width="stretch", column_config={
             c: st.column_config.NumberColumn(c, format="%.2f") for c in ("rank1", "mAP", "rr_rank1", "rr_mAP",
-                                                                          "pl_acc", "pl_true_mass")})
+                                                                          "pl_acc", "pl_true_mass", "pl_ids_used",
+                                                                          "pl_top10", "pl_changed", "pl_nmi")})
+    cells_diagnostics(root, folder)
     cols = st.columns(3)
     for col, name, mime in [(cols[0], "results.csv", "text/csv"), (cols[1], "runs.csv", "text/csv"),
                             (cols[2], "results.md", "text/markdown")]:
@@ -92,6 +94,21 @@ def sweep_section(root) -> None:
         if path.is_file():
             col.download_button(f"Download {name}", path.read_bytes(), file_name=f"{sweep_id}-{name}", mime=mime,
                                 key=f"dl-{name}", icon=":material/download:")
+
+
+def cells_diagnostics(root, folder) -> None:
+    """The pseudo-labels of a sweep's cells: the last epoch's spread, stability and accuracy per cell, and the
+    per-epoch curves overlaid."""
+    runs = {f"{c.get('method')} · {c.get('gan_images')} · s{c.get('seed')}": (RunDir(root / c["run_id"]),
+                                                                           readers.text(c.get("method")))
+            for c in readers.sweep_cell_specs(folder)}
+    table = pseudo_views.last_epoch_table(runs)
+    if table.empty:
+        return
+    st.markdown("**Pseudo-labels of each cell** (last epoch that trained on unlabeled images)")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=pseudo_views.number_format(table))
+    with st.expander("Pseudo-label diagnostics per epoch, cells overlaid"):
+        pseudo_views.overlay_section(runs, "sweep-diag")
 
 
 def _from_url(root) -> list[str]:
@@ -178,6 +195,12 @@ def runs_section(root) -> None:
         title, percent = CURVES[c]
         cols[i % 2].plotly_chart(charts.overlay_figure(series, c, title, percent=percent), key=f"overlay-{c}",
                                  width="stretch")
+    diagnostics = {r.id: (r, readers.text(readers.run_facts(r).get("method"))) for r in selected}
+    table = pseudo_views.last_epoch_table(diagnostics)
+    st.markdown("**Pseudo-labels** (last epoch that trained on unlabeled images)")
+    if not table.empty:
+        st.dataframe(table, hide_index=True, width="stretch", column_config=pseudo_views.number_format(table))
+    pseudo_views.overlay_section(diagnostics, "compare-diag")
 
 
 st.title("Compare")

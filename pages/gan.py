@@ -1,8 +1,9 @@
 """GAN samples & pseudo-labels: which identity each unlabeled image was assigned, how confidently, and why.
 
-Reads ``pseudo_labels.csv``, ``unlabeled.csv``, ``pseudo_history.npz``, ``features/train.csv`` and the
-epoch records of ``metrics.jsonl`` (docs/run-directory.md). While a run is still training only the
-unlabeled images and the training-time labels exist; the page shows those and says so.
+Reads ``pseudo_labels.csv``, ``unlabeled.csv``, ``pseudo_history.npz``, ``features/train.csv``, the pseudo-label
+diagnostics (``pseudo_stats.csv``, ``data_map.csv``) and the epoch records of ``metrics.jsonl``
+(docs/run-directory.md). The identity-usage chart filters the grid; the data map's selection opens "Why?". While a
+run is still training only the unlabeled images and the training-time labels exist; the page shows those and says so.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app import charts, readers
+from app import charts, pseudo_views, readers
 from app.gallery import AMBER, GREEN, NEUTRAL, RED, Card, card_image, grid, page_bounds
 from app.nav import run_page
 from cpl.runs.rundir import RunDir
@@ -275,27 +276,6 @@ def _explain(why: Why, i: int, where: str) -> None:
             st.plotly_chart(fig, key=f"gan-history-{where}")
 
 
-def _histogram(df: pd.DataFrame, pid_of: dict[int, int], holdout: bool) -> None:
-    counts = df[df["label"] >= 0]["pid"].astype(int).value_counts()
-    all_pids = sorted(set(pid_of.values()) | set(counts.index))
-    counts = counts.reindex(all_pids, fill_value=0).sort_values(ascending=False, kind="stable")
-    st.subheader("GAN images per identity")
-    fig = go.Figure(go.Bar(x=[str(p) for p in counts.index], y=counts.to_numpy(), name="assigned",
-                           marker_color="#7b8fa6"))
-    if holdout:
-        right = df[df["correct"] == 1]["pid"].astype(int).value_counts().reindex(counts.index, fill_value=0)
-        fig.add_trace(go.Bar(x=[str(p) for p in right.index], y=right.to_numpy(), name="of which correct",
-                             marker_color=GREEN))
-    fig.update_layout(barmode="overlay", height=300, margin=dict(l=10, r=10, t=10, b=10),
-                      xaxis=dict(title="identity (pid), most assigned first", type="category"),
-                      yaxis=dict(title="images"), legend=dict(orientation="h"))
-    st.plotly_chart(fig, key="gan-histogram")
-    total = int(counts.sum())
-    top = counts.head(max(1, math.ceil(len(counts) / 10))).sum()
-    st.caption(f"{int((counts == 0).sum())} of {len(counts)} identities received no image; the top 10% of "
-               f"identities received {100 * top / max(total, 1):.0f}% of the {total:,} assigned images.")
-
-
 def _curves(run: RunDir) -> None:
     ep = readers.metrics(run, "epoch")
     if ep.empty or "pl_mean_conf" not in ep:
@@ -376,6 +356,7 @@ def main() -> None:
         unlabeled = readers.unlabeled(run) if run.unlabeled.is_file() else None
         state = status.get("state")
         if unlabeled is not None and len(unlabeled):
+            pseudo_views.collapse_warning(run)
             _curves(run)
             _provisional(run, unlabeled, history, status)
         elif unlabeled is not None:
@@ -414,6 +395,9 @@ def main() -> None:
         st.caption(f"The run's method ({method}) labels {int(df['method_differs'].sum()):,} images differently "
                    "from the center-based rule (argmax cosine to the class centers).")
 
+    pseudo_views.collapse_warning(run)
+    pseudo_views.usage_section(run, df, pid_of, holdout, method)
+    pseudo_views.apply_usage_pick("gan-ids", {int(p) for p in assigned["pid"].dropna().unique()})
     view, per_page = _filters(df, holdout, epochs, late_from)
     _grid(run, view, per_page, holdout, pid_of)
     why = Why(run, df, real, history, pid_of, holdout, method)
@@ -426,7 +410,7 @@ def main() -> None:
     st.divider()
     _selected(why)
     st.divider()
-    _histogram(df, pid_of, holdout)
+    pseudo_views.data_map_section(run, df, holdout, "gan-img")
     _curves(run)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, health, readers, settings
+from app import charts, health, pseudo_views, readers, settings
 from app.launching import start_sweep
 from app.nav import select_run
 from app.safety import safe_sweep
@@ -316,6 +316,7 @@ def curves(run: RunDir) -> None:
             left.plotly_chart(charts.loss_figure(iters, epochs), key="loss-fig", width="stretch")
             right.plotly_chart(charts.accuracy_figure(iters, epochs), key="acc-fig", width="stretch")
     with tabs["Pseudo-labels"]:
+        pseudo_views.runs_tab(run, readers.text(readers.run_facts(run).get("method")), expected=has_pl)
         if not has_pl:
             st.caption("No pseudo-label statistics: the method uses no unlabeled images, or no epoch has ended yet.")
         else:

@@ -2,7 +2,8 @@
 
 It launches a tiny run from the Launch page, watches it finish on the Runs page, opens the GAN, Embedding
 and Retrieval pages for it and checks what they show against the files the run wrote, checks the ✓/✗
-marks of a holdout run, and tries hostile query strings; on the messy runs folder (tests/messy_runs.py) the
+marks of a holdout run, clicks an identity in its identity-usage chart (the grid filters) and box-selects its data
+map (the images show), and tries hostile query strings; on the messy runs folder (tests/messy_runs.py) the
 Runs page marks the damaged runs and no page shows an exception; two tabs launch at the same moment and the server
 is killed and restarted while the runs train, and every run finishes and is listed once. Screenshots go to
 ``test-artifacts/``.
@@ -11,9 +12,9 @@ The rough edges a new user met are checked where they were seen, in the browser:
 its explanation in view, the Runs table shows rank-1 and mAP within 1280 px, ``/runs`` is the Runs page, the
 Embedding legend is neutral (colour means identity), and the re-ranked AP labels the picked query.
 
-Tiers: the holdout-marks test and those rough edges are the default tier's browser tests (the server, the entry
-script's routing, pages with images); launching a run, the hostile query strings, the messy runs folder and the two
-tabs with the restart are in the slow tier (`make test-slow`).
+Tiers: the holdout-marks, usage-chart / data-map tests and those rough edges are the default tier's browser tests
+(the server, the entry script's routing, pages with images, a chart's selection); launching a run, the hostile query
+strings, the messy runs folder and the two tabs with the restart are in the slow tier (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -526,3 +527,46 @@ def test_two_tabs_launch_at_once_and_the_app_restarts_while_they_train(browser: 
             tab.close()
         _stop(server)
         _end_runs(root)
+
+
+def _usage_order(labels: pd.DataFrame, train: pd.DataFrame) -> list[int]:
+    """The pids of the usage chart's bars, left to right: most assigned first, ties by pid."""
+    counts = labels[labels["label"] >= 0]["pid"].astype(int).value_counts()
+    return list(counts.reindex(sorted(train["pid"].unique()), fill_value=0)
+                .sort_values(ascending=False, kind="stable").index)
+
+
+def test_usage_click_filters_the_grid_and_data_map_selects(page: Page, server: str, holdout_run: RunDir) -> None:
+    _open(page, server, f"/gan?run={holdout_run.id}")
+    labels = pd.read_csv(holdout_run.pseudo_labels)
+    first = _usage_order(labels, pd.read_csv(holdout_run.features / "train.csv"))[0]
+    usage = page.locator(".st-key-gan-usage")
+    usage.scroll_into_view_if_needed()
+    bar = usage.locator(".bars .point path").first.bounding_box()  # plotly's drag layer lies above the bars:
+    page.mouse.move(bar["x"] + bar["width"] / 2, bar["y"] + bar["height"] - 3)  # click where the bar is drawn
+    page.mouse.click(bar["x"] + bar["width"] / 2, bar["y"] + bar["height"] - 3)
+    want = int((labels["pid"] == first).sum())
+
+    def filtered() -> list[str] | None:
+        caps = [c for c in page.locator("[data-testid='stImageCaption']").all_inner_texts() if CAPTION.search(c)]
+        pids = {int(CAPTION.search(c).group(2)) for c in caps}
+        return caps if pids == {first} and len(caps) == min(48, want) else None
+
+    wait_for(filtered, 120, what=f"the grid filtered to pid {first}")
+    _shot(page, "gan-usage-filtered.png")
+
+    data_map = pd.read_csv(holdout_run.data_map)
+    drawn = int((data_map["epochs_seen"] > 0).sum())
+    area = page.locator(".st-key-gan-map .nsewdrag").first
+    area.scroll_into_view_if_needed()
+    box = area.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=5)
+    page.mouse.up()
+    _shown(page, f"{drawn} selected image(s)", "data map selection")
+    shown = min(drawn, 48)
+    caps = _captions(page, shown, re.compile(r" · var "))
+    assert len([c for c in caps if " · var " in c]) == shown
+    _shot(page, "gan-data-map-selected.png")

@@ -87,6 +87,27 @@ def test_resume_from_epoch_checkpoint_is_bit_identical():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert torch.equal(full.state.centers, resumed.state.centers)
     assert all(np.array_equal(x, y) for x, y in zip(full.state.history_labels, resumed.state.history_labels))
+    assert all(np.array_equal(x, y) for x, y in zip(full.state.history_margin, resumed.state.history_margin))
+
+
+def test_margin_history_and_checkpoints_written_before_it():
+    """Margins are kept per epoch (finite where an image was drawn); a checkpoint without them (written before
+    they were kept) resumes with NaN rows for its epochs, aligned with the labels."""
+    saved = {}
+    first = _trainer(_cfg(), _data(), Hooks(on_epoch_end=lambda e, s: saved.setdefault(e, copy.deepcopy(s))))
+    first.train_epoch(0)
+    first.train_epoch(1)
+    st = first.state
+    assert len(st.history_margin) == 2 and st.history_margin[1].dtype == np.float16
+    seen = st.history_labels[1] >= 0
+    assert seen.any() and np.isfinite(st.history_margin[1][seen]).all() and (st.history_margin[1][seen] >= 0).all()
+    assert np.array_equal(saved[1]["history_margin"].numpy(), np.stack(st.history_margin).astype(np.float32))
+    old = {k: v for k, v in saved[0].items() if k != "history_margin"}
+    resumed = _trainer(_cfg(), _data())
+    resumed.load_state_dict(old)
+    assert len(resumed.state.history_margin) == 1 and np.isnan(resumed.state.history_margin[0]).all()
+    resumed.train_epoch(1)
+    assert len(resumed.state.history_margin) == 2 and np.isfinite(resumed.state.history_margin[1][seen]).all()
 
 
 @dataclass

@@ -27,6 +27,12 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 PAGES = {"runs": "/?run={run}", "gan-samples": "/gan?run={run}", "embedding": "/embedding?run={run}",
          "retrieval": "/retrieval?run={run}"}
+# Views inside a page, shot as elements: (URL, tab to open first or None, CSS selector of the element).
+SECTIONS = {"gan-collapse-warning": ("/gan?run={run}", None, ".stAlert"),
+            "gan-identity-usage": ("/gan?run={run}", None, ".st-key-gan-usage"),
+            "gan-data-map": ("/gan?run={run}", None, ".st-key-gan-map"),
+            "runs-pseudo-labels": ("/?run={run}", "Pseudo-labels", "[role='tabpanel']:visible"),
+            "compare-pseudo-labels": ("/compare?run={run}", None, ".st-key-compare-diag-top_share")}
 
 
 def _free_port() -> int:
@@ -64,12 +70,31 @@ def settle(page, timeout_s: float = 90, images: bool = False) -> None:
     time.sleep(0.5)  # the last delta is painted
 
 
+def _section(page, url: str, name: str, run: str, out: Path) -> None:
+    """Screenshot of one of :data:`SECTIONS` to ``out/<name>.png``."""
+    path, tab, selector = SECTIONS[name]
+    page.set_viewport_size({"width": 1400, "height": 2400})  # tall: a chart scrolled out of view is not drawn
+    page.goto(url + path.format(run=run))
+    settle(page, images=True)
+    if tab:
+        page.get_by_role("tab", name=tab).click()
+        settle(page)
+    element = page.locator(selector).first
+    for chart in element.locator(".js-plotly-plot").all() or [element]:  # plotly draws a chart once it is in view
+        chart.scroll_into_view_if_needed()
+        time.sleep(0.5)
+    element.scroll_into_view_if_needed()
+    element.screenshot(path=str(out / f"{name}.png"))
+    print(out / f"{name}.png")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-root", required=True)
     ap.add_argument("--run", required=True)
     ap.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     ap.add_argument("--pages", default=",".join(PAGES), help=f"comma-separated, from {','.join(PAGES)}")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,11 +110,13 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(90_000)
-            for name in args.pages.split(","):
+            for name in filter(None, args.pages.split(",")):
                 page.goto(url + PAGES[name].format(run=args.run))
                 settle(page, images=True)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 print(out / f"{name}.png")
+            for name in filter(None, args.sections.split(",")):
+                _section(page, url, name, args.run, out)
             browser.close()
     finally:
         server.terminate()

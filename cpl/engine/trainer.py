@@ -88,6 +88,7 @@ class TrainState:
     epoch: int = 0  # next epoch to run
     history_labels: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] int32
     history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
+    history_margin: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16, NaN: not recorded
 
     @property
     def centers(self) -> torch.Tensor:
@@ -244,8 +245,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """The checkpoint after the last completed epoch: ``epoch`` (the next one to run), model, optimizer,
         grad scaler (``{}`` without fp16), LR scheduler (its iteration count), centers [K, D] float32 and
-        their validity [K] bool, the pseudo-label history (``history_labels`` [E, N_u] int32 and
-        ``history_conf`` [E, N_u] float32, or empty) and the global random streams."""
+        their validity [K] bool, the pseudo-label history (``history_labels`` [E, N_u] int32,
+        ``history_conf`` and ``history_margin`` [E, N_u] float32, or empty) and the global random streams."""
         s = self.state
         return {
             "epoch": s.epoch,
@@ -253,6 +254,8 @@ class Trainer:
             **s.center_set.state_dict(),
             "history_labels": torch.from_numpy(np.stack(s.history_labels)) if s.history_labels else torch.zeros(0),
             "history_conf": torch.from_numpy(np.stack(s.history_conf).astype(np.float32)) if s.history_conf
+            else torch.zeros(0),
+            "history_margin": torch.from_numpy(np.stack(s.history_margin).astype(np.float32)) if s.history_margin
             else torch.zeros(0),
             **rng_state(self.device),
         }
@@ -271,6 +274,7 @@ class Trainer:
         hl, hc = ckpt["history_labels"], ckpt["history_conf"]
         s.history_labels = [r.numpy().astype(np.int32) for r in hl] if hl.numel() else []
         s.history_conf = [r.numpy().astype(np.float16) for r in hc] if hc.numel() else []
+        s.history_margin = _margins(ckpt.get("history_margin"), s.history_conf)
         restore_rng(ckpt, self.device)
 
     # ---------------------------------------------------------------- the loop
@@ -478,6 +482,7 @@ class Trainer:
             rec["centers_rank_diff"] = st.center_set.rank_spread()
         st.history_labels.append(labels.label.cpu().numpy().astype(np.int32))
         st.history_conf.append(labels.conf.cpu().numpy().astype(np.float16))
+        st.history_margin.append(labels.margin.cpu().numpy().astype(np.float16))
         st.epoch = epoch + 1
         self.hooks.on_record(rec)
         self.hooks.on_epoch_end(epoch, self.state_dict())
@@ -505,6 +510,14 @@ class Trainer:
             out["pl_acc"] = float((labels.label[seen].long() == truth[seen]).float().mean())
             out["pl_true_mass"] = float(labels.true_mass[seen].mean())
         return out
+
+
+def _margins(saved: torch.Tensor | None, conf: list[np.ndarray]) -> list[np.ndarray]:
+    """The margin history of a checkpoint, ``[E, N_u]`` rows float16; a checkpoint written before margins were
+    kept has none: NaN rows, one per epoch of ``conf``, so the history stays aligned."""
+    if saved is not None and saved.numel():
+        return [r.numpy().astype(np.float16) for r in saved]
+    return [np.full_like(c, np.nan) for c in conf]
 
 
 def _means(s: dict[str, float]) -> dict:

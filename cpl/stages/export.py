@@ -63,12 +63,10 @@ def pseudo_labels(ctx: RunContext, uf: torch.Tensor, ul: torch.Tensor, centers: 
     # The whole set at once: CSLS's reference set and a balanced assignment are this set, as in training
     tg = t.strategy.set_targets(uf, ul, centers, valid, max(0, ctx.cfg.train.epochs - 1))
     conf = tg.probs.gather(1, tg.label.clamp(min=0)[:, None]).squeeze(1)
+    from cpl.pseudo.diagnostics import last_change_epoch
+
     history = t.trainer.state.history_labels
-    hist = np.stack(history) if history else np.zeros((0, len(uf)))
-    last_change = np.full(len(uf), -1, dtype=np.int64)
-    for epoch in range(1, len(hist)):
-        changed = (hist[epoch] >= 0) & (hist[epoch - 1] >= 0) & (hist[epoch] != hist[epoch - 1])
-        last_change[changed] = epoch
+    last_change = last_change_epoch(np.stack(history) if history else np.zeros((0, len(uf)), dtype=np.int32))
     return PseudoLabels(paths=u.paths, nearest=lab.numpy(), cos=cos1.numpy(), runner_up=run_up.numpy(),
                         runner_up_cos=cos2.numpy(), last_change=last_change, method_label=tg.label.numpy(),
                         method_conf=conf.numpy(), truth=u.truth)

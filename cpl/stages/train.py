@@ -60,7 +60,7 @@ def _build(ctx: RunContext, strategy):
 
 def train(ctx: RunContext) -> None:
     """Stage ``train``: build, resume from the newest checkpoint if any, fit (``ctx.trained``); write
-    ``checkpoints/`` and ``pseudo_history.npz`` every epoch."""
+    ``checkpoints/``, ``pseudo_history.npz`` and the pseudo-label diagnostics every epoch."""
     from cpl.engine.checkpoints import TRAIN_PREFIX, load_latest, save_checkpoint
     from cpl.engine.trainer import Hooks, Trainer
     from cpl.pseudo import get_strategy
@@ -80,13 +80,14 @@ def train(ctx: RunContext) -> None:
             bar.n = round(done * bar.total, 2)
             bar.refresh()
 
+    stats: list = []  # the diagnostics rows of the epochs so far (each is computed once)
+
     def on_epoch_end(epoch: int, state: dict) -> None:
         if ctx.is_main:
             ctx.check_disk(_state_bytes(state), "a checkpoint")
             save_checkpoint(run.checkpoints, TRAIN_PREFIX, state, epoch + 1)
             if trainer.state.history_labels:
-                write_npz(run.pseudo_history, labels=np.stack(trainer.state.history_labels),
-                          confidence=np.stack(trainer.state.history_conf))
+                stats[:] = write_history(ctx, trainer.state, data.num_classes, strategy.uses_unlabeled, stats)
 
     trainer = Trainer(cfg, data, model, strategy, ctx.device, ctx.dist,
                       Hooks(on_record=ctx.record, on_epoch_end=on_epoch_end, on_progress=on_progress,
@@ -111,6 +112,23 @@ def train(ctx: RunContext) -> None:
             bar.close()
     ctx.trained = Trained(trainer=trainer, strategy=strategy, weights=weights, time_s=time.time() - t_start)
     faults.point("train-end")
+
+
+def write_history(ctx: RunContext, state, k: int, uses_unlabeled: bool, known: list) -> list:
+    """``pseudo_history.npz`` from the trainer's ``state`` (TrainState) and, for a method that trains on unlabeled
+    images, the diagnostics of that history over ``k`` identities (``pseudo_stats.csv``, ``pseudo_identities.npz``,
+    ``data_map.csv``): rewritten every epoch, so the app follows them live. ``known``: the per-epoch rows of the
+    previous call (only new epochs are computed); returns them all."""
+    from cpl.pseudo import diagnostics
+
+    labels, conf, margin = (np.stack(state.history_labels), np.stack(state.history_conf),
+                            np.stack(state.history_margin))
+    write_npz(ctx.run.pseudo_history, labels=labels, confidence=conf, margin=margin)
+    if not (uses_unlabeled and labels.shape[1]):
+        return []
+    # Selection: pass History(selected=...) (the images a confidence threshold kept) once training selects.
+    history = diagnostics.History(labels=labels, conf=conf, margin=margin, truth=ctx.unlabeled.truth)
+    return diagnostics.write(ctx.run, history, k, known)
 
 
 def _log_plan(cfg, data, strategy, trainer) -> None:

@@ -13,6 +13,7 @@ import yaml
 from cpl.config import CONTROLS
 from cpl.methods import BASELINE, has_own_zero_row, needs_unlabeled
 from cpl.runs.atomic import write_text
+from cpl.runs.diagnostics import SWEEP_COLUMNS, read_epoch_stats, sweep_columns
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import State
 from cpl.runs.status import read_status
@@ -49,6 +50,7 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
                 row.update(pl_acc=100 * last["pl_acc"], pl_true_mass=100 * last.get("pl_true_mass", math.nan),
                            pl_acc_epochs=[100 * r["pl_acc"] if "pl_acc" in r else math.nan for r in epochs],
                            num_classes=res.get("num_classes"))
+        row.update(sweep_columns(read_epoch_stats(run.pseudo_stats) or []))
         rows.append(row)
     return rows
 
@@ -206,7 +208,7 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
     runs_buf = io.StringIO()
     wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "gan_images", "seed", "state", "weights", "host",
                                               "attempts", "rank1", "mAP", "rr_rank1", "rr_mAP", "pl_acc",
-                                              "pl_true_mass"],
+                                              "pl_true_mass", *SWEEP_COLUMNS],
                         extrasaction="ignore")
     wr.writeheader()
     wr.writerows(rows)
