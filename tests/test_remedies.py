@@ -238,6 +238,16 @@ def test_selection_in_the_loop_trains_exactly_the_images_at_or_above_the_minimum
     last = [c for c in calls if c[0] == 2]
     share = sum(int((c[4] >= threshold).sum()) for c in last) / sum(len(c[4]) for c in last)
     assert epochs[2]["pl_selected_frac"] == pytest.approx(share)
+    # The per-image flags reach the history (and so the diagnostics' utilisation and accuracy among the selected)
+    from cpl.pseudo import diagnostics
+
+    st = tr.state
+    hist = diagnostics.History(labels=np.stack(st.history_labels), conf=np.stack(st.history_conf),
+                               margin=np.stack(st.history_margin), selected=np.stack(st.history_selected))
+    drawn = st.history_labels[2] >= 0
+    assert not st.history_selected[2][~drawn].any()
+    assert st.history_selected[2][drawn].mean() == pytest.approx(share)
+    assert diagnostics.epoch_stats(hist, 4, 2).selected_frac == pytest.approx(share)
 
 
 REMEDY_RUNS = {

@@ -89,6 +89,7 @@ class TrainState:
     history_labels: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] int32
     history_conf: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16
     history_margin: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] float16, NaN: not recorded
+    history_selected: list[np.ndarray] = field(default_factory=list)  # per epoch [N_u] bool: kept by the selection
 
     @property
     def centers(self) -> torch.Tensor:
@@ -246,7 +247,8 @@ class Trainer:
         """The checkpoint after the last completed epoch: ``epoch`` (the next one to run), model, optimizer,
         grad scaler (``{}`` without fp16), LR scheduler (its iteration count), centers [K, D] float32 and
         their validity [K] bool, the pseudo-label history (``history_labels`` [E, N_u] int32,
-        ``history_conf`` and ``history_margin`` [E, N_u] float32, or empty) and the global random streams."""
+        ``history_conf`` and ``history_margin`` [E, N_u] float32, ``history_selected`` [E, N_u] bool, or empty)
+        and the global random streams."""
         s = self.state
         return {
             "epoch": s.epoch,
@@ -257,6 +259,8 @@ class Trainer:
             else torch.zeros(0),
             "history_margin": torch.from_numpy(np.stack(s.history_margin).astype(np.float32)) if s.history_margin
             else torch.zeros(0),
+            "history_selected": torch.from_numpy(np.stack(s.history_selected)) if s.history_selected
+            else torch.zeros(0, dtype=torch.bool),
             **rng_state(self.device),
         }
 
@@ -275,6 +279,7 @@ class Trainer:
         s.history_labels = [r.numpy().astype(np.int32) for r in hl] if hl.numel() else []
         s.history_conf = [r.numpy().astype(np.float16) for r in hc] if hc.numel() else []
         s.history_margin = _margins(ckpt.get("history_margin"), s.history_conf)
+        s.history_selected = _selected(ckpt.get("history_selected"), s.history_labels)
         restore_rng(ckpt, self.device)
 
     # ---------------------------------------------------------------- the loop
@@ -483,6 +488,7 @@ class Trainer:
         st.history_labels.append(labels.label.cpu().numpy().astype(np.int32))
         st.history_conf.append(labels.conf.cpu().numpy().astype(np.float16))
         st.history_margin.append(labels.margin.cpu().numpy().astype(np.float16))
+        st.history_selected.append(labels.selected.cpu().numpy().astype(bool))
         st.epoch = epoch + 1
         self.hooks.on_record(rec)
         self.hooks.on_epoch_end(epoch, self.state_dict())
@@ -518,6 +524,14 @@ def _margins(saved: torch.Tensor | None, conf: list[np.ndarray]) -> list[np.ndar
     if saved is not None and saved.numel():
         return [r.numpy().astype(np.float16) for r in saved]
     return [np.full_like(c, np.nan) for c in conf]
+
+
+def _selected(saved: torch.Tensor | None, labels: list[np.ndarray]) -> list[np.ndarray]:
+    """The selection history of a checkpoint, ``[E, N_u]`` rows bool; a checkpoint written before it was kept
+    comes from a run without selection, where every image drawn was trained on: its rows are ``labels >= 0``."""
+    if saved is not None and saved.numel():
+        return [r.numpy().astype(bool) for r in saved]
+    return [lab >= 0 for lab in labels]
 
 
 def _means(s: dict[str, float]) -> dict:

@@ -43,20 +43,6 @@ class History:
     truth: np.ndarray | None = None
 
 
-def selection(conf: np.ndarray, margin: np.ndarray, min_score: float | None = None,
-              min_margin: float | None = None) -> np.ndarray | None:
-    """The images a confidence threshold keeps, ``[E, N_u] bool``: score ≥ ``min_score`` and margin ≥
-    ``min_margin`` (either may be None = no bound); None when neither is set."""
-    if min_score is None and min_margin is None:
-        return None
-    keep = np.ones(conf.shape, dtype=bool)
-    if min_score is not None:
-        keep &= conf >= min_score
-    if min_margin is not None:
-        keep &= margin >= min_margin
-    return keep
-
-
 # ---------------------------------------------------------------------------------------------- spread
 
 

@@ -121,13 +121,15 @@ def write_history(ctx: RunContext, state, k: int, uses_unlabeled: bool, known: l
     previous call (only new epochs are computed); returns them all."""
     from cpl.pseudo import diagnostics
 
-    labels, conf, margin = (np.stack(state.history_labels), np.stack(state.history_conf),
-                            np.stack(state.history_margin))
-    write_npz(ctx.run.pseudo_history, labels=labels, confidence=conf, margin=margin)
+    labels, conf, margin, selected = (np.stack(state.history_labels), np.stack(state.history_conf),
+                                      np.stack(state.history_margin), np.stack(state.history_selected))
+    write_npz(ctx.run.pseudo_history, labels=labels, confidence=conf, margin=margin, selected=selected)
     if not (uses_unlabeled and labels.shape[1]):
         return []
-    # Selection: pass History(selected=...) (the images a confidence threshold kept) once training selects.
-    history = diagnostics.History(labels=labels, conf=conf, margin=margin, truth=ctx.unlabeled.truth)
+    t = ctx.cfg.train
+    selecting = t.select_min_score > 0 or t.select_min_margin > 0  # else "selected" is every image drawn
+    history = diagnostics.History(labels=labels, conf=conf, margin=margin, truth=ctx.unlabeled.truth,
+                                  selected=selected if selecting else None)
     return diagnostics.write(ctx.run, history, k, known)
 
 
