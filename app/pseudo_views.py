@@ -7,6 +7,8 @@ docs/run-directory.md). A missing or damaged file is said in a line, never raise
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import streamlit as st
 
@@ -121,9 +123,10 @@ def _selected_images(event) -> list[int]:
     return out
 
 
-def data_map_section(run: RunDir, df: pd.DataFrame, holdout: bool, img_key: str) -> None:
+def data_map_section(run: RunDir, df: pd.DataFrame, holdout: bool, explain: Callable[[int], None]) -> None:
     """Every unlabeled image drawn in training at (variability, mean confidence); selecting points shows their
-    images, whose "Why?" button opens the page's "Why this label?" view (sets ``img_key``)."""
+    images, whose "Why?" button calls ``explain(i)`` with the image's row number (the page opens its "Why this
+    label?" view)."""
     st.subheader("Data map")
     m = readers.data_map(run)
     if m is None:
@@ -157,7 +160,7 @@ def data_map_section(run: RunDir, df: pd.DataFrame, holdout: bool, img_key: str)
                                                           else ""))
 
     def why(key: str) -> None:
-        st.session_state[img_key] = int(key.removeprefix("map-pick-"))
+        explain(int(key.removeprefix("map-pick-")))
 
     cards = []
     for i, r in rows.head(MAP_SHOWN).iterrows():

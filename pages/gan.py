@@ -102,10 +102,15 @@ def _table(run: RunDir, pid_of: dict[int, int], late_from: int) -> pd.DataFrame:
     return df
 
 
-def _pick(key: str) -> None:
-    """A grid's "Why?": that image becomes the selected one, and its explanation opens as a dialog."""
-    st.session_state["gan-img"] = int(key.removeprefix("pick-"))
+def _open_why(i: int) -> None:
+    """A "Why?" button's callback: image ``i`` becomes the selected one, and its explanation opens as a dialog."""
+    st.session_state["gan-img"] = i
     st.session_state["gan-why"] = True
+
+
+def _pick(key: str) -> None:
+    """The grid's "Why?" (its key names the image)."""
+    _open_why(int(key.removeprefix("pick-")))
 
 
 def _filters(df: pd.DataFrame, holdout: bool, epochs: int, late_from: int) -> tuple[pd.DataFrame, int]:
@@ -410,7 +415,7 @@ def main() -> None:
     st.divider()
     _selected(why)
     st.divider()
-    pseudo_views.data_map_section(run, df, holdout, "gan-img")
+    pseudo_views.data_map_section(run, df, holdout, _open_why)
     _curves(run)
 
 
