@@ -32,8 +32,8 @@ STAGES: tuple[StageSpec, ...] = (
               resume="DCGAN and samples from the GAN cache (a killed DCGAN continues from its checkpoint)"),
     StageSpec(Stage.TRAIN, train, weight=lambda cfg: 0.6, writes=("checkpoints",),
               resume="continues from the newest checkpoint, bit-identically on the CPU"),
-    StageSpec(Stage.EVALUATE, evaluate, weight=lambda cfg: 0.05, writes=("results", "retrieval"), main_only=True,
-              resume="recomputed from the final checkpoint"),
+    StageSpec(Stage.EVALUATE, evaluate, weight=lambda cfg: 0.05, writes=("results", "retrieval", "distances"),
+              main_only=True, resume="recomputed from the final checkpoint"),
     StageSpec(Stage.EXPORT, export, weight=lambda cfg: 0.05, writes=("features", "pseudo_labels", "embedding"),
               main_only=True, resume="recomputed from the final checkpoint"),
 )
