@@ -17,6 +17,7 @@ from cpl.methods import BASELINE, METHODS, has_own_zero_row
 from cpl.runs.state import QueueReason, State, parse
 
 HEIGHT = 360
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]  # one colour per run in overlays
 
 
 def method_color(method: str | None) -> str | None:
@@ -262,3 +263,42 @@ def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False) ->
             row[f"{m} mAP"] = f"{max(r[mp] for r in cand) - base[mp]:+.2f}" if cand else ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- distances
+
+
+def _share(counts, widths):
+    total = counts.sum()
+    return counts / (total * widths) if total else counts * 0.0
+
+
+def distance_figure(runs: dict[str, dict]) -> go.Figure:
+    """Density of the cosine distance of matching (solid) and non-matching (dotted) query × gallery pairs, one
+    colour per run (``runs``: label → distances.npz arrays)."""
+    fig = go.Figure()
+    for i, (label, d) in enumerate(runs.items()):
+        edges = d["edges"].astype(float)
+        mid, widths = (edges[1:] + edges[:-1]) / 2, edges[1:] - edges[:-1]
+        colour = PALETTE[i % len(PALETTE)]
+        for key, name, dash in (("match_hist", "matching", "solid"), ("nonmatch_hist", "non-matching", "dot")):
+            fig.add_trace(go.Scatter(x=mid, y=_share(d[key], widths), name=f"{label}: {name}", mode="lines",
+                                     line={"color": colour, "dash": dash}))
+    fig.update_xaxes(title_text="cosine distance (1 − cos)")
+    fig.update_yaxes(title_text="density")
+    return _layout(fig, "Distances of matching and non-matching pairs")
+
+
+def roc_figure(runs: dict[str, dict]) -> go.Figure:
+    """ROC of "distance ≤ t means the same person" over every threshold t, one line per run with its AUC."""
+    fig = go.Figure()
+    for i, (label, d) in enumerate(runs.items()):
+        fig.add_trace(go.Scatter(x=d["fpr"], y=d["tpr"], mode="lines", line={"color": PALETTE[i % len(PALETTE)]},
+                                 name=f"{label}: AUC {float(d['auc']):.3f}"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"color": "#bbb", "dash": "dot"}))
+    fig.update_xaxes(title_text="false-positive rate (non-matching pairs accepted)", range=[0, 1])
+    fig.update_yaxes(title_text="true-positive rate (matches accepted)", range=[0, 1])
+    fig = _layout(fig, "ROC curve")
+    fig.update_layout(hovermode="closest")
+    return fig
+

@@ -170,6 +170,12 @@ def retrieval(run: RunDir) -> dict[str, np.ndarray]:
     return npz(run.retrieval)
 
 
+def distances(run: RunDir) -> dict[str, np.ndarray]:
+    """distances.npz: matching / non-matching pair histograms over ``edges`` and the ROC (``fpr``, ``tpr``, ``auc``;
+    :func:`cpl.evaluation.distances.distance_summary`); {} until the evaluate stage has written it."""
+    return npz(run.distances)
+
+
 def pseudo_history(run: RunDir) -> dict[str, np.ndarray]:
     """pseudo_history.npz: ``labels [E, U] int32`` (-1 = not seen in that epoch) and ``confidence [E, U]
     float16``, one row per epoch trained with pseudo-labels; {} before the first or without unlabeled images."""

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from cpl.data.images import ImageError, decode_file
 from cpl.runs.atomic import write_bytes
 from cpl.runs.rundir import RunDir
-from cpl.views.order import ORDERS, match_rank_text, query_order
+from cpl.views.order import match_rank_text, query_order
 
 CELL_H, CELL_W = 128, 64  # every image is shown at this size, as the runs' usual 128×64 input
 BORDER = 4
@@ -115,9 +115,12 @@ def pick_rows(run: RunDir, order: str, count: int, rerank: bool = False, pid: in
     return rows[:count].tolist()
 
 
-def sheet_path(run: RunDir, order: str, count: int, topk: int, rerank: bool) -> Path:
-    """Where ``cpl visrank`` writes a sheet by default: ``visrank/<order>-<count>-top<k>[-rr].png``."""
-    return run.sheets / f"{order}-{count}-top{topk}{'-rr' if rerank else ''}.png"
+def sheet_path(run: RunDir, order: str, count: int, topk: int, rerank: bool, pid: int | None = None,
+               camid: int | None = None) -> Path:
+    """Where ``cpl visrank`` writes by default: ``visrank/<order>-<count>-top<k>[-pid<P>][-cam<C>][-rr].png``."""
+    parts = [order, str(count), f"top{topk}"] + ([f"pid{pid}"] if pid is not None else []) \
+        + ([f"cam{camid}"] if camid is not None else []) + (["rr"] if rerank else [])
+    return run.sheets / ("-".join(parts) + ".png")
 
 
 def visrank_main(args: argparse.Namespace) -> int:
@@ -141,7 +144,7 @@ def visrank_main(args: argparse.Namespace) -> int:
     except SheetError as exc:
         print(f"cpl: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else sheet_path(run, order, count, args.topk, args.rerank)
+    out = Path(args.out) if args.out else sheet_path(run, order, count, args.topk, args.rerank, args.pid, args.cam)
     write_bytes(out, buf.getvalue())
     print(out)
     return 0
@@ -159,5 +162,4 @@ def add_visrank_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=int, help="only queries of this identity")
     p.add_argument("--cam", type=int, help="only queries from this camera")
     p.add_argument("--rerank", action="store_true", help="the k-reciprocal re-ranked lists")
-    p.add_argument("--out", help=f"PNG to write (default: RUN/visrank/<order>-<N>-top<k>.png); orders: "
-                                 f"{', '.join(ORDERS)}")
+    p.add_argument("--out", help="PNG to write (default: RUN/visrank/<order>-<N>-top<k>.png)")
