@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from app_fixtures import values
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,14 +23,6 @@ def embedding_page(state: dict | None = None, **params: str) -> AppTest:
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     return at
-
-
-def values(field) -> np.ndarray:
-    """A plotly JSON array: a list, or numpy data as ``{"dtype", "bdata", "shape"}`` (base64)."""
-    if isinstance(field, dict):
-        shape = [int(n) for n in str(field.get("shape", "-1")).split(",")]
-        return np.frombuffer(base64.b64decode(field["bdata"]), dtype=field["dtype"]).reshape(shape)
-    return np.asarray(field)
 
 
 def traces(at: AppTest) -> dict[str, dict]:
