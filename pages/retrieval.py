@@ -151,7 +151,9 @@ def _browse(query: pd.DataFrame, ap: np.ndarray, first: np.ndarray | None, from_
     keys = list(ORDERS)
     url_order = st.query_params.get("order")
     order = c1.selectbox("Order", keys, index=keys.index(url_order) if url_order in keys else 0,
-                         format_func=ORDERS.get, key="ret-order")
+                         format_func=ORDERS.get, key="ret-order",
+                         help="Worst first: lowest AP first, and among equal APs the latest first true match "
+                              "(fast-reid's order). Queries without a true match in the gallery come last.")
     if st.query_params.get("order") != order:
         st.query_params["order"] = order
     pid = _filter(c2, "Identity (pid)", "pid", query.pid, "ret-filter-pid")
@@ -281,7 +283,7 @@ def _sheet_section(run: RunDir, k_max: int, rerank: bool) -> None:
         which = {"worst": "--worst", "best": "--best", "file": "--by-file"}[order]
         flags = [*(["--pid", str(pid)] if pid is not None else []), *(["--cam", str(cam)] if cam is not None else []),
                  *(["--rerank"] if rerank else [])]
-        if not _fresh(run, path) and st.button(f"Write the sheet of the first {count} queries ({ORDERS[order]})",
+        if not _fresh(run, path) and st.button(f"Write the sheet of the first {count} queries, {ORDERS[order]}",
                                                key="ret-sheet-make"):
             with st.spinner("Writing the sheet (`cpl visrank`)…"):
                 try:

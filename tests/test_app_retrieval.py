@@ -170,6 +170,7 @@ def test_order_and_filters_live_in_the_url(app_env, app_run, lists):
 def test_ranked_list_sheet_of_the_worst_queries(app_env, app_run, lists):
     gallery = pd.read_csv(app_run.features / "gallery.csv")
     query = pd.read_csv(app_run.features / "query.csv")
+    (app_run.sheets / "worst-3-top4.png").unlink(missing_ok=True)  # the button shows only while there is none
     at = retrieval_page(run=app_run.id)
     at.number_input(key="ret-sheet-n").set_value(3).run()
     at.number_input(key="ret-sheet-k").set_value(4).run()
@@ -190,6 +191,7 @@ def test_ranked_list_sheet_of_the_worst_queries(app_env, app_run, lists):
 
 
 def test_activation_overlay_of_the_query_and_its_top5(app_env, app_run):
+    (app_run.actmaps / "q2-top5.png").unlink(missing_ok=True)  # the button shows only while there is none
     at = retrieval_page(run=app_run.id, q="2")
     at.button(key="ret-actmap").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -8,8 +8,9 @@ is killed and restarted while the runs train, and every run finishes and is list
 ``test-artifacts/``.
 
 Tiers: the holdout-marks test is the default tier's browser smoke test (the server, the entry script's routing,
-a page with images); launching a run, the hostile query strings, the messy runs folder and the two tabs with the
-restart are in the slow tier (`make test-slow`).
+a page with images), and so is the Retrieval page's worst-first order, distance plot, activation maps and sheet
+download; launching a run, the hostile query strings, the messy runs folder and the two tabs with the restart are
+in the slow tier (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -258,6 +260,41 @@ def test_holdout_marks_right_and_wrong(page: Page, server: str, holdout_run: Run
         assert (m.group(3) == "✓") == (int(row["correct"]) == 1)
     assert any(m.group(3) == "✗" for m in found)  # a 2-epoch network gets some wrong
     _shot(page, "gan-holdout.png")
+
+
+def test_retrieval_worst_first_sheet_actmaps_and_roc(page: Page, server: str, app_run: RunDir, tmp_path: Path) -> None:
+    for folder in (app_run.sheets, app_run.actmaps):  # written on request: start without them
+        shutil.rmtree(folder, ignore_errors=True)
+    _open(page, server, f"/retrieval?run={app_run.id}")
+    ret = np.load(app_run.retrieval)
+    ap, first = ret["ap"], ret["first_match"]
+    worst = min(range(len(ap)), key=lambda i: (bool(np.isnan(ap[i])), ap[i], -first[i], i))
+    page.get_by_text(f"q{worst} · pid").first.wait_for()
+    assert "order=worst" in page.url and f"q={worst}" in page.url
+
+    with np.load(app_run.distances) as d:
+        auc = float(d["auc"])
+    page.get_by_text(f"Distances and ROC (AUC {auc:.3f})").click()
+    page.locator(".js-plotly-plot .legendtext", has_text=f"AUC {auc:.3f}").first.wait_for()
+    _shot(page, "retrieval-distances.png")
+
+    page.get_by_text("Activation maps").first.click()
+    page.get_by_role("button", name=re.compile(f"Compute the activation maps of q{worst}")).click()
+    page.get_by_text(f"activation maps: q{worst} (blue)").first.wait_for(timeout=180_000)
+    assert (app_run.actmaps / f"q{worst}-top5.png").is_file()
+    _shot(page, "retrieval-actmaps.png")
+
+    page.get_by_text("Ranked-list sheet (PNG)").first.click()
+    page.get_by_role("button", name=re.compile("Write the sheet of the first 20 queries")).click()
+    button = page.get_by_role("button", name="Download worst-20-top10.png")
+    button.wait_for(timeout=180_000)
+    with page.expect_download() as info:
+        button.click()
+    saved = tmp_path / "sheet.png"
+    info.value.save_as(saved)
+    assert info.value.suggested_filename == f"{app_run.id}-worst-20-top10.png"
+    assert saved.read_bytes() == (app_run.sheets / "worst-20-top10.png").read_bytes()
+    _shot(page, "retrieval-sheet.png")
 
 
 def _shown(page: Page, text: str | re.Pattern, where: str) -> str:

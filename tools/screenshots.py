@@ -2,6 +2,8 @@
 headless Chromium (Debian's), save PNGs.
 
     python tools/screenshots.py --runs-root runs --run <run id> --out docs/screenshots
+
+For ``retrieval-actmaps``, write the worst query's maps first (``cpl actmap runs/<id> --query Q``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 PAGES = {"runs": "/?run={run}", "gan-samples": "/gan?run={run}", "embedding": "/embedding?run={run}",
-         "retrieval": "/retrieval?run={run}"}
+         "retrieval": "/retrieval?run={run}", "retrieval-distances": "/retrieval?run={run}&order=worst",
+         "retrieval-actmaps": "/retrieval?run={run}&order=worst", "compare-roc": "/compare?run={run}"}
+# What to open on a page before its screenshot (an expander's title), and what to scroll to. The activation maps'
+# expander opens by itself once `cpl actmap` has written the query's maps.
+CLICKS = {"retrieval-distances": ["Distances and ROC"]}
+SCROLL_TO = {"retrieval-distances": "ROC curve", "retrieval-actmaps": "activation maps: q", "compare-roc": "ROC curve"}
 
 
 def _free_port() -> int:
@@ -84,6 +91,12 @@ def main() -> int:
             for name in args.pages.split(","):
                 page.goto(url + PAGES[name].format(run=args.run))
                 settle(page, images=True)
+                for text in CLICKS.get(name, []):
+                    page.get_by_text(text).first.click()
+                    settle(page, images=True)
+                if name in SCROLL_TO:
+                    page.get_by_text(SCROLL_TO[name]).first.scroll_into_view_if_needed()
+                    time.sleep(1)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 print(out / f"{name}.png")
             browser.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-ORDERS = {"worst": "worst first (AP, then first-match rank)", "best": "best first", "file": "by file"}
+ORDERS = {"worst": "worst first", "best": "best first", "file": "by file"}
 
 
 def query_order(ap: np.ndarray, first_match: np.ndarray | None, order: str, *, pids: np.ndarray | None = None,
