@@ -268,25 +268,36 @@ def table1_frame(agg: pd.DataFrame, methods: list[str], rerank: bool = False) ->
 # ---------------------------------------------------------------------------------------------- distances
 
 
-def _share(counts, widths):
+def _below(fig: go.Figure, title: str) -> go.Figure:
+    """:func:`_layout` with room under the plot for the axis title and a legend of several runs."""
+    fig = _layout(fig, title, height=HEIGHT + 60)
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 36, "b": 70}, legend={"y": -0.22}, hovermode="closest")
+    return fig
+
+
+def density(counts, edges, group: int = 1) -> tuple:
+    """(bin centres, density) of a histogram ``counts`` [B] over ``edges`` [B + 1], merging ``group`` adjacent
+    bins (B divisible by it); the density integrates to 1 over the edges (0 everywhere for an empty one)."""
+    counts = counts.reshape(-1, group).sum(axis=1)
+    edges = edges[::group].astype(float)
+    widths = edges[1:] - edges[:-1]
     total = counts.sum()
-    return counts / (total * widths) if total else counts * 0.0
+    return (edges[1:] + edges[:-1]) / 2, counts / (total * widths) if total else counts * 0.0
 
 
-def distance_figure(runs: dict[str, dict]) -> go.Figure:
+def distance_figure(runs: dict[str, dict], group: int = 4) -> go.Figure:
     """Density of the cosine distance of matching (solid) and non-matching (dotted) query × gallery pairs, one
-    colour per run (``runs``: label → distances.npz arrays)."""
+    colour per run (``runs``: label → distances.npz arrays); ``group`` stored bins drawn as one."""
     fig = go.Figure()
     for i, (label, d) in enumerate(runs.items()):
-        edges = d["edges"].astype(float)
-        mid, widths = (edges[1:] + edges[:-1]) / 2, edges[1:] - edges[:-1]
         colour = PALETTE[i % len(PALETTE)]
         for key, name, dash in (("match_hist", "matching", "solid"), ("nonmatch_hist", "non-matching", "dot")):
-            fig.add_trace(go.Scatter(x=mid, y=_share(d[key], widths), name=f"{label}: {name}", mode="lines",
+            x, y = density(d[key], d["edges"], group)
+            fig.add_trace(go.Scatter(x=x, y=y, name=f"{label}: {name}", mode="lines", line_shape="hvh",
                                      line={"color": colour, "dash": dash}))
     fig.update_xaxes(title_text="cosine distance (1 − cos)")
     fig.update_yaxes(title_text="density")
-    return _layout(fig, "Distances of matching and non-matching pairs")
+    return _below(fig, "Distances of matching and non-matching pairs")
 
 
 def roc_figure(runs: dict[str, dict]) -> go.Figure:
@@ -298,7 +309,5 @@ def roc_figure(runs: dict[str, dict]) -> go.Figure:
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"color": "#bbb", "dash": "dot"}))
     fig.update_xaxes(title_text="false-positive rate (non-matching pairs accepted)", range=[0, 1])
     fig.update_yaxes(title_text="true-positive rate (matches accepted)", range=[0, 1])
-    fig = _layout(fig, "ROC curve")
-    fig.update_layout(hovermode="closest")
-    return fig
+    return _below(fig, "ROC curve")
 
