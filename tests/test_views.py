@@ -67,3 +67,20 @@ def test_distance_summary_histograms_and_roc():
     assert float(s["match_mean"]) == pytest.approx(dist[match].mean(), rel=1e-6)
     with pytest.raises(ValueError, match="matching and non-matching"):
         distance_summary(dist, q_pids, np.full(60, -1), q_cams, g_cams)
+
+
+def test_visrank_command_writes_chosen_rows_and_refuses_bad_ones(app_run, tmp_path, capsys):
+    from PIL import Image
+
+    from cpl.cli import main
+
+    out = tmp_path / "sheet.png"
+    assert main(["visrank", str(app_run.path), "--queries", "0,5", "--topk", "3", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert Image.open(out).size == ((64 + 8) * 4 + 6 * 3 + 30, 2 * ((128 + 8) + 14 + 6))
+    assert main(["visrank", str(app_run.path), "--queries", "9999", "--out", str(out)]) == 2
+    assert "no such queries" in capsys.readouterr().err
+    assert main(["visrank", str(tmp_path), "--worst", "3"]) == 2
+    assert "no retrieval lists yet" in capsys.readouterr().err
+    assert main(["actmap", str(app_run.path), "--query", "9999", "--out", str(out)]) == 2
+    assert "no query 9999" in capsys.readouterr().err
