@@ -1,6 +1,7 @@
 """ONNX export and ``cpl embed``: the exported feature extractor gives the features PyTorch gives (within 1e-4 on
-L2-normalised features) and the same ranking, for every backbone family, on image files; and a finished run
-round-trips through ``cpl export`` + ``cpl embed`` to the features and lists the run itself wrote."""
+L2-normalised features) and the same ranking (up to gallery images whose distances differ by less than 1e-5), for
+every backbone family, on image files; and a finished run round-trips through ``cpl export`` + ``cpl embed`` to the
+features and lists the run itself wrote."""
 
 from __future__ import annotations
 
@@ -85,8 +86,20 @@ def test_onnx_features_and_ranking_equal_pytorch(image_sets, tmp_path, backbone,
     oq, og = embed_paths(tmp_path, query, batch=3), embed_paths(tmp_path, gallery, batch=64)
     assert oq.shape == tq.shape == (len(query), model.feat_dim)
     assert np.abs(oq - tq).max() < TOL and np.abs(og - tg).max() < TOL
-    rank = lambda q, g: np.argsort(1.0 - q @ g.T, axis=1, kind="stable")  # noqa: E731
-    np.testing.assert_array_equal(rank(oq, og), rank(tq, tg))
+    assert_same_ranking(1.0 - oq @ og.T, 1.0 - tq @ tg.T)
+
+
+def assert_same_ranking(ours: np.ndarray, ref: np.ndarray, tie: float = 1e-5) -> None:
+    """Each row of ``ours`` ranks the gallery as ``ref`` does; gallery images whose ``ref`` distances differ by less
+    than ``tie`` count as tied (a randomly initialised trunk maps many images to nearly the same feature, and
+    float rounding may order those either way)."""
+    order, want = np.argsort(ours, axis=1, kind="stable"), np.argsort(ref, axis=1, kind="stable")
+    ref_sorted = np.take_along_axis(ref, want, axis=1)
+    np.testing.assert_allclose(np.take_along_axis(ref, order, axis=1), ref_sorted, rtol=0, atol=tie)
+    clear = np.diff(ref_sorted, axis=1) >= tie  # positions separated from the next by more than a tie
+    separated = np.concatenate([clear[:, :1], clear[:, 1:] & clear[:, :-1], clear[:, -1:]], axis=1)
+    assert separated.mean() > 0.5  # most of the ranking is checked exactly
+    np.testing.assert_array_equal(order[separated], want[separated])
 
 
 def _cpl(runs_root: Path, *args: str) -> subprocess.CompletedProcess:
