@@ -96,10 +96,15 @@ def assert_same_ranking(ours: np.ndarray, ref: np.ndarray, tie: float = 1e-5) ->
     order, want = np.argsort(ours, axis=1, kind="stable"), np.argsort(ref, axis=1, kind="stable")
     ref_sorted = np.take_along_axis(ref, want, axis=1)
     np.testing.assert_allclose(np.take_along_axis(ref, order, axis=1), ref_sorted, rtol=0, atol=tie)
-    clear = np.diff(ref_sorted, axis=1) >= tie  # positions separated from the next by more than a tie
-    separated = np.concatenate([clear[:, :1], clear[:, 1:] & clear[:, :-1], clear[:, -1:]], axis=1)
+    separated = _separated(ref_sorted, tie)
     assert separated.mean() > 0.5  # most of the ranking is checked exactly
     np.testing.assert_array_equal(order[separated], want[separated])
+
+
+def _separated(sorted_dist: np.ndarray, tie: float) -> np.ndarray:
+    """[Q, K] bool: the positions of ascending rows ``sorted_dist`` at least ``tie`` from both neighbours."""
+    clear = np.diff(sorted_dist, axis=1) >= tie
+    return np.concatenate([clear[:, :1], clear[:, 1:] & clear[:, :-1], clear[:, -1:]], axis=1)
 
 
 def _cpl(runs_root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -129,8 +134,12 @@ def test_export_and_embed_round_trip_a_finished_run(app_run, tmp_path):
         feats[split] = np.load(out.with_suffix(".npy"))[rows]
         stored = np.load(app_run.features / f"{split}.npy").astype(np.float32)  # float16 on disk
         assert np.abs(feats[split] - stored).max() < 2e-3
-    index = np.argsort(1.0 - feats["query"] @ feats["gallery"].T, axis=1, kind="stable")[:, :10]
-    np.testing.assert_array_equal(index, ret["index"][:, :10])
+    dist = 1.0 - feats["query"] @ feats["gallery"].T
+    index = np.argsort(dist, axis=1, kind="stable")[:, :10]
+    np.testing.assert_allclose(np.take_along_axis(dist, index, axis=1), ret["dist"][:, :10], rtol=0, atol=1e-5)
+    separated = _separated(ret["dist"][:, :11], 1e-5)[:, :10]  # the run's top 10, ties closer than 1e-5 aside
+    assert separated.mean() > 0.9
+    np.testing.assert_array_equal(index[separated], ret["index"][:, :10][separated])
 
 
 def test_embed_refuses_a_folder_without_a_model(tmp_path):
