@@ -25,7 +25,7 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 PAGES = {"runs": "/?run={run}", "gan-samples": "/gan?run={run}", "embedding": "/embedding?run={run}",
          "retrieval": "/retrieval?run={run}", "retrieval-distances": "/retrieval?run={run}&order=worst",
-         "retrieval-actmaps": "/retrieval?run={run}&order=worst", "compare-roc": "/compare?run={run}"}
+         "retrieval-actmaps": "/retrieval?run={run}&order=worst", "compare-roc": "/compare?run={run}{run2}"}
 # What to open on a page before its screenshot (an expander's title), and what to scroll to. The activation maps'
 # expander opens by itself once `cpl actmap` has written the query's maps.
 CLICKS = {"retrieval-distances": ["Distances and ROC"]}
@@ -71,6 +71,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-root", required=True)
     ap.add_argument("--run", required=True)
+    ap.add_argument("--run2", help="a second run for the Compare page's overlays")
     ap.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     ap.add_argument("--pages", default=",".join(PAGES), help=f"comma-separated, from {','.join(PAGES)}")
     args = ap.parse_args()
@@ -89,7 +90,7 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(90_000)
             for name in args.pages.split(","):
-                page.goto(url + PAGES[name].format(run=args.run))
+                page.goto(url + PAGES[name].format(run=args.run, run2=f"&run2={args.run2}" if args.run2 else ""))
                 settle(page, images=True)
                 for text in CLICKS.get(name, []):
                     page.get_by_text(text).first.click()
