@@ -96,7 +96,7 @@ def main() -> int:
                     page.get_by_text(text).first.click()
                     settle(page, images=True)
                 if name in SCROLL_TO:
-                    page.get_by_text(SCROLL_TO[name]).first.scroll_into_view_if_needed()
+                    page.get_by_text(SCROLL_TO[name]).first.evaluate("e => e.scrollIntoView({block: 'center'})")
                     time.sleep(1)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 print(out / f"{name}.png")
