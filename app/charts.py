@@ -20,6 +20,7 @@ from cpl.runs.state import QueueReason, State, parse
 from cpl.sweep.tables import table_columns, zero_row_label
 
 HEIGHT = 360
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]  # one colour per run in overlays
 
 
 def method_color(method: str | None) -> str | None:
@@ -400,3 +401,51 @@ def data_map_figure(points: pd.DataFrame, by_correctness: bool) -> go.Figure:
     fig = _layout(fig, "Data map: every unlabeled image drawn in training", height=420)
     fig.update_layout(hovermode="closest", dragmode="select")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------- distances
+
+
+def _below(fig: go.Figure, title: str) -> go.Figure:
+    """:func:`_layout` with room under the plot for the axis title and a legend of several runs."""
+    fig = _layout(fig, title, height=HEIGHT + 60)
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 36, "b": 70}, legend={"y": -0.22}, hovermode="closest")
+    return fig
+
+
+def density(counts, edges, group: int = 1) -> tuple:
+    """(bin centres, density) of a histogram ``counts`` [B] over ``edges`` [B + 1], merging ``group`` adjacent
+    bins (B divisible by it); the density integrates to 1 over the edges (0 everywhere for an empty one)."""
+    counts = counts.reshape(-1, group).sum(axis=1)
+    edges = edges[::group].astype(float)
+    widths = edges[1:] - edges[:-1]
+    total = counts.sum()
+    return (edges[1:] + edges[:-1]) / 2, counts / (total * widths) if total else counts * 0.0
+
+
+def distance_figure(runs: dict[str, dict], group: int = 4) -> go.Figure:
+    """Density of the cosine distance of matching (solid) and non-matching (dotted) query × gallery pairs, one
+    colour per run (``runs``: label → distances.npz arrays); ``group`` stored bins drawn as one."""
+    fig = go.Figure()
+    for i, (label, d) in enumerate(runs.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        for key, name, dash in (("match_hist", "matching", "solid"), ("nonmatch_hist", "non-matching", "dot")):
+            x, y = density(d[key], d["edges"], group)
+            fig.add_trace(go.Scatter(x=x, y=y, name=f"{label}: {name}", mode="lines", line_shape="hvh",
+                                     line={"color": colour, "dash": dash}))
+    fig.update_xaxes(title_text="cosine distance (1 − cos)")
+    fig.update_yaxes(title_text="density")
+    return _below(fig, "Distances of matching and non-matching pairs")
+
+
+def roc_figure(runs: dict[str, dict]) -> go.Figure:
+    """ROC of "distance ≤ t means the same person" over every threshold t, one line per run with its AUC."""
+    fig = go.Figure()
+    for i, (label, d) in enumerate(runs.items()):
+        fig.add_trace(go.Scatter(x=d["fpr"], y=d["tpr"], mode="lines", line={"color": PALETTE[i % len(PALETTE)]},
+                                 name=f"{label}: AUC {float(d['auc']):.3f}"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"color": "#bbb", "dash": "dot"}))
+    fig.update_xaxes(title_text="false-positive rate (non-matching pairs accepted)", range=[0, 1])
+    fig.update_yaxes(title_text="true-positive rate (matches accepted)", range=[0, 1])
+    return _below(fig, "ROC curve")
+

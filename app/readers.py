@@ -254,6 +254,12 @@ def retrieval(run: RunDir) -> dict[str, np.ndarray]:
     return arrays(run.retrieval, RETRIEVAL, RERANKED)
 
 
+def distances(run: RunDir) -> dict[str, np.ndarray]:
+    """distances.npz: matching / non-matching pair histograms over ``edges`` and the ROC (``fpr``, ``tpr``, ``auc``;
+    :func:`cpl.evaluation.distances.distance_summary`); {} until the evaluate stage has written it."""
+    return npz(run.distances)
+
+
 def pseudo_history(run: RunDir) -> dict[str, np.ndarray]:
     """pseudo_history.npz (:data:`PSEUDO_HISTORY`): ``labels [E, U] int32`` (-1 = not seen in that epoch) and
     ``confidence [E, U] float16``, one row per epoch trained with pseudo-labels; {} before the first, without

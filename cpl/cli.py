@@ -8,6 +8,10 @@
     cpl ls                                list runs with state and metrics
     cpl query RUN_DIR IMAGE               rank a run's gallery for one image
     cpl sweep --config F --methods ...    a grid of runs and its Table-1 style results
+    cpl visrank RUN_DIR [--worst N]       a ranked-list sheet (PNG) of a run's queries
+    cpl actmap RUN_DIR --query Q          activation maps of a query and its top matches (PNG)
+    cpl export RUN_DIR --format onnx      the run's retrieval feature extractor as ONNX + model.json
+    cpl embed MODEL_DIR IMAGES --out F    features of an image folder with an exported model (ONNX Runtime)
 
 User errors (bad config, bad data) print one line and exit 2; a failed run exits 1; a cancelled run 130.
 """
@@ -199,6 +203,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return sweep_main(args)
 
 
+def cmd_visrank(args: argparse.Namespace) -> int:
+    """``cpl visrank RUN_DIR``: a ranked-list sheet of a finished run (:mod:`cpl.views.sheet`)."""
+    from cpl.views.sheet import visrank_main
+
+    return visrank_main(args)
+
+
+def cmd_actmap(args: argparse.Namespace) -> int:
+    """``cpl actmap RUN_DIR --query Q``: activation maps of a query and its top-k (:mod:`cpl.views.activation`)."""
+    from cpl.views.activation import actmap_main
+
+    return actmap_main(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``cpl export RUN_DIR --format onnx``: the retrieval feature extractor as ONNX (:mod:`cpl.deploy.onnx`)."""
+    from cpl.deploy.onnx import export_main
+
+    return export_main(args)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``cpl embed MODEL_DIR IMAGES``: features of an image folder through ONNX Runtime (:mod:`cpl.deploy.embed`)."""
+    from cpl.deploy.embed import embed_main
+
+    return embed_main(args)
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -260,6 +292,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run a grid of methods x GAN-image counts x seeds and tabulate it")
     add_sweep_arguments(s)
     s.set_defaults(fn=cmd_sweep)
+
+    from cpl.deploy.embed import add_embed_arguments
+    from cpl.views.activation import add_actmap_arguments
+    from cpl.views.sheet import add_visrank_arguments
+
+    s = sub.add_parser("visrank", help="write a ranked-list sheet (PNG): the worst queries and their top-k")
+    add_visrank_arguments(s)
+    s.set_defaults(fn=cmd_visrank)
+    s = sub.add_parser("actmap", help="write activation maps of a query and its top-k (PNG)")
+    add_actmap_arguments(s)
+    s.set_defaults(fn=cmd_actmap)
+    s = sub.add_parser("export", help="export the run's retrieval feature extractor (ONNX + model.json)")
+    s.add_argument("run_dir")
+    s.add_argument("--format", default="onnx", choices=["onnx"], help="model format (default onnx)")
+    s.add_argument("--out", help="folder to write model.onnx and model.json into (default: RUN/onnx)")
+    s.set_defaults(fn=cmd_export)
+    s = sub.add_parser("embed", help="features of an image folder with an exported model (ONNX Runtime)")
+    add_embed_arguments(s)
+    s.set_defaults(fn=cmd_embed)
     return p
 
 

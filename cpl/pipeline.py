@@ -33,8 +33,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(Stage.TRAIN, train, weight=lambda cfg: 0.6,
               writes=("checkpoints", "pseudo_history", "pseudo_stats", "pseudo_identities", "data_map"),
               resume="continues from the newest checkpoint, bit-identically on the CPU"),
-    StageSpec(Stage.EVALUATE, evaluate, weight=lambda cfg: 0.05, writes=("results", "retrieval"), main_only=True,
-              resume="recomputed from the final checkpoint"),
+    StageSpec(Stage.EVALUATE, evaluate, weight=lambda cfg: 0.05, writes=("results", "retrieval", "distances"),
+              main_only=True, resume="recomputed from the final checkpoint"),
     StageSpec(Stage.EXPORT, export, weight=lambda cfg: 0.05, writes=("features", "pseudo_labels", "embedding"),
               main_only=True, resume="recomputed from the final checkpoint"),
 )

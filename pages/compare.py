@@ -1,7 +1,7 @@
 """Compare: a sweep as the CPL paper's Table 1 (rank-1 / mAP against the unlabeled-image count per method,
 mean ± std over seeds, with and without re-ranking), and several runs side by side (``?run=A&run2=B``):
-their final metrics, settings and training curves overlaid. Everything is read from what the runs and
-the sweep wrote (results.csv, runs.csv, results.json, metrics.jsonl).
+their final metrics, settings, distance distributions, ROC curves and training curves overlaid. Everything is read
+from what the runs and the sweep wrote (results.csv, runs.csv, results.json, distances.npz, metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -150,6 +150,19 @@ def run_row(run: RunDir) -> dict:
     }
 
 
+def distances_section(selected: list[RunDir]) -> None:
+    """The runs' distance distributions (matching vs non-matching pairs) and ROC curves overlaid (distances.npz)."""
+    runs = {r.id: d for r in selected if "auc" in (d := readers.distances(r))}
+    if not runs:
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(charts.distance_figure(runs), key="compare-distances", width="stretch")
+    right.plotly_chart(charts.roc_figure(runs), key="compare-roc", width="stretch")
+    missing = [r.id for r in selected if r.id not in runs]
+    if missing:
+        st.caption(f"No distances.npz (written by the evaluate stage): {', '.join(missing)}")
+
+
 def runs_section(root) -> None:
     st.header("Runs side by side")
     runs = list_runs(root)
@@ -182,6 +195,7 @@ def runs_section(root) -> None:
            "train time (s)": st.column_config.NumberColumn("train time (s)", format="%.0f")})
     st.download_button("Download this table (CSV)", table.to_csv(index=False).encode(), file_name="runs-compared.csv",
                        mime="text/csv", key="dl-compare", icon=":material/download:")
+    distances_section(selected)
     series = {r.id: readers.metrics(r, "epoch") for r in selected}
     available = [c for c in CURVES if any(c in df.columns for df in series.values())]
     if not available:

@@ -19,6 +19,7 @@ import the fixtures (each import registers its own fixture definition, hence the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -174,3 +176,11 @@ def wait_for(predicate, timeout_s: float = 120.0, poll_s: float = 0.5, what: str
             return value
         time.sleep(poll_s)
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def values(field) -> np.ndarray:
+    """A plotly JSON array: a list, or numpy data as ``{"dtype", "bdata", "shape"}`` (base64)."""
+    if isinstance(field, dict):
+        shape = [int(n) for n in str(field.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(field["bdata"]), dtype=field["dtype"]).reshape(shape)
+    return np.asarray(field)

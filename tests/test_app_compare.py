@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from app_fixtures import open_app
+from app_fixtures import open_app, values
 
 from app import charts
 from cpl.runs.rundir import RunDir
@@ -62,6 +63,20 @@ def test_runs_side_by_side(app_env, app_run: RunDir, app_sweep: Path) -> None:
     assert at.multiselect(key="compare-runs").value == ["r1", other]
     assert len(at.get("plotly_chart")) >= 2  # overlaid curves
     assert at.query_params["run"] == "r1" and at.query_params["run2"] == other
+
+
+def test_distances_and_roc_overlaid(app_env, app_run: RunDir, app_sweep: Path) -> None:
+    other = "tiny--baseline-g0-s0"
+    at = _page(run="r1", run2=other)
+    specs = {(f := json.loads(c.proto.spec))["layout"]["title"]["text"]: f for c in at.get("plotly_chart")}
+    roc = specs["ROC curve"]["data"]
+    for trace, run_id in zip(roc, ("r1", other)):
+        with np.load(app_env.runs_root / run_id / "distances.npz") as d:
+            assert trace["name"] == f"{run_id}: AUC {float(d['auc']):.3f}"
+            np.testing.assert_allclose(values(trace["x"]), d["fpr"])
+            np.testing.assert_allclose(values(trace["y"]), d["tpr"])
+    names = [t["name"] for t in specs["Distances of matching and non-matching pairs"]["data"]]
+    assert names == [f"{r}: {kind}" for r in ("r1", other) for kind in ("matching", "non-matching")]
 
 
 @pytest.mark.parametrize("param", ["run", "run2", "sweep"])

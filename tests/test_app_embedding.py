@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from app_fixtures import values
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,14 +25,6 @@ def embedding_page(state: dict | None = None, **params: str) -> AppTest:
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     return at
-
-
-def values(field) -> np.ndarray:
-    """A plotly JSON array: a list, or numpy data as ``{"dtype", "bdata", "shape"}`` (base64)."""
-    if isinstance(field, dict):
-        shape = [int(n) for n in str(field.get("shape", "-1")).split(",")]
-        return np.frombuffer(base64.b64decode(field["bdata"]), dtype=field["dtype"]).reshape(shape)
-    return np.asarray(field)
 
 
 def figure(at: AppTest) -> dict:

@@ -12,9 +12,10 @@ The rough edges a new user met are checked where they were seen, in the browser:
 its explanation in view, the Runs table shows rank-1 and mAP within 1280 px, ``/runs`` is the Runs page, the
 Embedding legend is neutral (colour means identity), and the re-ranked AP labels the picked query.
 
-Tiers: the holdout-marks, usage-chart / data-map tests and those rough edges are the default tier's browser tests
-(the server, the entry script's routing, pages with images, a chart's selection); launching a run, the hostile query
-strings, the messy runs folder and the two tabs with the restart are in the slow tier (`make test-slow`).
+Tiers: the holdout-marks, usage-chart / data-map tests, those rough edges and the Retrieval page's worst-first
+order, distance plot, activation maps and sheet download are the default tier's browser tests (the server, the
+entry script's routing, pages with images, a chart's selection); launching a run, the hostile query strings, the
+messy runs folder and the two tabs with the restart are in the slow tier (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -332,18 +334,53 @@ def test_rerank_toggle_relabels_the_query_and_stays_in_the_url(page: Page, serve
     def ap_text(ap: float) -> str:
         return "no valid match in the gallery" if np.isnan(ap) else f"AP {100 * ap:.1f}%"
 
-    assert picker.input_value().endswith(ap_text(ret["ap"][qi]))
+    assert f"· {ap_text(ret['ap'][qi])}" in picker.input_value()
     page.get_by_text("k-reciprocal re-ranking").click()
     page.wait_for_url(re.compile(r"[?&]rr=1"))
     _settle(page)
     reranked = ap_text(ret["rr_ap"][qi])
     header = page.get_by_text(re.compile(rf"^{re.escape(app_run.id)} \(\w+\) · .* · re-ranked$"))
     expect(header).to_contain_text(reranked)
-    expect(picker).to_have_value(re.compile(rf"^q{qi} · .*{re.escape(reranked)}$"))  # the same query, its new AP
+    expect(picker).to_have_value(re.compile(rf"^q{qi} · .*{re.escape(reranked)}"))  # the same query, its new AP
     _shot(page, "retrieval-rerank.png")
     page.goto(page.url)  # the link shared from here: a new session, re-ranked from the URL alone
     _settle(page)
     expect(page.get_by_text(re.compile(r" · re-ranked$"))).to_contain_text(reranked)
+
+
+def test_retrieval_worst_first_sheet_actmaps_and_roc(page: Page, server: str, app_run: RunDir, tmp_path: Path) -> None:
+    for folder in (app_run.sheets, app_run.actmaps):  # written on request: start without them
+        shutil.rmtree(folder, ignore_errors=True)
+    _open(page, server, f"/retrieval?run={app_run.id}")
+    ret = np.load(app_run.retrieval)
+    ap, first = ret["ap"], ret["first_match"]
+    worst = min(range(len(ap)), key=lambda i: (bool(np.isnan(ap[i])), ap[i], -first[i], i))
+    page.get_by_text(f"q{worst} · pid").first.wait_for()
+    assert "order=worst" in page.url and f"q={worst}" in page.url
+
+    with np.load(app_run.distances) as d:
+        auc = float(d["auc"])
+    page.get_by_text(f"Distances and ROC (AUC {auc:.3f})").click()
+    page.locator(".js-plotly-plot .legendtext", has_text=f"AUC {auc:.3f}").first.wait_for()
+    _shot(page, "retrieval-distances.png")
+
+    page.get_by_text("Activation maps").first.click()
+    page.get_by_role("button", name=re.compile(f"Compute the activation maps of q{worst}")).click()
+    page.get_by_text(f"activation maps: q{worst} (blue)").first.wait_for(timeout=180_000)
+    assert (app_run.actmaps / f"q{worst}-top5.png").is_file()
+    _shot(page, "retrieval-actmaps.png")
+
+    page.get_by_text("Ranked-list sheet (PNG)").first.click()
+    page.get_by_role("button", name=re.compile("Write the sheet of the first 20 queries")).click()
+    button = page.get_by_role("button", name="Download worst-20-top10.png")
+    button.wait_for(timeout=180_000)
+    with page.expect_download() as info:
+        button.click()
+    saved = tmp_path / "sheet.png"
+    info.value.save_as(saved)
+    assert info.value.suggested_filename == f"{app_run.id}-worst-20-top10.png"
+    assert saved.read_bytes() == (app_run.sheets / "worst-20-top10.png").read_bytes()
+    _shot(page, "retrieval-sheet.png")
 
 
 def _shown(page: Page, text: str | re.Pattern, where: str) -> str:

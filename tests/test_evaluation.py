@@ -19,6 +19,7 @@ def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
     num_q, num_g = len(q_pids), len(g_pids)
     cmc, aps, inps = [], [], []
     all_ap = [math.nan] * num_q
+    first = [-1] * num_q
     for i in range(num_q):
         order = sorted(range(num_g), key=lambda j: (float(dist[i][j]), j))
         kept = [j for j in order if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i])]
@@ -27,6 +28,7 @@ def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
             continue
         ap = sum((n + 1) / (pos + 1) for n, pos in enumerate(hits)) / len(hits)
         all_ap[i] = ap
+        first[i] = hits[0] + 1
         aps.append(ap)
         inps.append(len(hits) / (hits[-1] + 1))
         cmc.append([1.0 if hits[0] <= k else 0.0 for k in range(max_rank)])
@@ -38,6 +40,7 @@ def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
         "mINP": float(np.mean(inps)),
         "all_AP": np.array(all_ap),
         "num_valid": len(aps),
+        "first_match": np.array(first),
     }
 
 
@@ -47,6 +50,7 @@ def assert_same(ours: dict, ref: dict, tol: float = 1e-12) -> None:
     assert ours["mINP"] == pytest.approx(ref["mINP"], abs=tol)
     np.testing.assert_allclose(ours["all_AP"], ref["all_AP"], rtol=0, atol=tol)
     assert ours["num_valid"] == ref["num_valid"]
+    np.testing.assert_array_equal(ours["first_match"], ref["first_match"])
 
 
 @st.composite
@@ -146,6 +150,7 @@ def test_queries_without_match_are_skipped():
     both = evaluate(dist, [1, 7], g_pids, [2, 2], g_cams)  # pid 7 is not in the gallery
     assert both["num_valid"] == 1
     assert np.isnan(both["all_AP"][1])
+    np.testing.assert_array_equal(both["first_match"], [1, -1])
     assert both["mAP"] == one["mAP"] and both["mINP"] == one["mINP"]
     np.testing.assert_array_equal(both["cmc"], one["cmc"])
 

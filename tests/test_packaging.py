@@ -68,9 +68,11 @@ def _third_party_imports() -> set[str]:
 
 
 def test_every_runtime_import_is_a_declared_dependency():
-    """What cpl/, app/, pages/ import (torch, PIL, yaml, sklearn, ...) is in [project] dependencies (ray: its extra)."""
+    """What cpl/, app/, pages/ import (torch, PIL, yaml, sklearn, ...) is in [project] dependencies (ray, onnxruntime:
+    their extras)."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
     declared = {r.split("==")[0].split("[")[0].lower().replace("_", "-")
-                for r in PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["ray"]}
+                for r in PYPROJECT["project"]["dependencies"] + extras["ray"] + extras["onnx"]}
     dists = importlib.metadata.packages_distributions()
     missing = {}
     for name in _third_party_imports():

@@ -1,4 +1,4 @@
-"""Write requirements.txt from pyproject.toml: the exact pins of ``.[<every extra>]`` (today ``.[ray,dev]``).
+"""Write requirements.txt from pyproject.toml: the exact pins of ``.[<every extra>]`` (today ``.[ray,onnx,dev]``).
 
 pyproject.toml is the one place the dependencies and their versions are written; requirements.txt is what
 ``make install`` (and so the Dockerfile and CI) installs first, before the package itself with ``--no-deps``,

@@ -6,6 +6,7 @@ headless Chromium (Debian's), save PNGs.
 The pages show the runs folder and the data roots relative to the working directory (here the repository), so
 a runs root and data roots inside the repository (``runs``, ``data``: ``make run``'s defaults) keep the
 machine's paths out of the pictures.
+For ``retrieval-actmaps``, write the worst query's maps first (``cpl actmap runs/<id> --query Q``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 PAGES = {"runs": "/?run={run}", "gan-samples": "/gan?run={run}", "embedding": "/embedding?run={run}",
-         "retrieval": "/retrieval?run={run}"}
+         "retrieval": "/retrieval?run={run}", "retrieval-distances": "/retrieval?run={run}&order=worst",
+         "retrieval-actmaps": "/retrieval?run={run}&order=worst", "compare-roc": "/compare?run={run}{run2}"}
+# What to open on a page before its screenshot (an expander's title), and what to scroll to. The activation maps'
+# expander opens by itself once `cpl actmap` has written the query's maps.
+CLICKS = {"retrieval-distances": ["Distances and ROC"]}
+SCROLL_TO = {"retrieval-distances": "ROC curve", "retrieval-actmaps": "activation maps: q", "compare-roc": "ROC curve"}
 # Views inside a page, shot as elements: (URL, tab to open first or None, CSS selector of the element).
 SECTIONS = {"gan-collapse-warning": ("/gan?run={run}", None, ".stAlert"),
             "gan-identity-usage": ("/gan?run={run}", None, ".st-key-gan-usage"),
@@ -92,6 +98,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-root", required=True)
     ap.add_argument("--run", required=True)
+    ap.add_argument("--run2", help="a second run for the Compare page's overlays")
     ap.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     ap.add_argument("--pages", default=",".join(PAGES), help=f"comma-separated, from {','.join(PAGES)}")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
@@ -111,8 +118,14 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(90_000)
             for name in filter(None, args.pages.split(",")):
-                page.goto(url + PAGES[name].format(run=args.run))
+                page.goto(url + PAGES[name].format(run=args.run, run2=f"&run2={args.run2}" if args.run2 else ""))
                 settle(page, images=True)
+                for text in CLICKS.get(name, []):
+                    page.get_by_text(text).first.click()
+                    settle(page, images=True)
+                if name in SCROLL_TO:
+                    page.get_by_text(SCROLL_TO[name]).first.evaluate("e => e.scrollIntoView({block: 'center'})")
+                    time.sleep(1)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 print(out / f"{name}.png")
             for name in filter(None, args.sections.split(",")):

@@ -125,7 +125,9 @@ def probe_file(path: str | os.PathLike) -> tuple[str, str]:
     return str(image.format), image.mode
 
 
-def _decode_resized(path: str, height: int, width: int) -> np.ndarray:
+def decode_resized(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
+    """The image at ``path`` as [height, width, 3] uint8 RGB, resized as every dataset image is (torch-free); raises
+    :class:`ImageError`."""
     image = decode_file(path)
     if image.size != (width, height):
         # PIL's bilinear filter widens its support when shrinking, i.e. it antialiases
@@ -148,7 +150,7 @@ def load_images(paths: Sequence[str | os.PathLike], height: int, width: int, *,
     out = np.empty((len(paths), 3, height, width), dtype=np.uint8)
 
     def fill(i: int) -> None:
-        out[i] = _decode_resized(os.fspath(paths[i]), height, width).transpose(2, 0, 1)
+        out[i] = decode_resized(os.fspath(paths[i]), height, width).transpose(2, 0, 1)
 
     n = workers_for(workers)
     if n == 1 or len(paths) < 2:

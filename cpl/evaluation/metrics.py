@@ -64,6 +64,7 @@ def evaluate(
       mINP: float, mean inverse negative penalty (fast-reid: matches / rank of the hardest match)
       all_AP: [Q] float64, AP per query, NaN where the query has no valid match
       num_valid: int, number of queries with a valid match
+      first_match: [Q] int64, 1-based rank of the query's first valid match, -1 where it has none
     Raises ValueError when no query has a valid match.
     """
     if max_rank < 1:
@@ -101,6 +102,7 @@ def evaluate(
         "mINP": float(inp.mean()),
         "all_AP": all_ap,
         "num_valid": num_valid,
+        "first_match": torch.where(valid, ranks[:, 0] + 1, -1).cpu().numpy(),
     }
 
 

@@ -27,8 +27,9 @@ class QueryError(RuntimeError):
     """Why a query cannot be answered; one line for the person who asked."""
 
 
-def _image_tensor(path: Path, height: int, width: int):
-    """The image file as uint8 [1, 3, height, width], resized like :func:`cpl.data.images.load_images`."""
+def image_tensor(path: Path, height: int, width: int):
+    """The image file as uint8 [1, 3, height, width], resized like :func:`cpl.data.images.load_images`; raises
+    :class:`QueryError`."""
     import torch
     from PIL import Image
 
@@ -47,8 +48,9 @@ def _image_tensor(path: Path, height: int, width: int):
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())[None]
 
 
-def _model(run: RunDir, cfg):
-    """The run's network with the weights of its newest loadable checkpoint, on the CPU, in eval mode."""
+def run_model(run: RunDir, cfg):
+    """(the run's network, a :class:`cpl.models.reid.ReIDNet` with the weights of its newest loadable checkpoint, on
+    the CPU, in eval mode; that checkpoint's path); raises :class:`QueryError`."""
     from cpl.engine.checkpoints import TRAIN_PREFIX, CheckpointError, load_latest
     from cpl.models.reid import build_model
 
@@ -65,7 +67,17 @@ def _model(run: RunDir, cfg):
     model, _ = build_model(cfg.model.backbone, num_classes, cfg.model.dropout, "none",
                            last_stride=cfg.model.last_stride, neck=cfg.model.neck)
     model.load_state_dict(state)
-    return model.eval()
+    return model.eval(), found[1]
+
+
+def run_config(run: RunDir):
+    """The run's :class:`cpl.config.Config` from its ``config.yaml``; raises :class:`QueryError`."""
+    if not run.config.is_file():
+        raise QueryError(f"{run.path}: not a run directory (no config.yaml)")
+    try:
+        return load_config(run.config)
+    except ConfigError as exc:
+        raise QueryError(f"{run.config}: {exc}") from None
 
 
 def rank_gallery(run: RunDir, image: Path, topk: int = 20) -> dict:
@@ -81,12 +93,7 @@ def rank_gallery(run: RunDir, image: Path, topk: int = 20) -> dict:
 
     if topk < 1:
         raise QueryError(f"--topk must be at least 1, got {topk}")
-    if not run.config.is_file():
-        raise QueryError(f"{run.path}: not a run directory (no config.yaml)")
-    try:
-        cfg = load_config(run.config)
-    except ConfigError as exc:
-        raise QueryError(f"{run.config}: {exc}") from None
+    cfg = run_config(run)
     gallery_npy, gallery_csv = run.features / "gallery.npy", run.features / "gallery.csv"
     if not gallery_npy.is_file() or not gallery_csv.is_file():
         raise QueryError(f"{run.id}: no gallery features yet (they are written at the end of the run)")
@@ -94,8 +101,8 @@ def rank_gallery(run: RunDir, image: Path, topk: int = 20) -> dict:
     rows = pd.read_csv(gallery_csv)
     if len(rows) != len(gallery):
         raise QueryError(f"{run.id}: features/gallery.csv and gallery.npy disagree ({len(rows)} vs {len(gallery)})")
-    images = _image_tensor(image, cfg.data.height, cfg.data.width)
-    model = _model(run, cfg)
+    images = image_tensor(image, cfg.data.height, cfg.data.width)
+    model, _ = run_model(run, cfg)
     feat, _ = extract(model, images, torch.device("cpu"), flip=cfg.eval.flip, retrieval=True)
     if feat.shape[1] != gallery.shape[1]:
         raise QueryError(f"{run.id}: the checkpoint's feature has {feat.shape[1]} dimensions, the gallery's "

@@ -1,6 +1,6 @@
 """Stage ``evaluate``: query and gallery features, the dataset's protocol (CMC, mAP, mINP) and optional
-k-reciprocal re-ranking; writes ``results.json`` (the headline, first) and ``retrieval.npz``. Rank 0 only;
-recomputed from the final checkpoint on resume."""
+k-reciprocal re-ranking; writes ``results.json`` (the headline, first), ``retrieval.npz`` and ``distances.npz``
+(matching vs non-matching distances, ROC). Rank 0 only; recomputed from the final checkpoint on resume."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def evaluate(ctx: RunContext) -> None:
     from cpl.engine.features import extract
     from cpl.evaluation import evaluate as protocol
     from cpl.evaluation import rerank_features, topk
+    from cpl.evaluation.distances import distance_summary
     from cpl.evaluation.metrics import protocol_keys
 
     cfg, d, t = ctx.cfg, ctx.data, ctx.trained
@@ -53,7 +54,8 @@ def evaluate(ctx: RunContext) -> None:
     base = protocol(dist_qg, q.pids, g.pids, q_keys, g_keys)
     results = metrics(base)
     idx, dst = topk(dist_qg, min(cfg.eval.topk, len(gf)))
-    retrieval = {"index": idx, "dist": dst, "ap": np.asarray(base["all_AP"], dtype=np.float32)}
+    retrieval = {"index": idx, "dist": dst, "ap": np.asarray(base["all_AP"], dtype=np.float32),
+                 "first_match": base["first_match"].astype(np.int32)}
     if cfg.eval.rerank:
         ctx.progress(0.6, "re-ranking")
         faults.point("rerank")
@@ -62,7 +64,8 @@ def evaluate(ctx: RunContext) -> None:
         rr_res = protocol(rr, q.pids, g.pids, q_keys, g_keys)
         results["rerank"] = metrics(rr_res)
         ridx, rdst = topk(rr, min(cfg.eval.topk, len(gf)))
-        retrieval.update(rr_index=ridx, rr_dist=rdst, rr_ap=np.asarray(rr_res["all_AP"], dtype=np.float32))
+        retrieval.update(rr_index=ridx, rr_dist=rdst, rr_ap=np.asarray(rr_res["all_AP"], dtype=np.float32),
+                         rr_first_match=rr_res["first_match"].astype(np.int32))
     ctx.record({"type": "eval", "time": time.time(), **{k: v for k, v in results.items() if k != "rerank"},
                 **{f"rerank_{k}": v for k, v in results.get("rerank", {}).items()}})
     results.update(protocol=d.ds.protocol, method=cfg.train.method,
@@ -74,5 +77,6 @@ def evaluate(ctx: RunContext) -> None:
                    labeled_train_images=len(d.keep), train_steps=t.trainer.clock.start(cfg.train.epochs))
     write_json(ctx.run.results, results)
     write_npz(ctx.run.retrieval, **retrieval)
+    write_npz(ctx.run.distances, **distance_summary(dist_qg, q.pids, g.pids, q.camids, g.camids))
     ctx.evaluated = Evaluated(query=qf, gallery=gf, results=results)
     ctx.progress(1.0)
