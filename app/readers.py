@@ -217,6 +217,8 @@ def npz(path: Path) -> dict[str, np.ndarray]:
 EMBEDDING = {"xy": 2, "kind": 1, "row": 1, "label": 1}
 RETRIEVAL = {"index": 2, "dist": 2, "ap": 1}
 RERANKED = {"rr_index": 2, "rr_dist": 2, "rr_ap": 1}
+FIRST_MATCH = {"first_match": 1}  # each query's first true match (1-based rank, -1: none); older runs lack it
+RR_FIRST_MATCH = {"rr_first_match": 1}
 PSEUDO_HISTORY = {"labels": 2, "confidence": 2}
 
 
@@ -227,16 +229,18 @@ def _complete(arrays: dict[str, np.ndarray], schema: dict[str, int]) -> bool:
     return len({arrays[k].shape[0] for k in schema}) == 1
 
 
-def arrays(path: Path, schema: dict[str, int], optional: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of ``schema`` (and of ``optional`` when all of them are there and fit) from an ``.npz`` file;
-    {} when the file is missing or damaged or lacks one of ``schema``'s arrays."""
+def arrays(path: Path, schema: dict[str, int], *optional: dict[str, int]) -> dict[str, np.ndarray]:
+    """The arrays of ``schema`` (and of each ``optional`` group that is all there and fits, e.g. the re-ranked
+    lists, or an array older runs did not write) from an ``.npz`` file; {} when the file is missing or damaged
+    or lacks one of ``schema``'s arrays."""
     found = npz(path)
     if not _complete(found, schema):
         return {}
     out = {k: found[k] for k in schema}
-    if optional and _complete(found, optional) and found[next(iter(optional))].shape[0] == len(
-            found[next(iter(schema))]):
-        out |= {k: found[k] for k in optional}
+    n = len(found[next(iter(schema))])
+    for group in optional:
+        if _complete(found, group) and found[next(iter(group))].shape[0] == n:
+            out |= {k: found[k] for k in group}
     return out
 
 
@@ -249,9 +253,10 @@ def embedding(run: RunDir) -> dict[str, np.ndarray]:
 
 def retrieval(run: RunDir) -> dict[str, np.ndarray]:
     """retrieval.npz (:data:`RETRIEVAL`): ``index [Q, k] int32`` gallery rows best first, ``dist [Q, k]
-    float32``, ``ap [Q] float32`` (NaN without a valid match), and with re-ranking ``rr_index``, ``rr_dist``,
-    ``rr_ap`` (:data:`RERANKED`, all or none); {} until written, or when damaged."""
-    return arrays(run.retrieval, RETRIEVAL, RERANKED)
+    float32``, ``ap [Q] float32`` (NaN without a valid match), ``first_match [Q] int32`` when the run wrote it,
+    and with re-ranking ``rr_index``, ``rr_dist``, ``rr_ap`` (:data:`RERANKED`, all or none) and
+    ``rr_first_match``; {} until written, or when damaged."""
+    return arrays(run.retrieval, RETRIEVAL, FIRST_MATCH, RERANKED, RR_FIRST_MATCH)
 
 
 def distances(run: RunDir) -> dict[str, np.ndarray]:
