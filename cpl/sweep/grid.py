@@ -119,6 +119,16 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
     return folder
 
 
+def check_grid(base: Config, methods: list[str], gan_images: list[int], seeds: list[int], step_matched: bool = False,
+               variants: list[Variant] | None = None) -> list[Cell]:
+    """The grid's cells for the resolved base config ``base``, each distinct one validated as :func:`create_sweep`
+    validates it (the Launch page shows a refused cell before anything is written); raises :class:`ConfigError`."""
+    variants = variants or [Variant(PLAIN)]
+    cells = plan_cells(methods, gan_images, seeds, step_matched, variants)
+    check_cells({"id": "check", "config": to_dict(base), "variants": [v.to_dict() for v in variants]}, cells)
+    return cells
+
+
 def check_cells(spec: dict, cells: list[Cell]) -> None:
     """Validate each distinct cell's config (seeds aside) before any runs; raises :class:`ConfigError` naming the
     cell (``cpl + sinkhorn with 1000 unlabeled images: train.assignment: ...``)."""
