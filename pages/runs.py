@@ -87,8 +87,8 @@ def runs_frame(root) -> pd.DataFrame:
             "progress": rec["progress"], "ETA": charts.duration(rec["eta_s"]) if status.get("state") in ACTIVE else "",
             "device": _text(rec["device"]), "host": _text(rec["host"]), "method": _text(rec["method"]),
             "unlabeled": _unlabeled(run, rec["method"]), "backbone": _text(rec["backbone"]),
-            "weights": rec["weights"], "tricks": rec["tricks"], "GAN": rec["gan"], "rank-1": rec["rank1"],
-            "mAP": rec["mAP"],
+            "weights": rec["weights"], "tricks": rec["tricks"], "remedies": rec["remedies"], "GAN": rec["gan"],
+            "rank-1": rec["rank1"], "mAP": rec["mAP"],
             "rank-1 RR": rec["rr_rank1"], "mAP RR": rec["rr_mAP"], "sweep": _text(rec["sweep"]),
             "created": _when(rec["created"]), "message": _text(rec["message"]),
         })
@@ -105,6 +105,8 @@ COLUMNS = {
     "weights": st.column_config.TextColumn("weights", help="what the backbone started from (run.json weights)"),
     "tricks": st.column_config.TextColumn("tricks", help="strong-baseline (bag of tricks) options the run used; "
                                           "none = the CPL paper's setup (docs/methods.md)"),
+    "remedies": st.column_config.TextColumn("remedies", help="the remedies for hub collapse the run used; none = "
+                                            "the published pseudo-labels (docs/methods.md, “Remedies”)"),
     "GAN": st.column_config.TextColumn("GAN", help="the DCGAN's Fréchet distance to the real images and the "
                                                    "real-vs-real floor (GAN page)"),
     "rank-1": st.column_config.NumberColumn("rank-1", format="%.1f", help="rank-1 accuracy (%), no re-ranking"),

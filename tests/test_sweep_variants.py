@@ -150,3 +150,21 @@ def test_cli_refuses_a_bad_variant_before_writing_anything(tmp_path):
                           "--variants", "none;hub"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--variants: 'hub' has no preset" in out.stderr
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_compare_pages_table1_has_a_column_per_variant(tmp_path):
+    import pandas as pd
+
+    from app.charts import table1_frame
+
+    folder = create_sweep(tmp_path, "configs/synthetic.yaml", ["baseline", "cpl"], [0, 100], [0, 1], OFFLINE, "s",
+                          variants=parse_variants("none;sinkhorn+csls"))
+    spec = json.loads((folder / "sweep.json").read_text())
+    rows = [dict(r, rank1=10.0 + i, mAP=5.0 + i) for i, r in enumerate(collect(folder, tmp_path))]
+    table = table1_frame(pd.DataFrame(aggregate(rows)), table_methods(spec)).set_index("unlabeled images")
+    assert list(table.columns) == ["cpl rank-1", "cpl mAP", "cpl + sinkhorn + csls rank-1",
+                                   "cpl + sinkhorn + csls mAP"]
+    # cells in order: baseline s0, cpl s0, cpl+both s0, baseline s1, cpl s1, cpl+both s1 -> means over the seeds
+    assert table.loc["100", "cpl rank-1"] == "12.50 ± 2.12" and table.loc["100", "cpl + sinkhorn + csls mAP"] == \
+        "8.50 ± 2.12"
+    assert table.loc["improvement", "cpl + sinkhorn + csls rank-1"] == "+2.00"

@@ -124,9 +124,11 @@ def _fmt(a: dict, key: str) -> str:
 def table_methods(spec: dict) -> list[str]:
     """A sweep.json's method columns in grid order, each method once per remedy variant that acts on it
     (``cpl``, ``cpl + sinkhorn``, ..., then ``lsro``, which none acts on)."""
-    variants = [variant_from_dict(v) for v in spec.get("variants") or []]
-    cells = plan_cells(list(spec.get("methods") or []), [1], [0], False, variants)
-    return list(dict.fromkeys([m for m in spec.get("methods") or [] if not needs_unlabeled(m)]
+    methods = [str(m) for m in spec.get("methods") or []] if isinstance(spec.get("methods"), list) else []
+    stored = spec.get("variants") if isinstance(spec.get("variants"), list) else []
+    variants = [variant_from_dict(v) for v in stored if isinstance(v, dict) and "name" in v]  # a damaged entry: none
+    cells = plan_cells(methods, [1], [0], False, variants)
+    return list(dict.fromkeys([m for m in methods if not needs_unlabeled(m)]
                               + [c.label for c in cells if needs_unlabeled(c.method)]))
 
 
