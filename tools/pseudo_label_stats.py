@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpl.remedy_table import PLAIN, variant_label
+
 KEYS = [("pl_mean_conf", "score behind the label", "{:.3f}"), ("pl_mean_margin", "margin to runner-up", "{:.3f}"),
         ("pl_classes_used", "identities used", "{:.0f}"), ("pl_changed_frac", "labels changed vs previous epoch",
                                                              "{:.0%}"),
@@ -68,7 +70,9 @@ def main() -> int:
             if active:
                 last["hub_first"] = _hub_share(labels[active[0]], k)
                 last["hub_last"] = _hub_share(labels[active[-1]], k)
-        groups.setdefault((cell["method"], cell["gan_images"]), []).append(last)
+        # a remedy variant is a row of its own ("cpl + sinkhorn"), never mixed into the published method's
+        groups.setdefault((variant_label(cell["method"], cell.get("variant", PLAIN)), cell["gan_images"]),
+                          []).append(last)
     keys = KEYS + [("hub_first", "to the top 10 % ids, first epoch", "{:.0%}"),
                    ("hub_last", "to the top 10 % ids, last epoch", "{:.0%}")]
     print("| method | #unlabeled | " + " | ".join(title for _, title, _ in keys) + " |")
