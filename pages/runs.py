@@ -23,6 +23,7 @@ from app.nav import select_run
 from app.safety import safe_sweep
 from cpl.data.formats import PROTOCOLS, protocol_of
 from cpl.methods import needs_unlabeled
+from cpl.remedy_table import PLAIN
 from cpl.runs.launch import delete, launch_cancel, launch_resume
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import ACTIVE, RESUMABLE, TRAINED, QueueReason, Stage, State, parse
@@ -407,8 +408,11 @@ def sweeps_section(root) -> None:
 def sweep_body(root, folder, status: dict, cells: pd.DataFrame) -> None:
     spec = readers.sweep_spec(folder)
     grid = {key: ", ".join(readers.spec_list(spec, key)) for key in ("methods", "gan_images", "seeds")}
+    stored = spec.get("variants") if isinstance(spec.get("variants"), list) else []
+    variants = [str(v.get("name")) for v in stored if isinstance(v, dict)]
     st.caption(f"methods {grid['methods']} · unlabeled images {grid['gan_images']} · seeds {grid['seeds']}"
-               f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
+               + (f" · remedy variants {', '.join(variants)}" if set(variants) - {PLAIN} else "")
+               + f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
     st.progress(readers.fraction(status.get("progress")), text=str(status.get("message") or ""))
     if status.get("state") == State.FAILED and status.get("error"):
         st.error(status["error"])

@@ -68,6 +68,7 @@ def test_a_sweeps_cells_name_their_variant(tmp_path: Path, monkeypatch: pytest.M
     assert cells.loc["s--cpl-g100-s0", "remedies"] == "none"  # not created yet: sweep.json's variant
     at = open_app("pages/runs.py", sweep="s")
     assert not at.exception, [e.message for e in at.exception]
+    assert any("· remedy variants none, sinkhorn ·" in c.value for c in at.caption)
     shown = next(d.value for d in at.dataframe if "remedies" in d.value.columns and "gan_images" in d.value.columns)
     assert dict(zip(shown["run"], shown["remedies"])) == {"s--baseline-g0-s0": "none", "s--cpl-g100-s0": "none",
                                                            "s--cpl-g100-s0-sinkhorn": "sinkhorn"}
