@@ -4,12 +4,15 @@ configs through the real config validation, and the tables naming each variant a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from app.charts import table1_frame
 from cpl.config import ConfigError, remedies, remedies_of, to_dict
 from cpl.remedy_table import PLAIN, Variant, acting_remedies, format_variants, parse_variants
 from cpl.sweep.grid import Cell, cell_config, create_sweep, plan_cells
@@ -153,10 +156,6 @@ def test_cli_refuses_a_bad_variant_before_writing_anything(tmp_path):
 
 
 def test_compare_pages_table1_has_a_column_per_variant(tmp_path):
-    import pandas as pd
-
-    from app.charts import table1_frame
-
     folder = create_sweep(tmp_path, "configs/synthetic.yaml", ["baseline", "cpl"], [0, 100], [0, 1], OFFLINE, "s",
                           variants=parse_variants("none;sinkhorn+csls"))
     spec = json.loads((folder / "sweep.json").read_text())
@@ -168,3 +167,24 @@ def test_compare_pages_table1_has_a_column_per_variant(tmp_path):
     assert table.loc["100", "cpl rank-1"] == "12.50 ± 2.12" and table.loc["100", "cpl + sinkhorn + csls mAP"] == \
         "8.50 ± 2.12"
     assert table.loc["improvement", "cpl + sinkhorn + csls rank-1"] == "+2.00"
+
+
+@pytest.mark.slow  # three cells trained (~1 min): the remedy variant trains and gets its own column
+def test_tiny_sweep_trains_each_variant(tmp_path):
+    cmd = [sys.executable, "-m", "cpl", "--runs-root", str(tmp_path), "sweep", "--config", "configs/synthetic.yaml",
+           "--methods", "baseline,cpl", "--gan-images", "0,24", "--seeds", "0", "--sweep-id", "tiny",
+           "--variants", "none;sinkhorn", "--fast-dev-run", "--set", "eval.umap=false",
+           "--set", f"data.root={tmp_path / 'synthetic'}", "--set", "data.synthetic.ids=12"]
+    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "sweeps" / "tiny"
+    md = (folder / "results.md").read_text()
+    assert "3/3 cells finished" in md and "| #unlabeled | cpl rank-1 | cpl mAP | cpl + sinkhorn rank-1 |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 24 |")).split("|")
+    assert all(cell.strip() for cell in row[2:6])  # both columns have their numbers
+    cfg = (tmp_path / "tiny--cpl-g24-s0-sinkhorn" / "config.yaml").read_text()
+    assert "assignment: sinkhorn" in cfg and "assignment: argmax" in (tmp_path / "tiny--cpl-g24-s0" /
+                                                                       "config.yaml").read_text()
+    methods = [line.split(",")[0] for line in (folder / "results.csv").read_text().splitlines()[1:]]
+    assert sorted(methods) == ["baseline", "cpl", "cpl + sinkhorn"]
