@@ -106,12 +106,16 @@ def parse_variants(text: str) -> list[Variant]:
         if not entry:
             continue
         variant = _parse_entry(entry)
-        if variant.name in {v.name for v in out}:
-            raise ValueError(f"variant {variant.name!r} is named twice")
+        if _folder_name(variant.name) in {_folder_name(v.name) for v in out}:  # two cells in one run directory
+            raise ValueError(f"variant {variant.name!r} is named twice (run ids write '+' as '-')")
         out.append(variant)
     if not out:
         raise ValueError("give at least one variant (e.g. 'none;sinkhorn;csls')")
     return out
+
+
+def _folder_name(name: str) -> str:
+    return name.replace("+", "-")
 
 
 def _parse_entry(entry: str) -> Variant:
@@ -120,6 +124,8 @@ def _parse_entry(entry: str) -> Variant:
     if not _NAME_OK.match(name):
         raise ValueError(f"{name!r}: a variant name is a word of letters, digits, '.', '_', '-', '+'")
     if sep:
+        if name == PLAIN:
+            raise ValueError(f"{PLAIN!r} is the published method and takes no settings; name the variant")
         settings = tuple(s.strip() for s in rest.split(",") if s.strip())
         for s in settings:
             key = s.split("=", 1)[0].strip()

@@ -37,6 +37,8 @@ def test_parse_variants_presets_combinations_and_custom_settings():
     ("hub", "'hub' has no preset"),
     ("x:train.epochs=3", "not a remedy setting"),  # a variant changes remedies only; --set is for the rest
     ("none;sinkhorn;sinkhorn", "named twice"),
+    ("sinkhorn+csls;sinkhorn-csls:train.similarity=csls", "named twice"),  # the same run id
+    ("none:train.similarity=csls", "takes no settings"),
     ("a/b", "variant name"),
     (";", "at least one variant"),
 ])
