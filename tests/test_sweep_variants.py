@@ -188,5 +188,7 @@ def test_tiny_sweep_trains_each_variant(tmp_path):
     cfg = (tmp_path / "tiny--cpl-g24-s0-sinkhorn" / "config.yaml").read_text()
     assert "assignment: sinkhorn" in cfg and "assignment: argmax" in (tmp_path / "tiny--cpl-g24-s0" /
                                                                        "config.yaml").read_text()
+    assert json.loads((tmp_path / "tiny--cpl-g24-s0-sinkhorn" / "results.json").read_text())["remedies"] == [
+        "sinkhorn"]
     methods = [line.split(",")[0] for line in (folder / "results.csv").read_text().splitlines()[1:]]
     assert sorted(methods) == ["baseline", "cpl", "cpl + sinkhorn"]
