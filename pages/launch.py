@@ -80,9 +80,9 @@ def default_config(choice: launching.DatasetChoice, files: list[Path]) -> int:
 
 
 def settings_section(base: Config, key: str, mode: str,
-                     roots: list[Path]) -> tuple[RunChoices, list[str], list[str], int]:
-    """The method(s) and settings. Returns the choices, the methods (several for a sweep), form errors, and
-    the number of processes."""
+                     roots: list[Path]) -> tuple[RunChoices, list[str], list[str], int, list[Variant]]:
+    """The method(s) and settings. Returns the choices, the methods (several for a sweep), form errors, the
+    number of processes and a sweep's remedy variants (the plain one for a run)."""
     errors: list[str] = []
     t = base.train
     k = lambda name: f"{name}-{key}"  # noqa: E731 - widgets start over from a newly chosen base config
@@ -174,6 +174,12 @@ def settings_section(base: Config, key: str, mode: str,
                               help="Runs on the same device wait in a queue: one at a time.")
         name = st.text_input("Run name", value=base.name, key=k("name"), help="part of the run id")
     tricks = tricks_section(base, k)
+    remedy_settings, variants = {}, [Variant(PLAIN)]
+    if mode == "run":
+        remedy_settings = remedies_section(base, k, method)
+    else:
+        variants, variant_errors = variants_section(key, methods)
+        errors += variant_errors
     with st.expander("More settings: any config key"):
         extra = launching.parse_extra(st.text_area(
             "Overrides, one key=value per line (applied last)", key=k("extra"),
@@ -181,8 +187,8 @@ def settings_section(base: Config, key: str, mode: str,
     choices = RunChoices(data_root=Path(), synthetic=True, method=method, source=source, num_images=num_images,
                          holdout_fraction=fraction, folder=folder, center_weight=weight, center_alpha=alpha,
                          epochs=epochs, backbone=backbone, pretrained=pretrained, seed=seed, device=device.device,
-                         name=name, tricks=tricks, epoch_length=epoch_length, extra=extra)
-    return choices, methods, errors, device.nproc
+                         name=name, tricks=tricks, remedies=remedy_settings, epoch_length=epoch_length, extra=extra)
+    return choices, methods, errors, device.nproc, variants
 
 
 def control_source(method: str, k) -> str:
@@ -379,16 +385,13 @@ except ConfigError as exc:
     st.error(f"{base_path.name}: {exc}")
     st.stop()
 form_key = f"{base_path.stem}-{mode}"
-choices, methods, errors, nproc = settings_section(base, form_key, mode, roots)
+choices, methods, errors, nproc, variants = settings_section(base, form_key, mode, roots)
 if data_path is not None:
     choices.data_root, choices.synthetic, choices.kind = data_path, choice.synthetic, choice.kind
-counts, seeds, step_matched, variants = [], [], False, [Variant(PLAIN)]
-if mode == "run":
-    choices.remedies = remedies_section(base, lambda name: f"{name}-{form_key}", choices.method)
-else:
-    variants, variant_errors = variants_section(form_key, methods)
+counts, seeds, step_matched = [], [], False
+if mode == "sweep":
     counts, seeds, step_matched, grid_errors = sweep_grid(base, form_key, methods)
-    errors += variant_errors + grid_errors
+    errors += grid_errors
 
 st.subheader("3 · Review and launch")
 fast = st.toggle("Fast dev run", key="fast", help="Shrink the run to about a minute on a CPU (192 training images, "
