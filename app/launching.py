@@ -21,6 +21,7 @@ from cpl import PROG
 from cpl.config import Config, ConfigError, fast_dev_run, load_config, packaged_configs_dir, read_yaml
 from cpl.data import formats
 from cpl.data.check import CheckReport
+from cpl.remedy_table import PLAIN, Variant, format_variants, variant_from_dict
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
@@ -233,6 +234,7 @@ class RunChoices:
     device: str = "cpu"
     name: str = ""
     tricks: dict[str, object] = field(default_factory=dict)  # strong-baseline settings: dotted key -> value
+    remedies: dict[str, object] = field(default_factory=dict)  # a run's hub-collapse remedies: dotted key -> value
     epoch_length: str = "trained"  # train.epoch_length (set when it differs from the base config)
     extra: list[str] = field(default_factory=list)
     kind: str = formats.AUTO  # data.kind of a dataset folder: its format (cpl.data.formats.FORMATS), or auto
@@ -267,12 +269,12 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
         if warmup >= 0:
             out.append(f"train.warmup_epochs={warmup}")
     out += [f"model.backbone={c.backbone}", f"model.pretrained={_quote(c.pretrained)}", f"device={c.device}"]
-    out += trick_overrides(c.tricks, base)
+    out += trick_overrides(c.tricks, base) + trick_overrides(c.remedies, base)
     return out + [x.strip() for x in c.extra if x.strip()]
 
 
 def trick_overrides(tricks: dict[str, object], base: Config) -> list[str]:
-    """``key=value`` for the strong-baseline settings that differ from the base config (the others stay
+    """``key=value`` for the strong-baseline (or remedy) settings that differ from the base config (the others stay
     implicit, so a paper config with every trick off launches exactly as written)."""
     out = []
     for key, value in tricks.items():
@@ -315,6 +317,9 @@ def sweep_argv(runs_root: Path, spec: dict) -> list[str]:
             "--seeds", ",".join(map(str, spec["seeds"])), "--sweep-id", str(spec["id"])]
     for o in spec.get("overrides") or []:
         args += ["--set", str(o)]
+    variants = [variant_from_dict(v) for v in spec.get("variants") or []]
+    if any(v.name != PLAIN for v in variants):
+        args += ["--variants", format_variants(variants)]
     args += executor_argv(spec.get("executor"))
     flags = ["--fast-dev-run"] * bool(spec.get("fast_dev_run")) + ["--step-matched"] * bool(spec.get("step_matched"))
     return cpl_command(*args, *flags)
@@ -331,9 +336,11 @@ def start_sweep(runs_root: Path, folder: Path) -> int:
 
 
 def launch_sweep(runs_root: Path, base_path: Path, methods: list[str], gan_images: list[int], seeds: list[int],
-                 overrides: list[str], fast: bool, step_matched: bool = False) -> Path:
+                 overrides: list[str], fast: bool, step_matched: bool = False,
+                 variants: list[Variant] | None = None) -> Path:
     """Validate the grid (``create_sweep``) and start it detached; returns the sweep folder."""
-    folder = create_sweep(runs_root, str(base_path), methods, gan_images, seeds, overrides, None, fast, step_matched)
+    folder = create_sweep(runs_root, str(base_path), methods, gan_images, seeds, overrides, None, fast, step_matched,
+                          variants)
     start_sweep(runs_root, folder)
     return folder
 

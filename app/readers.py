@@ -26,7 +26,8 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from cpl.config import CONTROLS, controls_of, tricks_of
+from cpl.config import CONTROLS, controls_of, remedies_of, tricks_of
+from cpl.remedy_table import PLAIN
 from cpl.runs.atomic import read_jsonl
 from cpl.runs.diagnostics import STATS_COLUMNS, IdentityUsage, read_data_map, read_epoch_stats, read_identity_usage
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs, valid_id
@@ -340,6 +341,13 @@ def tricks_label(run: RunDir) -> str:
     return "?" if names is None else ", ".join(names) or "none"
 
 
+def remedies_label(run: RunDir) -> str:
+    """The remedies for hub collapse a run's config switches on (``sinkhorn, select(margin≥0.05)``), ``none`` for
+    the published method, ``?`` when its config does not parse."""
+    names = remedies_of(config(run))
+    return "?" if names is None else ", ".join(names) or "none"
+
+
 def controls_label(run: RunDir) -> str:
     """The control a run is (``labeled-only control``, ``step-matched``, ..., docs/methods.md), ``none`` for an
     ordinary run, ``?`` when its config does not parse."""
@@ -365,6 +373,7 @@ def runs_table(runs_root: Path) -> pd.DataFrame:
             "device": text(st_.get("device")), "host": text(st_.get("host")), "method": text(facts.get("method")),
             "sweep": text(facts.get("sweep")), "created": number(facts.get("created")),
             "backbone": text(facts.get("backbone")), "weights": weights_label(facts), "tricks": tricks_label(run),
+            "remedies": remedies_label(run),
             "gan": gan_fd_text(run),
             "rank1": number(res.get("rank1")), "mAP": number(res.get("mAP")),
             "rr_rank1": number(rr.get("rank1")), "rr_mAP": number(rr.get("mAP")),
@@ -431,7 +440,9 @@ def sweep_cells(folder: Path, runs_root: Path) -> pd.DataFrame:
         res = (results(run) or {}) if present else {}
         rr = as_dict(res.get("rerank"))
         rows.append({"run": c["run_id"], "method": text(c.get("method")), "gan_images": c.get("gan_images"),
-                     "seed": c.get("seed"), "weights": weights_label(run_facts(run)) if present else "",
+                     "seed": c.get("seed"),
+                     "remedies": remedies_label(run) if present else str(c.get("variant", PLAIN)),
+                     "weights": weights_label(run_facts(run)) if present else "",
                      "state": text(st_.get("state")), **where_ran(run, st_), "progress": fraction(st_.get("progress")),
                      "rank1": number(res.get("rank1")), "mAP": number(res.get("mAP")),
                      "rr_rank1": number(rr.get("rank1")), "rr_mAP": number(rr.get("mAP")),

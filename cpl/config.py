@@ -289,6 +289,34 @@ def tricks_of(data: dict) -> list[str] | None:
         return None
 
 
+def remedies_of(data: dict) -> list[str] | None:
+    """:func:`remedies` of a config stored as a nested dict (a run's config.yaml); None when it does not parse."""
+    if not isinstance(data, dict) or not data:
+        return None
+    try:
+        return remedies(_from_dict(Config, data))
+    except (ConfigError, TypeError):
+        return None
+
+
+def remedies(cfg: Config) -> list[str]:
+    """The remedies for hub collapse ``cfg`` switches on, by the remedy table's names (``sinkhorn``, ``csls``,
+    ``select``), a non-default parameter or a threshold in brackets (``select(margin≥0.05)``); [] = published."""
+    t = cfg.train
+    out = []
+    if t.assignment == "sinkhorn":
+        eps = [f"ε={t.sinkhorn_epsilon:g}"] * (t.sinkhorn_epsilon != 0.05) + [f"{t.sinkhorn_iters} iters"] * (
+            t.sinkhorn_iters != 100)
+        out.append("sinkhorn" + (f"({', '.join(eps)})" if eps else ""))
+    if t.similarity == "csls":
+        out.append("csls" + (f"(k={t.csls_k})" if t.csls_k != 10 else ""))
+    limits = [f"score≥{t.select_min_score:g}"] * (t.select_min_score > 0) + [f"margin≥{t.select_min_margin:g}"] * (
+        t.select_min_margin > 0)
+    if limits:
+        out.append(f"select({', '.join(limits)})")
+    return out
+
+
 def tricks(cfg: Config) -> list[str]:
     """The strong-baseline tricks ``cfg`` switches on, by short name, in a fixed order ([] = the paper's setup)."""
     t, m, a = cfg.train, cfg.model, cfg.augment

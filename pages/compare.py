@@ -16,7 +16,7 @@ from cpl.methods import needs_unlabeled
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.state import State
 from cpl.runs.status import read_status
-from cpl.sweep.tables import sweep_source
+from cpl.sweep.tables import sweep_source, table_methods
 
 # Epoch-record columns worth overlaying, with their titles; fractions are shown in percent.
 CURVES = {
@@ -64,7 +64,7 @@ def sweep_section(root) -> None:
     has_rr = "rr_rank1" in agg and agg["rr_rank1"].notna().any()
     rerank = st.toggle("With k-reciprocal re-ranking", key="rerank", disabled=not has_rr,
                        help="Zhong et al. CVPR 2017 (k1, k2, λ from the run's eval settings)")
-    table = charts.table1_frame(agg, readers.spec_list(spec, "methods"), rerank=rerank and has_rr,
+    table = charts.table1_frame(agg, table_methods(spec), rerank=rerank and has_rr,
                                 source=sweep_source(spec))
     st.dataframe(table, hide_index=True, width="stretch")
     suffix = " (re-ranked)" if rerank and has_rr else ""
@@ -142,6 +142,7 @@ def run_row(run: RunDir) -> dict:
         "epochs": num(train.get("epochs")), "λ": num(train.get("center_weight")), "α": num(train.get("center_alpha")),
         "backbone": readers.text(readers.as_dict(cfg.get("model")).get("backbone")),
         "weights": readers.weights_label(readers.run_facts(run)), "tricks": readers.tricks_label(run),
+        "remedies": readers.remedies_label(run),
         "control": readers.controls_label(run), "seed": num(cfg.get("seed")),
         "rank-1": num(res.get("rank1")), "rank-5": num(res.get("rank5")), "rank-10": num(res.get("rank10")),
         "mAP": num(res.get("mAP")), "mINP": num(res.get("mINP")), "rank-1 RR": num(rr.get("rank1")),

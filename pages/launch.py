@@ -15,12 +15,13 @@ from app.launching import CONTROL_SOURCE_INFO, EPOCH_LENGTH_INFO, SOURCE_INFO, R
 from app.safety import safe_data_dir
 from cpl import PROG
 from cpl.backbones import BACKBONES
-from cpl.config import Config, ConfigError, dump_yaml, tricks
+from cpl.config import Config, ConfigError, dump_yaml, remedies, tricks
 from cpl.data.check import CheckReport, check_dataset
 from cpl.data.formats import FORMATS, PROTOCOLS
 from cpl.methods import BASELINE, METHOD_NAMES, METHODS, needs_unlabeled, uses_center_loss
 from cpl.models.weights import resolve as resolve_weights
-from cpl.sweep.grid import plan_cells
+from cpl.remedy_table import PLAIN, Remedy, Variant, acting_remedies, format_variants, parse_variants
+from cpl.sweep.grid import check_grid
 
 
 @st.cache_data(show_spinner="Checking the dataset…", max_entries=32)
@@ -79,9 +80,9 @@ def default_config(choice: launching.DatasetChoice, files: list[Path]) -> int:
 
 
 def settings_section(base: Config, key: str, mode: str,
-                     roots: list[Path]) -> tuple[RunChoices, list[str], list[str], int]:
-    """The method(s) and settings. Returns the choices, the methods (several for a sweep), form errors, and
-    the number of processes."""
+                     roots: list[Path]) -> tuple[RunChoices, list[str], list[str], int, list[Variant]]:
+    """The method(s) and settings. Returns the choices, the methods (several for a sweep), form errors, the
+    number of processes and a sweep's remedy variants (the plain one for a run)."""
     errors: list[str] = []
     t = base.train
     k = lambda name: f"{name}-{key}"  # noqa: E731 - widgets start over from a newly chosen base config
@@ -173,6 +174,12 @@ def settings_section(base: Config, key: str, mode: str,
                               help="Runs on the same device wait in a queue: one at a time.")
         name = st.text_input("Run name", value=base.name, key=k("name"), help="part of the run id")
     tricks = tricks_section(base, k)
+    remedy_settings, variants = {}, [Variant(PLAIN)]
+    if mode == "run":
+        remedy_settings = remedies_section(base, k, method)
+    else:
+        variants, variant_errors = variants_section(key, methods)
+        errors += variant_errors
     with st.expander("More settings: any config key"):
         extra = launching.parse_extra(st.text_area(
             "Overrides, one key=value per line (applied last)", key=k("extra"),
@@ -180,8 +187,8 @@ def settings_section(base: Config, key: str, mode: str,
     choices = RunChoices(data_root=Path(), synthetic=True, method=method, source=source, num_images=num_images,
                          holdout_fraction=fraction, folder=folder, center_weight=weight, center_alpha=alpha,
                          epochs=epochs, backbone=backbone, pretrained=pretrained, seed=seed, device=device.device,
-                         name=name, tricks=tricks, epoch_length=epoch_length, extra=extra)
-    return choices, methods, errors, device.nproc
+                         name=name, tricks=tricks, remedies=remedy_settings, epoch_length=epoch_length, extra=extra)
+    return choices, methods, errors, device.nproc, variants
 
 
 def control_source(method: str, k) -> str:
@@ -239,6 +246,78 @@ def tricks_section(base: Config, k) -> dict[str, object]:
                              help="centers learned by SGD at lr 0.5 on λ·Σ‖x − c‖² (BoT: λ = 5e-4)")
         out["train.center_update"] = "sgd" if sgd else "wen"
     return out
+
+
+def remedy_heading(remedy: Remedy) -> None:
+    """A remedy's name, its one-line explanation and its paper."""
+    st.markdown(f"**{remedy.label}** · `{remedy.name}`")
+    st.caption(f"{remedy.description} — {remedy.reference}")
+
+
+def remedies_section(base: Config, k, method: str) -> dict[str, object]:
+    """A run's remedies for hub collapse, only those that act on ``method`` (the method table's ``label_from``),
+    pre-set from the base config. Returns dotted config key → value (absent: section not shown)."""
+    acting = {r.name: r for r in acting_remedies(method)}
+    if not acting:
+        return {}
+    t = base.train
+    with st.expander("Pseudo-label remedies (hub collapse)" + (": on" if remedies(base) else ": off"),
+                     expanded=bool(remedies(base))):
+        st.caption("Off in the papers' configs; docs/methods.md, “Remedies”, gives each formula and its cost.")
+        out: dict[str, object] = {}
+        if "sinkhorn" in acting:
+            remedy_heading(acting["sinkhorn"])
+            on = st.checkbox("Balanced assignment (train.assignment=sinkhorn)", value=t.assignment == "sinkhorn",
+                             key=k("sinkhorn"))
+            out["train.assignment"] = "sinkhorn" if on else "argmax"
+            if on:
+                left, right = st.columns(2)
+                out["train.sinkhorn_epsilon"] = float(left.number_input(
+                    "ε: entropy (train.sinkhorn_epsilon)", min_value=1e-4, max_value=10.0, step=0.01,
+                    value=float(t.sinkhorn_epsilon), format="%.3f", key=k("sinkhorn-eps")))
+                out["train.sinkhorn_iters"] = int(right.number_input(
+                    "Rounds (train.sinkhorn_iters)", min_value=1, max_value=10000, value=int(t.sinkhorn_iters),
+                    key=k("sinkhorn-iters")))
+        if "csls" in acting:
+            remedy_heading(acting["csls"])
+            on = st.checkbox("CSLS similarity (train.similarity=csls)", value=t.similarity == "csls", key=k("csls"))
+            out["train.similarity"] = "csls" if on else "cosine"
+            if on:
+                out["train.csls_k"] = int(st.number_input("k: neighbours of r(·) (train.csls_k)", min_value=1,
+                                                          max_value=1000, value=int(t.csls_k), key=k("csls-k")))
+        if "select" in acting:
+            remedy_heading(acting["select"])
+            left, right = st.columns(2)
+            out["train.select_min_score"] = float(left.number_input(
+                "Minimum score (train.select_min_score; 0 = none)", min_value=0.0, max_value=10.0, step=0.05,
+                value=float(t.select_min_score), key=k("select-score"),
+                help="a cosine (or CSLS) for center labels, a probability for softmax labels (FixMatch: 0.95)"))
+            out["train.select_min_margin"] = float(right.number_input(
+                "Minimum margin to the runner-up (train.select_min_margin; 0 = none)", min_value=0.0,
+                max_value=10.0, step=0.01, value=float(t.select_min_margin), key=k("select-margin")))
+    return out
+
+
+def variants_section(key: str, methods: list[str]) -> tuple[list[Variant], list[str]]:
+    """A sweep's remedy variants (a grid axis: each method runs once per variant that acts on it), shown only
+    when a chosen method has a remedy that acts on it. Returns the variants and the form errors."""
+    acting = {r.name: r for m in methods for r in acting_remedies(m)}
+    if not acting:
+        return [Variant(PLAIN)], []
+    with st.expander("Pseudo-label remedies (hub collapse): variants of the grid", expanded=False):
+        for remedy in acting.values():
+            remedy_heading(remedy)
+        presets = [PLAIN] + [r.name for r in acting.values() if r.preset]
+        presets += ["+".join(presets[1:])] * (len(presets) > 2)
+        picked = st.multiselect("Variants (each its own column: “cpl + sinkhorn”)", presets, default=[PLAIN],
+                                key=f"variants-{key}", help="none: the published method. A variant runs only for "
+                                "the methods it acts on; the others run once, as published (`cpl sweep --variants`).")
+        custom = st.text_input("More variants, NAME:key=value,... separated by ';'", key=f"variants-more-{key}",
+                               placeholder="sel:train.select_min_margin=0.05; strict:train.select_min_score=0.5")
+    try:
+        return parse_variants(";".join([*picked, custom])), []
+    except ValueError as exc:
+        return [], [f"variants: {exc}"]
 
 
 def sweep_grid(base: Config, key: str, methods: list[str]) -> tuple[list[int], list[int], bool, list[str]]:
@@ -306,7 +385,7 @@ except ConfigError as exc:
     st.error(f"{base_path.name}: {exc}")
     st.stop()
 form_key = f"{base_path.stem}-{mode}"
-choices, methods, errors, nproc = settings_section(base, form_key, mode, roots)
+choices, methods, errors, nproc, variants = settings_section(base, form_key, mode, roots)
 if data_path is not None:
     choices.data_root, choices.synthetic, choices.kind = data_path, choice.synthetic, choice.kind
 counts, seeds, step_matched = [], [], False
@@ -325,6 +404,12 @@ if data_path is not None:
         cfg = launching.resolve(base_path, overrides, fast)
     except ConfigError as exc:
         errors.append(str(exc))
+cells = []
+if mode == "sweep" and cfg is not None and methods and counts and seeds and variants:
+    try:  # every cell through the config validation, as `cpl sweep` does before it writes anything
+        cells = check_grid(cfg, methods, counts, seeds, step_matched, variants)
+    except ConfigError as exc:
+        errors.append(str(exc))
 for e in errors:
     st.error(e, icon=":material/error:")
 if not data_ok:
@@ -339,7 +424,8 @@ if cfg is not None:
             cmd = [PROG, "sweep", "--config", str(base_path), "--methods", ",".join(methods),
                    "--gan-images", ",".join(map(str, counts)), "--seeds", ",".join(map(str, seeds)),
                    *sum((["--set", o] for o in overrides), []), *(["--fast-dev-run"] if fast else []),
-                   *(["--step-matched"] if step_matched else [])]
+                   *(["--step-matched"] if step_matched else []),
+                   *(["--variants", format_variants(variants)] if any(v.name != PLAIN for v in variants) else [])]
         st.code(shlex.join(cmd), language="bash", wrap_lines=True)
         st.code(dump_yaml(cfg), language="yaml", height=300)
 
@@ -353,7 +439,6 @@ if mode == "run":
         else:
             st.session_state["launched"] = ("run", run.id)
 else:
-    cells = plan_cells(methods, counts, seeds, step_matched) if methods and counts and seeds else []
     st.caption(f"{len(cells)} runs, one after the other (cells already finished are kept when a sweep is resumed)."
                + (" With the holdout source every cell uses the same held-out images: the counts only label rows, "
                   "and baseline/center are the labeled-only control (trained on the labeled rows the others keep)."
@@ -362,7 +447,7 @@ else:
                  key="launch-sweep"):
         try:
             folder = launching.launch_sweep(runs_root, base_path, methods, counts, seeds, overrides, fast,
-                                            step_matched)
+                                            step_matched, variants)
         except ConfigError as exc:
             st.error(str(exc))
         except OSError as exc:

@@ -23,6 +23,7 @@ from app.nav import select_run
 from app.safety import safe_sweep
 from cpl.data.formats import PROTOCOLS, protocol_of
 from cpl.methods import needs_unlabeled
+from cpl.remedy_table import PLAIN
 from cpl.runs.launch import delete, launch_cancel, launch_resume
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import ACTIVE, RESUMABLE, TRAINED, QueueReason, Stage, State, parse
@@ -87,8 +88,8 @@ def runs_frame(root) -> pd.DataFrame:
             "progress": rec["progress"], "ETA": charts.duration(rec["eta_s"]) if status.get("state") in ACTIVE else "",
             "device": _text(rec["device"]), "host": _text(rec["host"]), "method": _text(rec["method"]),
             "unlabeled": _unlabeled(run, rec["method"]), "backbone": _text(rec["backbone"]),
-            "weights": rec["weights"], "tricks": rec["tricks"], "GAN": rec["gan"], "rank-1": rec["rank1"],
-            "mAP": rec["mAP"],
+            "weights": rec["weights"], "tricks": rec["tricks"], "remedies": rec["remedies"], "GAN": rec["gan"],
+            "rank-1": rec["rank1"], "mAP": rec["mAP"],
             "rank-1 RR": rec["rr_rank1"], "mAP RR": rec["rr_mAP"], "sweep": _text(rec["sweep"]),
             "created": _when(rec["created"]), "message": _text(rec["message"]),
         })
@@ -105,6 +106,8 @@ COLUMNS = {
     "weights": st.column_config.TextColumn("weights", help="what the backbone started from (run.json weights)"),
     "tricks": st.column_config.TextColumn("tricks", help="strong-baseline (bag of tricks) options the run used; "
                                           "none = the CPL paper's setup (docs/methods.md)"),
+    "remedies": st.column_config.TextColumn("remedies", help="the remedies for hub collapse the run used; none = "
+                                            "the published pseudo-labels (docs/methods.md, “Remedies”)"),
     "GAN": st.column_config.TextColumn("GAN", help="the DCGAN's Fréchet distance to the real images and the "
                                                    "real-vs-real floor (GAN page)"),
     "rank-1": st.column_config.NumberColumn("rank-1", format="%.1f", help="rank-1 accuracy (%), no re-ranking"),
@@ -406,8 +409,11 @@ def sweeps_section(root) -> None:
 def sweep_body(root, folder, status: dict, cells: pd.DataFrame) -> None:
     spec = readers.sweep_spec(folder)
     grid = {key: ", ".join(readers.spec_list(spec, key)) for key in ("methods", "gan_images", "seeds")}
+    stored = spec.get("variants") if isinstance(spec.get("variants"), list) else []
+    variants = [str(v.get("name")) for v in stored if isinstance(v, dict)]
     st.caption(f"methods {grid['methods']} · unlabeled images {grid['gan_images']} · seeds {grid['seeds']}"
-               f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
+               + (f" · remedy variants {', '.join(variants)}" if set(variants) - {PLAIN} else "")
+               + f" · {readers.executor_label(spec)}" + (" · fast dev run" if spec.get("fast_dev_run") else ""))
     st.progress(readers.fraction(status.get("progress")), text=str(status.get("message") or ""))
     if status.get("state") == State.FAILED and status.get("error"):
         st.error(status["error"])

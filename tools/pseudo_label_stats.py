@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpl.remedy_table import PLAIN, variant_label
 from cpl.runs.atomic import read_jsonl
 from cpl.runs.diagnostics import EpochStats, read_epoch_stats
 from cpl.runs.rundir import RunDir
@@ -81,7 +82,9 @@ def main() -> int:
     for cell in spec["cells"]:
         run = RunDir(root / cell["run_id"])
         if run.results.is_file():
-            groups.setdefault((cell["method"], cell["gan_images"]), []).append(summary(run))
+            # a remedy variant is a row of its own ("cpl + sinkhorn"), never mixed into the published method's
+            groups.setdefault((variant_label(cell["method"], cell.get("variant", PLAIN)), cell["gan_images"]),
+                              []).append(summary(run))
     print("| method | #unlabeled | " + " | ".join(title for _, title, _ in KEYS) + " |")
     print("|" + "---|" * (2 + len(KEYS)))
     for (method, g), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from cpl.config import controls, tricks
+from cpl.config import controls, remedies, tricks
 from cpl.runs import faults
 from cpl.runs.atomic import write_json, write_npz
 from cpl.stages.context import RunContext
@@ -73,7 +73,7 @@ def evaluate(ctx: RunContext) -> None:
                    unlabeled_source=d.source, epochs=cfg.train.epochs, train_time_s=t.time_s,
                    device=str(ctx.device), world_size=ctx.dist.world_size, num_classes=d.ds.num_classes,
                    seed=cfg.seed, backbone=cfg.model.backbone, weights=t.weights.to_dict(), tricks=tricks(cfg),
-                   controls=controls(cfg), epoch_length=cfg.train.epoch_length,
+                   controls=controls(cfg), remedies=remedies(cfg), epoch_length=cfg.train.epoch_length,
                    labeled_train_images=len(d.keep), train_steps=t.trainer.clock.start(cfg.train.epochs))
     write_json(ctx.run.results, results)
     write_npz(ctx.run.retrieval, **retrieval)

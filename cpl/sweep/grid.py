@@ -1,5 +1,5 @@
-"""A sweep's grid: its cells (method × GAN-image count × seed), ``sweep.json``, and each cell's run directory
-and command. Torch-free: the app creates sweeps with it."""
+"""A sweep's grid: its cells (method × remedy variant × GAN-image count × seed), ``sweep.json``, and each cell's
+run directory and command. Torch-free: the app creates sweeps with it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 import yaml
 
 from cpl import PROG
-from cpl.config import Config, ConfigError, fast_dev_run, from_dict, load_config, to_dict
+from cpl.config import Config, ConfigError, apply_overrides, fast_dev_run, from_dict, load_config, to_dict
 from cpl.data.dataset import DatasetError
 from cpl.data.formats import AUTO, resolve
 from cpl.methods import BASELINE, METHOD_NAMES, has_own_zero_row, needs_unlabeled
 from cpl.models.weights import resolve as resolve_weights
+from cpl.remedy_table import PLAIN, Variant, variant_from_dict, variant_label
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import prepare_run
 from cpl.runs.rundir import SWEEPS_DIR, RunDir, new_run_id, slug, valid_id
@@ -23,18 +24,28 @@ from cpl.runs.status import read_status
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the grid: a method trained with ``gan_images`` unlabeled images (0 = none) under one seed."""
+    """One cell of the grid: a method trained with ``gan_images`` unlabeled images (0 = none) under one seed, with
+    the remedy variant named ``variant`` (:data:`~cpl.remedy_table.PLAIN`: the published method)."""
 
     method: str
     gan_images: int
     seed: int
+    variant: str = PLAIN
 
     def run_id(self, sweep_id: str) -> str:
-        """The cell's run id, ``<sweep id>--<method>-g<gan_images>-s<seed>``."""
-        return f"{sweep_id}--{self.method}-g{self.gan_images}-s{self.seed}"
+        """The cell's run id, ``<sweep id>--<method>-g<gan_images>-s<seed>``, ``-<variant>`` appended for a
+        remedy variant (``+`` written as ``-``)."""
+        tail = "" if self.variant == PLAIN else "-" + slug(self.variant.replace("+", "-"))
+        return f"{sweep_id}--{self.method}-g{self.gan_images}-s{self.seed}{tail}"
+
+    @property
+    def label(self) -> str:
+        """The cell's method as the tables name it (``cpl + sinkhorn``)."""
+        return variant_label(self.method, self.variant)
 
 
-def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int], step_matched: bool = False) -> list[Cell]:
+def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int], step_matched: bool = False,
+               variants: list[Variant] | None = None) -> list[Cell]:
     """Grid cells: the labeled-only methods (baseline, center) once per seed with 0 GAN images; the others per
     count > 0 and seed.
 
@@ -42,7 +53,10 @@ def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int], step
     comes from :data:`~cpl.methods.BASELINE` (added to the grid when 0 is among the counts).
     ``step_matched``: each labeled-only method also runs once per count > 0 and seed, at the step budget of
     that count's runs (:func:`cell_config`: ``train.epoch_length=union``), the step-matched control.
+    ``variants`` (default: the plain one): each method with unlabeled images runs once per variant that acts on
+    it; a method no variant acts on (lsro, ...) runs once, plain, so its column is still there.
     """
+    variants = variants or [Variant(PLAIN)]
     cells: list[Cell] = []
     want_baseline = 0 in gan_images or BASELINE in methods
     own_zero = [m for m in METHOD_NAMES if m in methods and has_own_zero_row(m)]  # table order, once each
@@ -53,7 +67,8 @@ def plan_cells(methods: list[str], gan_images: list[int], seeds: list[int], step
             cells += [Cell(m, g, seed) for m in references if step_matched]
             for m in methods:
                 if needs_unlabeled(m):
-                    cells.append(Cell(m, g, seed))
+                    names = [v.name for v in variants if v.acts_on(m)] or [PLAIN]
+                    cells += [Cell(m, g, seed, v) for v in names]
     return cells
 
 
@@ -62,14 +77,16 @@ def sweep_dir(runs_root: Path, sweep_id: str) -> Path:
     return runs_root / SWEEPS_DIR / sweep_id
 
 
-GRID_KEYS = ("methods", "gan_images", "seeds", "step_matched")  # what makes two sweeps the same grid
+GRID_KEYS = ("methods", "gan_images", "seeds", "step_matched", "variants")  # what makes two sweeps the same grid
+_GRID_DEFAULTS = {"step_matched": False, "variants": [Variant(PLAIN).to_dict()]}  # a sweep.json from before a key
 
 
 def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_images: list[int], seeds: list[int],
                  overrides: list[str], sweep_id: str | None = None, fast: bool = False,
-                 step_matched: bool = False) -> Path:
+                 step_matched: bool = False, variants: list[Variant] | None = None) -> Path:
     """Validate the grid (every cell's config) and write ``sweep.json`` (torch-free; the app calls it). Returns
-    the sweep folder. ``step_matched``: see :func:`plan_cells`."""
+    the sweep folder. ``step_matched``, ``variants``: see :func:`plan_cells`."""
+    variants = variants or [Variant(PLAIN)]
     for m in methods:
         if m not in METHOD_NAMES:
             raise ConfigError(f"--methods: unknown method {m!r} (choose from {', '.join(METHOD_NAMES)})")
@@ -85,25 +102,41 @@ def create_sweep(runs_root: Path, config_path: str, methods: list[str], gan_imag
     if not valid_id(sweep_id):
         raise ConfigError(f"--sweep-id: {sweep_id!r} is not a valid folder name")
     folder = sweep_dir(runs_root, sweep_id)
-    cells = plan_cells(methods, gan_images, seeds, step_matched)
+    cells = plan_cells(methods, gan_images, seeds, step_matched, variants)
     spec = {"id": sweep_id, "config": to_dict(base), "config_path": str(config_path), "overrides": overrides,
             "methods": methods, "gan_images": gan_images, "seeds": seeds, "fast_dev_run": fast,
-            "step_matched": step_matched, "cells": [dict(c.__dict__, run_id=c.run_id(sweep_id)) for c in cells]}
-    for cell in {Cell(c.method, c.gan_images, 0) for c in cells}:  # a cell the config refuses, before any runs
-        try:
-            cell_config(spec, cell)
-        except ConfigError as exc:
-            raise ConfigError(f"cell {cell.method} with {cell.gan_images} unlabeled images: {exc}") from None
+            "step_matched": step_matched, "variants": [v.to_dict() for v in variants],
+            "cells": [dict(c.__dict__, run_id=c.run_id(sweep_id)) for c in cells]}
+    check_cells(spec, cells)
     existing = folder / "sweep.json"
     if existing.is_file():
         old = yaml.safe_load(existing.read_text())
-        if {k: old.get(k, False if k == "step_matched" else None) for k in GRID_KEYS} != {k: spec[k] for k in
-                                                                                         GRID_KEYS}:
+        if {k: old.get(k, _GRID_DEFAULTS.get(k)) for k in GRID_KEYS} != {k: spec[k] for k in GRID_KEYS}:
             raise ConfigError(f"--sweep-id: {sweep_id} exists with a different grid; pick another id")
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     write_json(existing, spec)
     return folder
+
+
+def check_grid(base: Config, methods: list[str], gan_images: list[int], seeds: list[int], step_matched: bool = False,
+               variants: list[Variant] | None = None) -> list[Cell]:
+    """The grid's cells for the resolved base config ``base``, each distinct one validated as :func:`create_sweep`
+    validates it (the Launch page shows a refused cell before anything is written); raises :class:`ConfigError`."""
+    variants = variants or [Variant(PLAIN)]
+    cells = plan_cells(methods, gan_images, seeds, step_matched, variants)
+    check_cells({"id": "check", "config": to_dict(base), "variants": [v.to_dict() for v in variants]}, cells)
+    return cells
+
+
+def check_cells(spec: dict, cells: list[Cell]) -> None:
+    """Validate each distinct cell's config (seeds aside) before any runs; raises :class:`ConfigError` naming the
+    cell (``cpl + sinkhorn with 1000 unlabeled images: train.assignment: ...``)."""
+    for cell in dict.fromkeys(Cell(c.method, c.gan_images, 0, c.variant) for c in cells):
+        try:
+            cell_config(spec, cell)
+        except ConfigError as exc:
+            raise ConfigError(f"cell {cell.label} with {cell.gan_images} unlabeled images: {exc}") from None
 
 
 def pin_format(base: Config) -> None:
@@ -119,8 +152,8 @@ def pin_format(base: Config) -> None:
 
 
 def cell_config(spec: dict, cell: Cell):
-    """The cell's run config (a :class:`cpl.config.Config`): the sweep's base config with the cell's method, seed
-    and unlabeled-image count.
+    """The cell's run config (a :class:`cpl.config.Config`): the sweep's base config with the cell's method, seed,
+    unlabeled-image count and its variant's remedy settings (applied last, validated with the rest).
 
     Baseline and center never train on unlabeled images. With 0 of them they run on every labeled image, or, in a
     ``holdout`` sweep, on the labeled rows the holdout runs keep (the labeled-only control); with a count > 0
@@ -140,7 +173,17 @@ def cell_config(spec: dict, cell: Cell):
             unlabeled["source"] = "none"
     if unlabeled["source"] in ("gan", "folder"):
         unlabeled["num_images"] = cell.gan_images
-    return from_dict(data)
+    return from_dict(apply_overrides(data, list(variant_of(spec, cell.variant).settings)))
+
+
+def variant_of(spec: dict, name: str) -> Variant:
+    """The variant named ``name`` in a sweep.json (the plain one for a sweep made before variants)."""
+    if name == PLAIN:
+        return Variant(PLAIN)
+    for v in spec.get("variants") or []:
+        if v.get("name") == name:
+            return variant_from_dict(v)
+    raise ConfigError(f"sweep {spec.get('id')}: no variant named {name!r} in its sweep.json")
 
 
 def cell_state(run: RunDir) -> str | None:
@@ -152,7 +195,7 @@ def prepare_cell(spec: dict, c: dict, runs_root: Path) -> RunDir:
     """The cell's run directory (``c``: a sweep.json cell), created with its config on first use."""
     run = RunDir(runs_root / c["run_id"])
     if not run.run_json.is_file():
-        cell = Cell(c["method"], c["gan_images"], c["seed"])
+        cell = Cell(c["method"], c["gan_images"], c["seed"], c.get("variant", PLAIN))
         prepare_run(cell_config(spec, cell), runs_root, run.path, argv=[PROG, "sweep"], sweep=spec["id"])
     return run
 

@@ -31,6 +31,7 @@ import yaml
 from cpl import PROG
 from cpl.config import ConfigError
 from cpl.methods import BASELINE, DEFAULT_METHOD, METHOD_NAMES
+from cpl.remedy_table import PLAIN, Variant, parse_variants
 from cpl.runs import faults
 from cpl.runs.atomic import write_json
 from cpl.runs.rundir import RunDir
@@ -53,6 +54,14 @@ def _parse_list(text: str, kind: type, name: str) -> list:
     return values
 
 
+def parse_variants_arg(text: str) -> list[Variant]:
+    """``--variants`` → :class:`~cpl.remedy_table.Variant` list; a bad entry raises :class:`ConfigError`."""
+    try:
+        return parse_variants(text)
+    except ValueError as exc:
+        raise ConfigError(f"--variants: {exc}") from None
+
+
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of ``cpl sweep`` to ``p``."""
     p.add_argument("--config", required=True)
@@ -63,6 +72,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-matched", action="store_true",
                    help="also run baseline (and center, if listed) at every count > 0 with as many optimizer steps "
                         "as that count's runs (train.epoch_length=union): the step-matched control")
+    p.add_argument("--variants", default=PLAIN,
+                   help="remedy variants, ';'-separated, each a grid axis value: none, a remedy preset (sinkhorn, "
+                        "csls, sinkhorn+csls) or NAME:key=value,... with remedy keys only (e.g. "
+                        "'select:train.select_min_margin=0.05'); each method runs once per variant that acts on it "
+                        "(docs/methods.md, \"Remedies\")")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--sweep-id", help="sweep folder name (default: a new one); reuse it to resume a sweep")
     p.add_argument("--fast-dev-run", action="store_true", help="shrink every cell to a ~1 minute CPU run")
@@ -188,7 +202,8 @@ def sweep_main(args: argparse.Namespace) -> int:
             raise ConfigError(RAY_MISSING)
         folder = create_sweep(runs_root, args.config, _parse_list(args.methods, str, "methods"),
                               _parse_list(args.gan_images, int, "gan-images"), _parse_list(args.seeds, int, "seeds"),
-                              args.set, args.sweep_id, args.fast_dev_run, args.step_matched)
+                              args.set, args.sweep_id, args.fast_dev_run, args.step_matched,
+                              parse_variants_arg(args.variants))
     except ConfigError as exc:
         print(f"cpl: error: {exc}", file=sys.stderr)
         return 2
@@ -198,7 +213,8 @@ def sweep_main(args: argparse.Namespace) -> int:
 
         argv = [sys.executable, "-m", PROG, "--runs-root", str(runs_root), "sweep", "--config", args.config,
                 "--methods", args.methods, "--gan-images", args.gan_images, "--seeds", args.seeds,
-                "--sweep-id", folder.name] + sum((["--set", s] for s in args.set), []) + executor_argv(executor)
+                "--sweep-id", folder.name, "--variants", args.variants]
+        argv += sum((["--set", s] for s in args.set), []) + executor_argv(executor)
         argv += ["--fast-dev-run"] * args.fast_dev_run + ["--step-matched"] * args.step_matched
         print(f"{folder} (pid {spawn(argv, folder / 'log.txt')})")
         return 0

@@ -12,11 +12,13 @@ import yaml
 
 from cpl.config import CONTROLS
 from cpl.methods import BASELINE, has_own_zero_row, needs_unlabeled
+from cpl.remedy_table import PLAIN, variant_from_dict, variant_label
 from cpl.runs.atomic import write_text
 from cpl.runs.diagnostics import SWEEP_COLUMNS, read_epoch_stats, sweep_columns
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import State
 from cpl.runs.status import read_status
+from cpl.sweep.grid import plan_cells
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -38,8 +40,10 @@ def collect(folder: Path, runs_root: Path) -> list[dict]:
         status = read_status(run) if run.run_json.is_file() else {"state": State.PENDING}
         st = status.get("state")
         weights = (run.read_json("run.json") or {}).get("weights") or {}
-        row = {"method": c["method"], "gan_images": c["gan_images"], "seed": c["seed"], "run_id": c["run_id"],
-               "state": st, "weights": weights.get("source", ""), **where_ran(run, status)}
+        variant = c.get("variant", PLAIN)
+        row = {"method": c["method"], "variant": variant, "label": variant_label(c["method"], variant),
+               "gan_images": c["gan_images"], "seed": c["seed"], "run_id": c["run_id"], "state": st,
+               "weights": weights.get("source", ""), **where_ran(run, status)}
         if "rank1" in res and st == State.FINISHED:
             row.update(rank1=res["rank1"], mAP=res["mAP"])
             if res.get("rerank"):
@@ -76,7 +80,7 @@ def pl_accuracy_by_epoch(rows: list[dict]) -> str:
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         if r.get("pl_acc_epochs"):
-            groups.setdefault((r["method"], r["gan_images"]), []).append(r)
+            groups.setdefault((r.get("label", r["method"]), r["gan_images"]), []).append(r)
     if not groups:
         return ""
     n_ep = max(len(r["pl_acc_epochs"]) for rs in groups.values() for r in rs)
@@ -96,11 +100,12 @@ def pl_accuracy_by_epoch(rows: list[dict]) -> str:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds per (method, gan_images)."""
+    """Mean ± std over seeds per (method column, gan_images); a remedy variant is a column of its own, its
+    ``method`` the label ``cpl + sinkhorn`` (:func:`~cpl.remedy_table.variant_label`)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         if "rank1" in r:
-            groups.setdefault((r["method"], r["gan_images"]), []).append(r)
+            groups.setdefault((r.get("label", r["method"]), r["gan_images"]), []).append(r)
     out = []
     for (method, g), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         agg = {"method": method, "gan_images": g, "n": len(rs)}
@@ -116,6 +121,17 @@ def _fmt(a: dict, key: str) -> str:
     if key not in a:
         return "–"
     return f"{a[key]:.2f} ± {a[key + '_std']:.2f}" if a["n"] > 1 else f"{a[key]:.2f}"
+
+
+def table_methods(spec: dict) -> list[str]:
+    """A sweep.json's method columns in grid order, each method once per remedy variant that acts on it
+    (``cpl``, ``cpl + sinkhorn``, ..., then ``lsro``, which none acts on)."""
+    methods = [str(m) for m in spec.get("methods") or []] if isinstance(spec.get("methods"), list) else []
+    stored = spec.get("variants") if isinstance(spec.get("variants"), list) else []
+    variants = [variant_from_dict(v) for v in stored if isinstance(v, dict) and "name" in v]  # a damaged entry: none
+    cells = plan_cells(methods, [1], [0], False, variants)
+    return list(dict.fromkeys([m for m in methods if not needs_unlabeled(m)]
+                              + [c.label for c in cells if needs_unlabeled(c.method)]))
 
 
 def sweep_source(spec: dict) -> str:
@@ -206,8 +222,8 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
         wr.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in a.items()})
     write_text(folder / "results.csv", buf.getvalue())
     runs_buf = io.StringIO()
-    wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "gan_images", "seed", "state", "weights", "host",
-                                              "attempts", "rank1", "mAP", "rr_rank1", "rr_mAP", "pl_acc",
+    wr = csv.DictWriter(runs_buf, fieldnames=["run_id", "method", "variant", "gan_images", "seed", "state", "weights",
+                                              "host", "attempts", "rank1", "mAP", "rr_rank1", "rr_mAP", "pl_acc",
                                               "pl_true_mass", *SWEEP_COLUMNS],
                         extrasaction="ignore")
     wr.writeheader()
@@ -217,10 +233,10 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
     zero = zero_row_label(sweep_source(spec))
     md = [f"# Sweep {spec['id']}\n\n", f"{done}/{len(rows)} cells finished; mean ± std over seeds "
           f"{','.join(map(str, spec['seeds']))}; rank-1 and mAP in percent.\n\n",
-          "## Without re-ranking\n\n", markdown_table(agg, spec["methods"], zero_label=zero)]
+          "## Without re-ranking\n\n", markdown_table(agg, table_methods(spec), zero_label=zero)]
     if any("rr_rank1" in a for a in agg):
         md += ["\n## With k-reciprocal re-ranking\n\n",
-               markdown_table(agg, spec["methods"], rerank=True, zero_label=zero)]
+               markdown_table(agg, table_methods(spec), rerank=True, zero_label=zero)]
     if any("pl_acc" in a for a in agg):
         md.append("\n## Pseudo-label accuracy on held-out labeled images (last epoch)\n\n")
         md.append("| method | #unlabeled | accuracy | mass on true class |\n|---|---|---|---|\n")
@@ -233,7 +249,7 @@ def write_tables(folder: Path, runs_root: Path) -> list[dict]:
     md.append("\n## Cells\n\n| run | method | #unlabeled | seed | state | weights | host | rank-1 | mAP |\n"
               "|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
-        md.append(f"| {r['run_id']} | {cell_label(r['method'], r['gan_images'])} | {r['gan_images']} | {r['seed']} | "
+        md.append(f"| {r['run_id']} | {cell_label(r['label'], r['gan_images'])} | {r['gan_images']} | {r['seed']} | "
                   f"{r['state']} | "
                   f"{r['weights'] or '?'} | {r['host'] or '–'} | {r.get('rank1', float('nan')):.2f} | "
                   f"{r.get('mAP', float('nan')):.2f} |\n")
