@@ -328,7 +328,8 @@ def test_embedding_legend_shows_kinds_in_a_neutral_colour(page: Page, server: st
 def test_rerank_toggle_relabels_the_query_and_stays_in_the_url(page: Page, server: str, app_run: RunDir) -> None:
     ret = np.load(app_run.retrieval)
     _open(page, server, f"/retrieval?run={app_run.id}")
-    picker = page.locator("[data-testid='stMain'] [data-testid='stSelectbox'] input").first
+    picker = page.locator(".st-key-ret-browse-plain input")  # the query picker (the order picker is beside it)
+    picker.wait_for()
     qi = int(re.match(r"q(\d+) ", picker.input_value())[1])
 
     def ap_text(ap: float) -> str:
@@ -341,6 +342,7 @@ def test_rerank_toggle_relabels_the_query_and_stays_in_the_url(page: Page, serve
     reranked = ap_text(ret["rr_ap"][qi])
     header = page.get_by_text(re.compile(rf"^{re.escape(app_run.id)} \(\w+\) · .* · re-ranked$"))
     expect(header).to_contain_text(reranked)
+    picker = page.locator(".st-key-ret-browse-rr input")  # drawn anew for the re-ranked lists
     expect(picker).to_have_value(re.compile(rf"^q{qi} · .*{re.escape(reranked)}"))  # the same query, its new AP
     _shot(page, "retrieval-rerank.png")
     page.goto(page.url)  # the link shared from here: a new session, re-ranked from the URL alone
