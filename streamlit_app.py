@@ -59,7 +59,7 @@ def demo_notice(runs_root: Path) -> None:
     st.sidebar.info("The **demo** is training on the embedded synthetic dataset (a few minutes on a laptop CPU): "
                     + "; ".join(r.title for r in demo.ROLES if r.key in runs)
                     + ". The GAN page shows the DCGAN images and their labels, the held-out run scores its labels, "
-                    "and **Compare** sets CPL against the control.", icon=":material/info:")
+                    "and **Compare** sets each CPL run against its reference.", icon=":material/info:")
     for role in demo.ROLES:
         if role.key in runs:
             st.sidebar.page_link("pages/runs.py", label=f"Watch: {role.title}", icon=":material/monitoring:",

@@ -1,4 +1,4 @@
-"""The first-start demo: three runs that answer "are the pseudo-labels any good, and does CPL help?".
+"""The first-start demo: four runs that answer "are the pseudo-labels any good, and does CPL help?".
 
 When the app first sees a runs root with no runs, it starts, from one config (``cpl/configs/demo.yaml``, or
 ``$CPL_DEMO_CONFIG``) on the embedded synthetic dataset:
@@ -8,10 +8,12 @@ When the app first sees a runs root with no runs, it starts, from one config (``
 * ``heldout``: CPL with real training images whose labels are hidden as the unlabeled set (``holdout``): every
   pseudo-label is scored against the hidden identity (``pl_acc``), against a chance of 1 / K;
 * ``control``: the baseline on exactly the labeled rows the ``heldout`` run keeps (the labeled-only control),
-  so ``heldout`` minus ``control`` is what the pseudo-labels added.
+  so ``heldout`` minus ``control`` is what the pseudo-labels added;
+* ``baseline``: the baseline on every labeled image, the ``gan`` run's reference: ``gan`` minus ``baseline`` is what
+  the GAN images and their pseudo-labels did.
 
-The two held-out runs need no GAN, so they train while the DCGAN does: they wait for the device in the ordinary
-run queue (one after the other), and the ``gan`` run is placed beside the queue by the demo, as a cluster
+The three runs without GAN images train while the DCGAN does: they wait for the device in the ordinary run queue
+(one after the other), and the ``gan`` run is placed beside the queue by the demo, as a cluster
 scheduler places a sweep cell (``CPL_SCHEDULER``, ``cpl/runs/queue.py``). Two runs then compute at a time, each
 with half of the CPUs in this process's affinity mask (``cpu_threads``; one thread each on 2 cores), so they do not
 oversubscribe them.
@@ -43,7 +45,7 @@ from .safety import safe_run
 
 DEMO_CONFIG = CONFIGS_DIR / "demo.yaml"
 DEMO_MARKER = ".studio-demo.json"
-STREAMS = 2  # runs computing at once: the gan run, and the held-out runs one after the other
+STREAMS = 2  # runs computing at once: the gan run, and the queued runs one after the other
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Role:
     queued: bool  # waits for its device in the run queue; False: placed beside the queue by the demo
 
 
-GAN, HELDOUT, CONTROL = "gan", "heldout", "control"
+GAN, HELDOUT, CONTROL, BASE = "gan", "heldout", "control", "baseline"
 ROLES = (
     Role(GAN, "CPL on DCGAN images", ("name=demo",), queued=False),
     Role(HELDOUT, "CPL on held-out real images, whose labels are scored",
@@ -64,6 +66,8 @@ ROLES = (
     Role(CONTROL, "the labeled-only control: the baseline on the same labeled rows",
          ("name=demo-control", f"train.method={BASELINE}", "unlabeled.source=holdout", "eval.umap=false"),
          queued=True),
+    Role(BASE, "the baseline on every labeled image",
+         ("name=demo-baseline", f"train.method={BASELINE}", "unlabeled.source=none", "eval.umap=false"), queued=True),
 )
 
 

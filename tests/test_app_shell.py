@@ -53,7 +53,7 @@ def test_the_demo_starts_once_on_a_fresh_runs_root(fresh: Path, tmp_path: Path) 
     assert not at.exception, [e.message for e in at.exception]
     marker = json.loads((fresh / demo.DEMO_MARKER).read_text())
     runs = demo.demo_runs(fresh)
-    assert list(runs) == [demo.GAN, demo.HELDOUT, demo.CONTROL]
+    assert list(runs) == [demo.GAN, demo.HELDOUT, demo.CONTROL, demo.BASE]
     assert marker["runs"] == {k: r.id for k, r in runs.items()}
     assert sorted(r.id for r in list_runs(fresh)) == sorted(r.id for r in runs.values())
     for key, run in runs.items():
@@ -62,21 +62,23 @@ def test_the_demo_starts_once_on_a_fresh_runs_root(fresh: Path, tmp_path: Path) 
         assert facts["dataset"]["root"] == str((tmp_path / "data" / "synthetic").resolve())
         assert facts["controls"] == (["labeled-only"] if key == demo.CONTROL else [])
         assert run.read_json("launch.json")["pid"] > 0
-    assert runs[demo.CONTROL].read_json("run.json")["method"] == BASELINE
+    assert runs[demo.CONTROL].read_json("run.json")["method"] == runs[demo.BASE].read_json("run.json")["method"] \
+        == BASELINE
     assert any("demo" in i.value and "labeled-only control" in i.value for i in at.sidebar.info)
 
     at.run()  # a rerun (or a second visitor) starts nothing new
     open_app()
-    assert len(list_runs(fresh)) == 3
+    assert len(list_runs(fresh)) == 4
 
-    # The GAN run computes beside the queue while the held-out runs take the device one after the other.
+    # The GAN run computes beside the queue while the others take the device one after the other.
     try:
-        held_out = (demo.HELDOUT, demo.CONTROL)
+        queued = (demo.HELDOUT, demo.CONTROL, demo.BASE)
         wait_for(lambda: _state(runs[demo.GAN])[0] == "running"
-                 and {_state(runs[k]) for k in held_out} == {("queued", "device"), ("running", None)}, 300,
-                 what="the GAN run and one held-out run running, the other queued for the device")
+                 and sorted(map(str, (_state(runs[k]) for k in queued))) == sorted(map(str, [
+                     ("queued", "device"), ("queued", "device"), ("running", None)])), 300,
+                 what="the GAN run and one other running, the two others queued for the device")
     finally:
-        assert [cancel(run, grace_s=10) for run in runs.values()] == ["cancelled"] * 3
+        assert [cancel(run, grace_s=10) for run in runs.values()] == ["cancelled"] * 4
 
     # the user deletes every run: no surprise demo on the next start
     for run in runs.values():

@@ -27,23 +27,25 @@ def _configs(tmp_path: Path, threads: int = 1) -> dict:
     return {r.key: load_config(demo.DEMO_CONFIG, demo.role_overrides(r, True, synth, threads)) for r in demo.ROLES}
 
 
-def test_the_demo_runs_cpl_on_gan_and_held_out_images_and_the_labeled_only_control(tmp_path: Path) -> None:
+def test_the_demo_runs_cpl_on_gan_and_held_out_images_each_beside_its_reference(tmp_path: Path) -> None:
     cfg = _configs(tmp_path, threads=3)
-    gan, held, ctrl = cfg[demo.GAN], cfg[demo.HELDOUT], cfg[demo.CONTROL]
+    gan, held, ctrl, base = cfg[demo.GAN], cfg[demo.HELDOUT], cfg[demo.CONTROL], cfg[demo.BASE]
     assert (gan.train.method, gan.unlabeled.source, gan.unlabeled.num_images) == (DEFAULT_METHOD, "gan", 600)
     assert (held.train.method, held.unlabeled.source) == (DEFAULT_METHOD, "holdout")
     assert (ctrl.train.method, ctrl.unlabeled.source) == (BASELINE, "holdout")
-    assert controls(ctrl) == ["labeled-only"] and controls(held) == [] and controls(gan) == []
-    # the control is a control of the held-out run: same split (seed, fraction), same schedule and network
-    assert held.seed == ctrl.seed == gan.seed == 0
+    assert (base.train.method, base.unlabeled.source) == (BASELINE, "none")
+    assert [controls(c) for c in (gan, held, ctrl, base)] == [[], [], ["labeled-only"], []]
+    # each reference differs from its CPL run in the unlabeled images alone: same split (seed, fraction), same
+    # schedule and network
+    assert held.seed == ctrl.seed == gan.seed == base.seed == 0
     assert held.unlabeled.holdout_fraction == ctrl.unlabeled.holdout_fraction
-    for a, b in ((held, ctrl), (held, gan)):
+    for a, b in ((held, ctrl), (held, gan), (gan, base)):
         assert (a.train.epochs, a.train.lr, a.train.lr_milestones, a.train.batch_size) == \
                (b.train.epochs, b.train.lr, b.train.lr_milestones, b.train.batch_size)
         assert (a.model.backbone, a.data.root, a.data.synthetic) == (b.model.backbone, b.data.root, b.data.synthetic)
     assert {c.cpu_threads for c in cfg.values()} == {3}
-    assert len({c.name for c in cfg.values()}) == 3  # three run ids a user can tell apart
-    assert gan.eval.umap and not held.eval.umap and not ctrl.eval.umap  # the GAN run feeds the Embedding page
+    assert len({c.name for c in cfg.values()}) == 4  # four run ids a user can tell apart
+    assert [c.eval.umap for c in (gan, held, ctrl, base)] == [True, False, False, False]  # the Embedding page's
 
 
 @pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (1.5, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
@@ -58,9 +60,10 @@ def test_only_the_gan_run_skips_the_run_queue() -> None:
 
 @pytest.fixture
 def demo_root(app_world: AppWorld, app_run, holdout_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A runs root holding what a finished demo leaves: the fixture world's CPL-on-GAN run, its holdout sweep's CPL
-    and baseline cells (the labeled-only control), copied under demo ids, with the demo's marker. The GAN run is
-    the oldest, so a page that opens on it does so because it is the demo's."""
+    """A runs root holding what a finished demo leaves (but its baseline run, which the fixture world lacks): the
+    world's CPL-on-GAN run, its holdout sweep's CPL and baseline cells (the labeled-only control), copied under demo
+    ids, with the demo's marker. The GAN run is the oldest, so a page that opens on it does so because it is the
+    demo's."""
     root = tmp_path / "runs"
     shutil.copytree(app_world.runs_root / "_cache" / "gan", root / "_cache" / "gan")  # the GAN samples' files
     ids = {demo.GAN: "d-gan", demo.HELDOUT: "d-heldout", demo.CONTROL: "d-control"}
