@@ -52,13 +52,14 @@ def _epoch_records(run: RunDir) -> list[dict]:
 
 def milestones(runs: dict[str, RunDir]) -> dict[str, bool]:
     """What a page can show now, by milestone name (the table's rows, in the order a user meets them)."""
-    gan, held, ctrl = runs[demo.GAN], runs[demo.HELDOUT], runs[demo.CONTROL]
+    gan, held, ctrl, base = runs[demo.GAN], runs[demo.HELDOUT], runs[demo.CONTROL], runs[demo.BASE]
     return {
         "GAN page: DCGAN samples": gan.unlabeled.is_file(),
         "GAN page: their pseudo-labels (1st epoch)": bool(_epoch_records(gan)),
         "label accuracy on held-out images (1st epoch)": any("pl_acc" in r for r in _epoch_records(held)),
         "Compare: the control's result": ctrl.results.is_file(),
         "Compare: CPL on held-out images, result": held.results.is_file(),
+        "Compare: the baseline's result": base.results.is_file(),
         "Retrieval: the GAN run's ranked lists": gan.retrieval.is_file(),
         "Compare: CPL on GAN images, result": gan.results.is_file(),
         "Embedding: the GAN run's UMAP": gan.embedding.is_file(),
