@@ -33,8 +33,11 @@ def test_the_demo_runs_cpl_on_gan_and_held_out_images_each_beside_its_reference(
     assert (gan.train.method, gan.unlabeled.source, gan.unlabeled.num_images) == (DEFAULT_METHOD, "gan", 600)
     assert (held.train.method, held.unlabeled.source) == (DEFAULT_METHOD, "holdout")
     assert (ctrl.train.method, ctrl.unlabeled.source) == (BASELINE, "holdout")
-    assert (base.train.method, base.unlabeled.source) == (BASELINE, "none")
-    assert [controls(c) for c in (gan, held, ctrl, base)] == [[], [], ["labeled-only"], []]
+    assert (base.train.method, base.unlabeled.source, base.unlabeled.num_images) == (BASELINE, "gan", 600)
+    assert [controls(c) for c in (gan, held, ctrl, base)] == [[], [], ["labeled-only", "step-matched"],
+                                                              ["step-matched"]]
+    # step-matched: a reference's epochs count the unlabeled images it does not train on, as its CPL run's do
+    assert [c.train.epoch_length for c in (gan, held, ctrl, base)] == ["trained", "trained", "union", "union"]
     # each reference differs from its CPL run in the unlabeled images alone: same split (seed, fraction), same
     # schedule and network
     assert held.seed == ctrl.seed == gan.seed == base.seed == 0
