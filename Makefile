@@ -23,7 +23,7 @@ install: $(STAMP)
 lock:
 	$(PYTHON) tools/lock_requirements.py
 
-## The app (binds 127.0.0.1; see README to expose it). A demo run starts by itself when there are none.
+## The app (binds 127.0.0.1; see README to expose it). The demo (four runs, app/demo.py) starts by itself when there are none.
 run: $(STAMP)
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
 

@@ -1,8 +1,9 @@
 """CPL Studio: launch, watch, inspect and compare CPL runs (``streamlit run streamlit_app.py``).
 
 The entry script is the frame around every page: page config, logo, navigation, and the first-start demo.
-When the runs folder has never held a run, a demo run on the embedded synthetic dataset starts by itself
-(``configs/demo.yaml``, a few minutes on 2 CPU cores), so every page fills in without any set-up; a
+When the runs folder has never held a run, the demo starts by itself (app/demo.py: CPL on DCGAN images, CPL on
+held-out real images whose labels are scored, and the labeled-only control, from ``configs/demo.yaml`` on the
+embedded synthetic dataset, a few minutes on 2 CPU cores), so every page fills in without any set-up; a
 marker file keeps it from starting again. ``CPL_DEMO=0`` turns it off; ``CPL_DEMO_CONFIG`` names another config
 for it. The app never imports torch:
 runs are separate ``cpl`` processes that write run directories, which the pages read.
@@ -14,8 +15,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import launching, settings
-from app.safety import safe_run
+from app import demo, settings
 from cpl.config import ConfigError
 from cpl.runs.status import ACTIVE, read_status
 
@@ -45,22 +45,25 @@ PAGES = {
 
 
 def demo_notice(runs_root: Path) -> None:
-    """Start the first-start demo run if due, and say so while it runs."""
+    """Start the first-start demo if due (app/demo.py), and say what it is while its runs train."""
     try:
-        started = launching.ensure_demo(runs_root, settings.synthetic_root())
+        started = demo.ensure_demo(runs_root, settings.synthetic_root())
     except (ConfigError, OSError, ValueError) as exc:
-        st.sidebar.error(f"Could not start the demo run: {exc}")
+        st.sidebar.error(f"Could not start the demo: {exc}")
         return
-    if started is not None:
-        st.toast(f"Started a demo run on the synthetic dataset: {started.id}", icon=":material/rocket_launch:")
-    marker = launching.demo_marker(runs_root) or {}
-    run = safe_run(runs_root, marker.get("demo_run"))
-    if run is not None and read_status(run).get("state") in ACTIVE:
-        st.sidebar.info("A **demo run** is training CPL on the embedded synthetic dataset (a few minutes on a "
-                        "laptop CPU). Its curves are live on **Runs**; the GAN, Embedding and Retrieval pages fill "
-                        "in when it finishes.", icon=":material/info:")
-        st.sidebar.page_link("pages/runs.py", label="Watch the demo run", icon=":material/monitoring:",
-                             query_params={"run": run.id})
+    if started:
+        st.toast(f"Started the demo on the synthetic dataset: {len(started)} runs", icon=":material/rocket_launch:")
+    runs = demo.demo_runs(runs_root)
+    if not any(read_status(r).get("state") in ACTIVE for r in runs.values()):
+        return
+    st.sidebar.info("The **demo** is training on the embedded synthetic dataset (a few minutes on a laptop CPU): "
+                    + "; ".join(r.title for r in demo.ROLES if r.key in runs)
+                    + ". The GAN page shows the DCGAN images and their labels, the held-out run scores its labels, "
+                    "and **Compare** sets each CPL run against its reference.", icon=":material/info:")
+    for role in demo.ROLES:
+        if role.key in runs:
+            st.sidebar.page_link("pages/runs.py", label=f"Watch: {role.title}", icon=":material/monitoring:",
+                                 query_params={"run": runs[role.key].id})
 
 
 root = settings.runs_root()

@@ -17,22 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from cpl import PROG
-from cpl.config import Config, ConfigError, fast_dev_run, load_config, packaged_configs_dir, read_yaml
+from cpl.config import Config, ConfigError, fast_dev_run, load_config, packaged_configs_dir
 from cpl.data import formats
 from cpl.data.check import CheckReport
 from cpl.remedy_table import PLAIN, Variant, format_variants, variant_from_dict
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
-from cpl.runs.rundir import SWEEPS_DIR, RunDir, list_runs
+from cpl.runs.rundir import RunDir
 from cpl.sweep.grid import create_sweep
 from cpl.sweep.runner import executor_argv
 
 from .safety import safe_data_dir
 
 CONFIGS_DIR = packaged_configs_dir()  # cpl/configs in the installed package (the checkout's configs/ links there)
-DEMO_CONFIG = CONFIGS_DIR / "demo.yaml"
-DEMO_MARKER = ".studio-demo.json"
 
 SOURCE_INFO = {
     "gan": "images drawn from a DCGAN trained on the labeled training images (the papers' setting)",
@@ -356,62 +353,3 @@ def parse_int_list(text: str, what: str) -> list[int]:
     if any(v < 0 for v in values):
         raise ConfigError(f"{what}: values must be >= 0, got {text!r}")
     return sorted(set(values))
-
-
-# ---------------------------------------------------------------------------------------------- demo run
-
-
-def demo_enabled() -> bool:
-    """``CPL_DEMO=0`` (or off/false/no) turns off the demo run of a first start."""
-    return os.environ.get("CPL_DEMO", "1").strip().lower() not in ("0", "off", "false", "no")
-
-
-def demo_marker(runs_root: Path) -> dict | None:
-    """What the runs root's demo marker records about the demo run started there (it starts only once); None
-    when there is none."""
-    try:
-        return json.loads((runs_root / DEMO_MARKER).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _has_anything(runs_root: Path) -> bool:
-    sweeps = runs_root / SWEEPS_DIR
-    return bool(list_runs(runs_root)) or (sweeps.is_dir() and any(sweeps.iterdir()))
-
-
-def demo_config() -> Path:
-    """The demo run's config: ``$CPL_DEMO_CONFIG`` or the packaged ``cpl/configs/demo.yaml``."""
-    return Path(os.environ.get("CPL_DEMO_CONFIG") or DEMO_CONFIG)
-
-
-def ensure_demo(runs_root: Path, synthetic_root: Path, config_path: Path | None = None) -> RunDir | None:
-    """Start the demo run the first time the app sees ``runs_root`` with no runs at all; None otherwise.
-
-    The first look at a runs root leaves a marker file, so a demo starts at most once per runs root:
-    a user who later deletes every run does not get a new one. Creating the marker with O_EXCL makes
-    two sessions opening a fresh app at once start one demo, not two.
-    """
-    if not demo_enabled() or (runs_root / DEMO_MARKER).exists():
-        return None
-    config_path = config_path or demo_config()
-    runs_root.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(runs_root / DEMO_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return None
-    os.close(fd)
-    if _has_anything(runs_root):
-        write_json(runs_root / DEMO_MARKER, {"demo_run": None, "time": time.time(),
-                                             "note": "the runs root already held runs: no demo"})
-        return None
-    try:
-        overrides = [f"data.root={_quote(str(synthetic_root))}"] \
-            if read_yaml(config_path).get("data", {}).get("kind") == "synthetic" else []
-        cfg = load_config(config_path, overrides)
-        run, _ = launch_run(cfg, runs_root, 1, [PROG, "run", *cli_args(config_path, overrides, False)])
-    except BaseException:
-        (runs_root / DEMO_MARKER).unlink(missing_ok=True)  # let the next start try again
-        raise
-    write_json(runs_root / DEMO_MARKER, {"demo_run": run.id, "time": time.time(), "config": str(config_path)})
-    return run

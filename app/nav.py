@@ -12,6 +12,7 @@ import streamlit as st
 from cpl.runs.rundir import RunDir, list_runs
 
 from . import settings
+from .demo import GAN, only_demo
 from .gallery import reset_on_run_change
 from .safety import safe_run
 
@@ -24,10 +25,11 @@ def run_ids() -> list[str]:
 
 
 def select_run(param: str = "run", label: str = "Run", *, sidebar: bool = True,
-               filter_fn=None, key: str | None = None) -> RunDir | None:
+               filter_fn=None, key: str | None = None, preferred: str | None = None) -> RunDir | None:
     """A run picker synced with the query parameter ``param``; returns the chosen run (or None).
 
-    ``filter_fn(run) -> bool`` narrows the choices (e.g. runs that have GAN samples).
+    ``filter_fn(run) -> bool`` narrows the choices (e.g. runs that have GAN samples). Without ``?param=`` the
+    picker opens on ``preferred`` when it is among them, else on the newest run.
     """
     root = settings.runs_root()
     runs = list_runs(root)
@@ -40,7 +42,7 @@ def select_run(param: str = "run", label: str = "Run", *, sidebar: bool = True,
         wanted = None
     if not ids:
         return None
-    index = ids.index(wanted) if wanted in ids else 0
+    index = ids.index(wanted) if wanted in ids else ids.index(preferred) if preferred in ids else 0
     where = st.sidebar if sidebar else st
     wkey = key or f"select-{param}"
     if wanted in ids and wanted != st.session_state.get(f"{wkey}-synced"):
@@ -57,10 +59,12 @@ def run_page(title: str, state_prefix: str, *, drop_params: tuple[str, ...] = ()
     no runs yet) when there is nothing to show.
 
     When the picked run changes, the page's widget state (keys starting with ``state_prefix``) is forgotten,
-    and so are the query parameters ``drop_params`` (e.g. an image number of the previous run).
+    and so are the query parameters ``drop_params`` (e.g. an image number of the previous run). While the runs
+    root holds only the first-start demo, the picker opens on its GAN run (the one with GAN images and a UMAP).
     """
     st.title(title)
-    run = select_run()
+    demo_gan = only_demo(settings.runs_root()).get(GAN)
+    run = select_run(preferred=demo_gan.id if demo_gan else None)
     if run is None:
         st.info(NO_RUNS)
         return None

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, health, pseudo_views, readers, settings
+from app.demo import only_demo
 from app.safety import safe_run, safe_sweep
 from cpl.data.formats import PROTOCOLS, protocol_of
 from cpl.methods import needs_unlabeled
@@ -171,7 +172,15 @@ def runs_section(root) -> None:
         st.info("No runs yet.")
         return
     ids = [r.id for r in runs]
-    default = _from_url(root) or [r.id for r in runs if (readers.results(r) or {}).get("rank1") is not None][:2]
+    from_url, first_start = _from_url(root), only_demo(root)  # the demo's runs: CPL against its control
+    default = from_url or [r.id for r in first_start.values()] \
+        or [r.id for r in runs if (readers.results(r) or {}).get("rank1") is not None][:2]
+    if first_start and not from_url:
+        st.caption("The first-start demo: CPL on DCGAN images and its reference, the baseline on every labeled image; "
+                   "CPL on held-out real images (its pseudo-label accuracy is scored) and its reference, the baseline "
+                   "on the same labeled rows (the labeled-only control). Each reference takes as many optimizer steps "
+                   "as its CPL run (step-matched), so a CPL run minus its reference is what its unlabeled images and "
+                   "their pseudo-labels did.")
     chosen = st.multiselect("Runs", ids, default=[i for i in default if i in ids], key="compare-runs",
                             help="The first two are kept in the link as ?run= and ?run2=.")
     for param, value in zip(("run", "run2"), chosen[:2] + [None, None]):

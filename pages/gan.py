@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app import charts, pseudo_views, readers
+from app import charts, demo, pseudo_views, readers, settings
 from app.gallery import AMBER, GREEN, NEUTRAL, RED, Card, card_image, grid, page_bounds
 from app.nav import run_page
 from cpl.runs.rundir import RunDir
@@ -349,10 +349,31 @@ def _quality(run: RunDir) -> None:
                            "images to an ImageNet network; samples far above it are textures, not people."]))
 
 
+def _demo_pointer(run: RunDir) -> None:
+    """On the demo's GAN run: a GAN image has no true identity, so point at the demo's held-out run, whose labels
+    are scored, with its latest pseudo-label accuracy against chance (app/demo.py)."""
+    runs = demo.demo_runs(settings.runs_root())
+    if run.id != getattr(runs.get(demo.GAN), "id", None) or demo.HELDOUT not in runs:
+        return
+    heldout = runs[demo.HELDOUT]
+    epochs = readers.metrics(heldout, "epoch")
+    acc = epochs["pl_acc"].dropna() if "pl_acc" in epochs else pd.Series(dtype=float)
+    k = readers.number((readers.dataset_info(heldout) or {}).get("num_classes"))
+    chance = f" (chance: {100 / k:.1f}%)" if k else ""
+    score = (f" After epoch {len(acc)}, **{100 * acc.iloc[-1]:.1f}%** of its labels are right{chance}."
+             if len(acc) else " Its first scores arrive after its first epoch.")
+    st.info("A GAN image belongs to no identity, so nobody can say whether its label is right. The demo also runs "
+            "CPL on real training images whose labels it hides, and scores every label it gives them." + score,
+            icon=":material/fact_check:")
+    st.page_link("pages/gan.py", label="Open the held-out run (✓/✗ per image)", icon=":material/fact_check:",
+                 query_params={"run": heldout.id})
+
+
 def main() -> None:
     run = run_page("GAN samples & pseudo-labels", "gan-", drop_params=("img",))  # ?img=: an image number
     if run is None:
         return
+    _demo_pointer(run)
     status = read_status(run)
     method = readers.run_facts(run).get("method") or "?"
     _quality(run)

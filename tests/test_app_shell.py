@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from app_fixtures import open_app, wait_for
 
-from app import launching
+from app import demo
+from cpl.methods import BASELINE
 from cpl.runs.launch import cancel
 from cpl.runs.rundir import RunDir, list_runs
 from cpl.runs.status import read_raw
@@ -33,39 +34,56 @@ def test_every_page_renders_through_the_shell(app_env, app_run: RunDir) -> None:
 
 @pytest.fixture
 def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty runs root, demo on, the demo config pointed at the synthetic config."""
+    """An empty runs root, demo on, with its packaged config (cpl/configs/demo.yaml)."""
     root = tmp_path / "runs"
     monkeypatch.setenv("CPL_RUNS_ROOT", str(root))
     monkeypatch.setenv("CPL_DATA_ROOTS", str(tmp_path / "data"))
-    monkeypatch.setenv("CPL_DEMO_CONFIG", str(REPO / "configs" / "synthetic.yaml"))
+    monkeypatch.delenv("CPL_DEMO_CONFIG", raising=False)
     monkeypatch.delenv("CPL_DEMO", raising=False)
     return root
 
 
-def test_demo_run_starts_once_on_a_fresh_runs_root(fresh: Path, tmp_path: Path) -> None:
+def _state(run: RunDir) -> tuple:
+    raw = read_raw(run) or {}
+    return raw.get("state"), raw.get("queue_reason")
+
+
+def test_the_demo_starts_once_on_a_fresh_runs_root(fresh: Path, tmp_path: Path) -> None:
     at = open_app()
     assert not at.exception, [e.message for e in at.exception]
-    runs = list_runs(fresh)
-    assert len(runs) == 1
-    demo = runs[0]
-    marker = json.loads((fresh / launching.DEMO_MARKER).read_text())
-    assert marker["demo_run"] == demo.id
-    facts = demo.read_json("run.json")
-    assert facts["argv"][:4] == ["cpl", "run", "--config", str(REPO / "configs" / "synthetic.yaml")]
-    assert facts["dataset"]["root"] == str((tmp_path / "data" / "synthetic").resolve())
-    assert any("demo run" in i.value for i in at.sidebar.info)
-    pid = demo.read_json("launch.json")["pid"]
-    assert pid > 0
+    marker = json.loads((fresh / demo.DEMO_MARKER).read_text())
+    runs = demo.demo_runs(fresh)
+    assert list(runs) == [demo.GAN, demo.HELDOUT, demo.CONTROL, demo.BASE]
+    assert marker["runs"] == {k: r.id for k, r in runs.items()}
+    assert sorted(r.id for r in list_runs(fresh)) == sorted(r.id for r in runs.values())
+    for key, run in runs.items():
+        facts = run.read_json("run.json")
+        assert facts["argv"][:4] == ["cpl", "run", "--config", str(demo.DEMO_CONFIG)], key
+        assert facts["dataset"]["root"] == str((tmp_path / "data" / "synthetic").resolve())
+        assert facts["controls"] == {demo.CONTROL: ["labeled-only", "step-matched"],
+                                     demo.BASE: ["step-matched"]}.get(key, []), key
+        assert run.read_json("launch.json")["pid"] > 0
+    assert runs[demo.CONTROL].read_json("run.json")["method"] == runs[demo.BASE].read_json("run.json")["method"] \
+        == BASELINE
+    assert any("demo" in i.value and "labeled-only control" in i.value for i in at.sidebar.info)
 
     at.run()  # a rerun (or a second visitor) starts nothing new
     open_app()
-    assert [r.id for r in list_runs(fresh)] == [demo.id]
+    assert len(list_runs(fresh)) == 4
 
-    wait_for(lambda: (read_raw(demo) or {}).get("pgid"), 120, what="the demo process to start")
-    assert cancel(demo, grace_s=10) == "cancelled"
+    # The GAN run computes beside the queue while the others take the device one after the other.
+    try:
+        queued = (demo.HELDOUT, demo.CONTROL, demo.BASE)
+        wait_for(lambda: _state(runs[demo.GAN])[0] == "running"
+                 and sorted(map(str, (_state(runs[k]) for k in queued))) == sorted(map(str, [
+                     ("queued", "device"), ("queued", "device"), ("running", None)])), 300,
+                 what="the GAN run and one other running, the two others queued for the device")
+    finally:
+        assert [cancel(run, grace_s=10) for run in runs.values()] == ["cancelled"] * 4
 
     # the user deletes every run: no surprise demo on the next start
-    shutil.rmtree(demo.path)
+    for run in runs.values():
+        shutil.rmtree(run.path)
     at = open_app()
     assert list_runs(fresh) == []
     assert any("No runs yet" in i.value for i in at.info)
@@ -76,21 +94,23 @@ def test_no_demo_when_the_runs_root_already_has_runs(fresh: Path, monkeypatch: p
     (fresh / "sweeps" / "old" / "sweep.json").write_text("{}")
     open_app()
     assert list_runs(fresh) == []
-    assert json.loads((fresh / launching.DEMO_MARKER).read_text())["demo_run"] is None
+    assert json.loads((fresh / demo.DEMO_MARKER).read_text())["runs"] == {}
+    assert demo.demo_runs(fresh) == {}
 
 
 def test_demo_can_be_turned_off(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPL_DEMO", "0")
     at = open_app()
-    assert not (fresh / launching.DEMO_MARKER).exists() and list_runs(fresh) == []
+    assert not (fresh / demo.DEMO_MARKER).exists() and list_runs(fresh) == []
     assert any("No runs yet" in i.value for i in at.info)
 
 
 def test_a_missing_demo_config_is_reported_and_retried(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPL_DEMO_CONFIG", str(fresh.parent / "nope.yaml"))
     at = open_app()
-    assert any("Could not start the demo run" in e.value and "nope.yaml" in e.value for e in at.sidebar.error)
-    assert not (fresh / launching.DEMO_MARKER).exists()  # the next start tries again
+    assert any("Could not start the demo" in e.value and "nope.yaml" in e.value for e in at.sidebar.error)
+    assert not (fresh / demo.DEMO_MARKER).exists()  # the next start tries again
+    assert list_runs(fresh) == []
 
 
 def test_folders_are_shown_without_the_machines_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
