@@ -365,6 +365,11 @@ def test_fast_dev_run_trains_and_evaluates_every_format(tmp_path: Path, syntheti
         # the fast-dev-run caps keep 48 queries, each with every image of its identity in the gallery
         assert set(q_cams.tolist()) == {NO_CAMERA} and {r[0] for r in qs} <= {r[0] for r in gs}
         assert res["num_valid"] == len(qs) == 48
+    # the distance plot counts the protocol's pairs: under leave-one-out every other image of the identity matches
+    same_pid = q_pids[:, None] == g_pids[None, :]
+    counted = same_pid & (keys[0][:, None] != keys[1][None, :]) & (g_pids != -1)[None, :]
+    with np.load(run / "distances.npz") as d:
+        assert int(d["match_hist"].sum()) == int(counted.sum()) > 0
 
 
 def test_a_run_refuses_options_of_a_format_its_folder_is_not(tmp_path: Path) -> None:

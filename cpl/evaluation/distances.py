@@ -3,7 +3,9 @@ distribution and ROC plots of a test set).
 
 The pairs are those the Market-1501 protocol scores: for a query, a gallery image of the same identity seen by
 another camera is a match; one of another identity (distractors, pid 0, included) is a non-match; junk (pid -1)
-and the same identity seen by the same camera are left out. The ROC treats "distance ≤ t" as the decision "same
+and the same identity seen by the same camera are left out. Under the leave-one-out protocol of camera-less data
+the "cameras" are :func:`cpl.evaluation.metrics.protocol_keys`' (each image its own), so only the query image itself
+is left out. The ROC treats "distance ≤ t" as the decision "same
 person": true-positive rate over matches, false-positive rate over non-matches, for every threshold t.
 """
 

@@ -77,6 +77,6 @@ def evaluate(ctx: RunContext) -> None:
                    labeled_train_images=len(d.keep), train_steps=t.trainer.clock.start(cfg.train.epochs))
     write_json(ctx.run.results, results)
     write_npz(ctx.run.retrieval, **retrieval)
-    write_npz(ctx.run.distances, **distance_summary(dist_qg, q.pids, g.pids, q.camids, g.camids))
+    write_npz(ctx.run.distances, **distance_summary(dist_qg, q.pids, g.pids, q_keys, g_keys))  # the protocol's pairs
     ctx.evaluated = Evaluated(query=qf, gallery=gf, results=results)
     ctx.progress(1.0)
