@@ -142,7 +142,8 @@ def test_ray_sweep_matches_the_local_executor_and_resumes(local_sweep, tmp_path)
             assert [a["attempt"] for a in placement["attempts"]] == [1]
         runs_csv = (root / "sweeps" / "grid" / "runs.csv").read_text().splitlines()
         header = runs_csv[0].split(",")
-        assert header[:9] == ["run_id", "method", "variant", "gan_images", "seed", "state", "weights", "host", "attempts"]
+        assert header[:9] == ["run_id", "method", "variant", "gan_images", "seed", "state", "weights", "host",
+                              "attempts"]
         assert all(line.split(",")[header.index("host")] == placement["attempts"][0]["host"] for line in runs_csv[1:])
         spec = json.loads((root / "sweeps" / "grid" / "sweep.json").read_text())
         assert spec["executor"] == {"kind": "ray", "address": address, "cpus_per_cell": 1}
