@@ -10,8 +10,8 @@ When the app first sees a runs root with no runs, it starts, from one config (``
 * ``control``: the baseline on exactly the labeled rows the ``heldout`` run keeps (the labeled-only control), for
   as many optimizer steps as the ``heldout`` run takes (step-matched), so ``heldout`` minus ``control`` is what the
   pseudo-labels added;
-* ``baseline``: the baseline on every labeled image for as many steps as the ``gan`` run takes (the step-matched
-  baseline, ``train.epoch_length=union``), the ``gan`` run's reference: ``gan`` minus ``baseline`` is what the GAN
+* ``reference``: the baseline on every labeled image for as many steps as the ``gan`` run takes (the step-matched
+  baseline, ``train.epoch_length=union``), the ``gan`` run's reference: ``gan`` minus ``reference`` is what the GAN
   images and their pseudo-labels did. Without the step matching a run with unlabeled images also trains longer
   (52 steps an epoch here against 33), and on this data that alone is worth 14 rank-1 points (docs/results.md).
 
@@ -61,7 +61,7 @@ class Role:
     queued: bool  # waits for its device in the run queue; False: placed beside the queue by the demo
 
 
-GAN, HELDOUT, CONTROL, BASE = "gan", "heldout", "control", "baseline"
+GAN, HELDOUT, CONTROL, BASE = "gan", "heldout", "control", "reference"  # role keys, not method names
 ROLES = (
     Role(GAN, "CPL on DCGAN images", ("name=demo",), queued=False),
     Role(HELDOUT, "CPL on held-out real images, whose labels are scored",
