@@ -18,12 +18,13 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 from scipy.optimize import linear_sum_assignment
+from test_engine import _data as engine_data  # the 4 × 4 labeled + 8 unlabeled images, with truth
 
 from cpl.config import Config, ConfigError, TrainConfig, load_config
 from cpl.engine.dist import DistInfo
 from cpl.engine.features import extract_shared
 from cpl.engine.losses import soft_cross_entropy
-from cpl.engine.trainer import Hooks, TrainData, Trainer
+from cpl.engine.trainer import Hooks, Trainer
 from cpl.methods import CENTER_LABEL_METHODS, METHODS, SCORED_LABEL_METHODS
 from cpl.models.reid import ReIDNet
 from cpl.pseudo import get_strategy
@@ -184,21 +185,10 @@ def _cfg(method="cpl", epochs=3, **train) -> Config:
     return cfg
 
 
-def _data() -> TrainData:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(4).repeat_interleave(4)  # 4 classes x 4 images
-    base = torch.randint(0, 256, (4, 3, 32, 16), generator=g)
-    lab = (base[labels] + torch.randint(-20, 20, (16, 3, 32, 16), generator=g)).clamp(0, 255).to(torch.uint8)
-    unl_cls = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    unl = (base[unl_cls] + torch.randint(-20, 20, (8, 3, 32, 16), generator=g)).clamp(0, 255).to(torch.uint8)
-    return TrainData(images=torch.cat([lab, unl]), labels=labels, num_labeled=16, num_classes=4,
-                     unlabeled_truth=unl_cls)
-
-
 def _trainer(cfg: Config, hooks: Hooks | None = None) -> Trainer:
     torch.manual_seed(0)
-    return Trainer(cfg, _data(), ReIDNet("resnet18", 4, 0.5), get_strategy(cfg.train), torch.device("cpu"),
-                   hooks=hooks)
+    return Trainer(cfg, engine_data(truth=True), ReIDNet("resnet18", 4, 0.5), get_strategy(cfg.train),
+                   torch.device("cpu"), hooks=hooks)
 
 
 def test_selection_in_the_loop_trains_exactly_the_images_at_or_above_the_minimum():
