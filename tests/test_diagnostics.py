@@ -161,13 +161,14 @@ def test_files_round_trip_and_damage(tmp_path):
 
 # What tools/pseudo_label_stats.py printed for the sweep below before it read the diagnostics files (commit
 # e246095: last-epoch metrics records, as the trainer logs them for this history, plus hub shares from
-# pseudo_history.npz).
+# pseudo_history.npz), with the two columns added since: utilisation and the accuracy of the images trained on,
+# both undefined ("–") for a run without a confidence threshold.
 PRINTED_BEFORE = """\
 | method | #unlabeled | score behind the label | margin to runner-up | identities used | labels changed vs \
-previous epoch | train acc (labeled) | pseudo-label accuracy | to the top 10 % ids, first epoch | to the top 10 % \
-ids, last epoch |
-|---|---|---|---|---|---|---|---|---|---|
-| cpl | 6 | 0.533 | 0.143 | 4 | 20% | 75.0% | 83.3% | 60% | 33% |
+previous epoch | utilisation (share trained on) | train acc (labeled) | pseudo-label accuracy | accuracy of the \
+images trained on | to the top 10 % ids, first epoch | to the top 10 % ids, last epoch |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+| cpl | 6 | 0.533 | 0.143 | 4 | 20% | – | 75.0% | 83.3% | – | 60% | 33% |
 """
 
 

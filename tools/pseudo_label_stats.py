@@ -1,6 +1,7 @@
 """What the pseudo-labels of a sweep looked like: per method and unlabeled-image count, the mean over seeds of
 the last epoch's score behind the label, margin to the runner-up, identities used, labels changed since the
-previous epoch, labeled training accuracy, and (holdout) pseudo-label accuracy; plus, for the first and last
+previous epoch, the share trained on under a confidence threshold (utilisation), labeled training accuracy, and
+(holdout) pseudo-label accuracy, also among the images trained on; plus, for the first and last
 epoch that drew unlabeled images, the share of them on the 10 % most chosen identities ("hubs").
 
     python tools/pseudo_label_stats.py RUNS_ROOT/sweeps/SWEEP_ID [--runs-root RUNS_ROOT]
@@ -28,7 +29,9 @@ from cpl.runs.rundir import RunDir
 
 KEYS = [("mean_conf", "score behind the label", "{:.3f}"), ("mean_margin", "margin to runner-up", "{:.3f}"),
         ("used", "identities used", "{:.0f}"), ("changed_frac", "labels changed vs previous epoch", "{:.0%}"),
+        ("selected_frac", "utilisation (share trained on)", "{:.0%}"),
         ("train_acc", "train acc (labeled)", "{:.1%}"), ("acc", "pseudo-label accuracy", "{:.1%}"),
+        ("acc_selected", "accuracy of the images trained on", "{:.1%}"),
         ("hub_first", "to the top 10 % ids, first epoch", "{:.0%}"),
         ("hub_last", "to the top 10 % ids, last epoch", "{:.0%}")]
 
