@@ -53,8 +53,8 @@ def test_the_demo_runs_cpl_on_gan_and_held_out_images_each_beside_its_reference(
 
 def test_both_cpl_runs_label_with_the_remedy_the_demo_names(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """demo.CPL_REMEDY is the one place that chooses how the demo's CPL runs label; as published by default."""
-    assert demo.CPL_REMEDY == ()
+    """demo.CPL_REMEDY is the one place that chooses how the demo's CPL runs label (the baselines have no labels)."""
+    assert demo.ROLES == demo.roles(demo.CPL_REMEDY)
     monkeypatch.setattr(demo, "ROLES", demo.roles(("train.assignment=sinkhorn",)))
     cfg = _configs(tmp_path)
     assert {k: c.train.assignment for k, c in cfg.items()} == {demo.GAN: "sinkhorn", demo.HELDOUT: "sinkhorn",
