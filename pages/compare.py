@@ -178,9 +178,9 @@ def runs_section(root) -> None:
     if first_start and not from_url:
         st.caption("The first-start demo: CPL on DCGAN images and its reference, the baseline on every labeled image; "
                    "CPL on held-out real images (its pseudo-label accuracy is scored) and its reference, the baseline "
-                   "on the same labeled rows (the labeled-only control). Each reference takes as many optimizer steps "
-                   "as its CPL run (step-matched), so a CPL run minus its reference is what its unlabeled images and "
-                   "their pseudo-labels did.")
+                   "on the same labeled rows (the labeled-only control). Each CPL run takes as many optimizer steps "
+                   "as its reference (its epochs count the labeled images: step-matched), so a CPL run minus its "
+                   "reference is what its unlabeled images and their pseudo-labels did.")
     chosen = st.multiselect("Runs", ids, default=[i for i in default if i in ids], key="compare-runs",
                             help="The first two are kept in the link as ?run= and ?run2=.")
     for param, value in zip(("run", "run2"), chosen[:2] + [None, None]):

@@ -60,8 +60,8 @@ def test_the_demo_starts_once_on_a_fresh_runs_root(fresh: Path, tmp_path: Path) 
         facts = run.read_json("run.json")
         assert facts["argv"][:4] == ["cpl", "run", "--config", str(demo.DEMO_CONFIG)], key
         assert facts["dataset"]["root"] == str((tmp_path / "data" / "synthetic").resolve())
-        assert facts["controls"] == {demo.CONTROL: ["labeled-only", "step-matched"],
-                                     demo.BASE: ["step-matched"]}.get(key, []), key
+        assert facts["controls"] == {demo.GAN: ["labeled-epochs"], demo.HELDOUT: ["labeled-epochs"],
+                                     demo.CONTROL: ["labeled-only"]}.get(key, []), key
         assert run.read_json("launch.json")["pid"] > 0
     assert runs[demo.CONTROL].read_json("run.json")["method"] == runs[demo.BASE].read_json("run.json")["method"] \
         == BASELINE

@@ -33,11 +33,11 @@ def test_the_demo_runs_cpl_on_gan_and_held_out_images_each_beside_its_reference(
     assert (gan.train.method, gan.unlabeled.source, gan.unlabeled.num_images) == (DEFAULT_METHOD, "gan", 600)
     assert (held.train.method, held.unlabeled.source) == (DEFAULT_METHOD, "holdout")
     assert (ctrl.train.method, ctrl.unlabeled.source) == (BASELINE, "holdout")
-    assert (base.train.method, base.unlabeled.source, base.unlabeled.num_images) == (BASELINE, "gan", 600)
-    assert [controls(c) for c in (gan, held, ctrl, base)] == [[], [], ["labeled-only", "step-matched"],
-                                                              ["step-matched"]]
-    # step-matched: a reference's epochs count the unlabeled images it does not train on, as its CPL run's do
-    assert [c.train.epoch_length for c in (gan, held, ctrl, base)] == ["trained", "trained", "union", "union"]
+    assert (base.train.method, base.unlabeled.source) == (BASELINE, "none")
+    assert [controls(c) for c in (gan, held, ctrl, base)] == [["labeled-epochs"], ["labeled-epochs"],
+                                                              ["labeled-only"], []]
+    # step-matched: a CPL run's epochs count its labeled images, as its reference's do (tests/test_controls.py)
+    assert [c.train.epoch_length for c in (gan, held, ctrl, base)] == ["labeled", "labeled", "trained", "trained"]
     # each reference differs from its CPL run in the unlabeled images alone: same split (seed, fraction), same
     # schedule and network
     assert held.seed == ctrl.seed == gan.seed == base.seed == 0
@@ -49,6 +49,16 @@ def test_the_demo_runs_cpl_on_gan_and_held_out_images_each_beside_its_reference(
     assert {c.cpu_threads for c in cfg.values()} == {3}
     assert len({c.name for c in cfg.values()}) == 4  # four run ids a user can tell apart
     assert [c.eval.umap for c in (gan, held, ctrl, base)] == [True, False, False, False]  # the Embedding page's
+
+
+def test_both_cpl_runs_label_with_the_remedy_the_demo_names(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """demo.CPL_REMEDY is the one place that chooses how the demo's CPL runs label (the baselines have no labels)."""
+    assert demo.ROLES == demo.roles(demo.CPL_REMEDY)
+    monkeypatch.setattr(demo, "ROLES", demo.roles(("train.assignment=sinkhorn",)))
+    cfg = _configs(tmp_path)
+    assert {k: c.train.assignment for k, c in cfg.items()} == {demo.GAN: "sinkhorn", demo.HELDOUT: "sinkhorn",
+                                                               demo.CONTROL: "argmax", demo.BASE: "argmax"}
 
 
 @pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (1.5, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
