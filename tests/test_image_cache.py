@@ -67,6 +67,7 @@ def test_disk_cache_run_killed_and_resumed_equals_the_in_memory_run(tmp_path: Pa
     run = root / "run"
     _killed(_args(root, data, run) + ["--set", "data.cache=disk"], "kill:train:epoch=1:iter=2")
     entries = list((root / "_cache" / "images").glob("*.npy"))
-    assert len(entries) == 3 and all(np.load(e, mmap_mode="r").dtype == np.uint8 for e in entries)
+    assert len(entries) == 4  # train, query, gallery and the GAN samples
+    assert all(np.load(e, mmap_mode="r").dtype == np.uint8 for e in entries)
     _resume(root, run)
     _assert_same(ref, run)

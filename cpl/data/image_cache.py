@@ -43,11 +43,12 @@ def _write(target: Path, paths: Sequence[str | os.PathLike], height: int, width:
     """Decode ``paths`` chunk by chunk into a new ``.npy`` file, renamed to ``target`` once complete."""
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npy")
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, height, width))
-        for start in range(0, len(paths), CHUNK):
-            out[start:start + CHUNK] = load_images(paths[start:start + CHUNK], height, width, workers=workers).numpy()
-        out.flush()
-        del out
+        # Plain writes, not a writable mapping: the written pages are page cache, never this process's resident set.
+        with open(tmp, "wb") as fh:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (len(paths), 3, height, width)}
+            np.lib.format.write_array_header_1_0(fh, header)
+            for start in range(0, len(paths), CHUNK):
+                fh.write(load_images(paths[start:start + CHUNK], height, width, workers=workers).numpy().tobytes())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
