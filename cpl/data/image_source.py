@@ -47,6 +47,7 @@ class Rows:
         return self.shape[0]
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """``base[rows[idx]]`` ``[B, 3, H, W] uint8`` on ``base``'s device; a mapped base pages in those rows only."""
         idx = idx.to(self.device, torch.int64)
         if self.rows is not None:
             idx = self.rows[idx]
@@ -71,6 +72,7 @@ class Concat:
         return self.shape[0]
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` [B] of the concatenation, ``[B, 3, H, W] uint8``: each part gathers its own rows."""
         idx = idx.to(self.device, torch.int64)
         ends = torch.as_tensor(self.starts[1:-1], device=self.device)
         part = torch.bucketize(idx, ends, right=True)  # which source each row is in
