@@ -19,11 +19,11 @@ setting, it runs the stages' data path and measures each phase:
   every query against every gallery image, with the dataset's identities and cameras.
 
 Settings: ``memory`` (before: every split decoded into RAM, the training set as one concatenated tensor, the whole
-query x gallery distance matrix) and ``disk`` (after: the memory-mapped cache, first use and cache present, images
-read by row, evaluation over blocks of queries). A setting whose estimated memory exceeds ``--max-gib`` is reported
-as not run. Per phase: peak anonymous memory (``RssAnon`` sampled every 20 ms: what the kernel cannot drop) and the
-resident high-water mark (``VmHWM``, reset before each phase), which also counts pages of the mapped cache while they
-are resident (page cache, reclaimed under memory pressure).
+query x gallery distance matrix) and ``disk`` (after: the disk cache, first use and cache present, images read by
+row from its files, evaluation over blocks of queries). A setting whose estimated memory exceeds ``--max-gib`` is
+reported as not run. Per phase: peak anonymous memory (``RssAnon`` sampled every 20 ms: what the kernel cannot
+drop) and the resident high-water mark (``VmHWM``, reset before each phase; the disk cache is read with ``pread``,
+so its pages are page cache, not part of it).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def child(args: argparse.Namespace, root: Path, cache: str, cache_dir: Path) -> 
     meter.phase("evaluate", lambda: evaluate(cache, qf, gf, q.pids, gs.pids, *keys), len(query))
     meter.done.set()
     return {"cache": cache, "images": len(train) + len(query) + len(gallery), "phases": meter.phases,
-            "decoded_mib": sum(s.numel() for s in (train, query, gallery)) / 2**20}
+            "decoded_mib": sum(int(np.prod(s.shape)) for s in (train, query, gallery)) / 2**20}
 
 
 def evaluate(cache: str, qf, gf, q_pids, g_pids, q_keys, g_keys) -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 from test_engine import _cfg, _data, _trainer, assert_same_training, resumed_after_first_epoch
 
-from cpl.data.image_source import Concat, Rows, as_source, chunks, on_device
+from cpl.data.image_cache import CachedImages
+from cpl.data.image_source import Concat, Rows, as_source, as_tensor, chunks, on_device
 from cpl.engine.features import extract, extract_shared
 from cpl.engine.trainer import TrainData
 from cpl.models.reid import ReIDNet
@@ -19,10 +20,10 @@ from cpl.models.reid import ReIDNet
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _mapped(images: torch.Tensor, path: Path) -> torch.Tensor:
-    """``images`` written to ``path`` and mapped back as the disk cache maps its entries (np.load, mmap "c")."""
+def _mapped(images: torch.Tensor, path: Path) -> CachedImages:
+    """``images`` written to ``path`` as a disk-cache entry and read back as the cache reads its entries."""
     np.save(path, images.numpy())
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+    return CachedImages(path)
 
 
 def _on_disk(data: TrainData, folder: Path) -> TrainData:
@@ -52,6 +53,9 @@ def test_rows_and_concat_read_the_bytes_of_the_concatenated_tensor(tmp_path: Pat
     assert [(s, len(x)) for s, x in chunks(src, 4)] == [(0, 4), (4, 4), (8, 2)]
     assert torch.equal(torch.cat([x for _, x in chunks(src, 4)]), whole)
     assert as_source(whole).gather(idx).equal(whole[idx]) and as_source(src) is src
+    assert as_tensor(whole) is whole and torch.equal(as_tensor(src.parts[0].base), a)  # the cache file mapped
+    with pytest.raises(TypeError, match="no tensor view"):
+        as_tensor(src)
     assert on_device(src, torch.device("cpu")) is src  # the CPU reads in place, never a copy
     with pytest.raises(ValueError, match="image size"):
         Concat([Rows(a), Rows(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))])

@@ -2,8 +2,8 @@
 
 An :class:`ImageSource` is N images ``[N, 3, H, W] uint8`` that hands out any rows on request (:meth:`gather`).
 The trainer draws its batches from one and feature extraction reads one in chunks (:func:`chunks`), so neither needs
-the images in one tensor. :class:`Rows` picks rows of a tensor (in memory, on a device, or the memory-mapped
-decoded cache of :mod:`cpl.data.image_cache`, where only the rows read are paged in) or of another source;
+the images in one tensor. :class:`Rows` picks rows of a tensor (in memory or on a device) or of another source
+(such as the decoded cache on disk, :class:`cpl.data.image_cache.CachedImages`, which reads only the rows asked for);
 :class:`Concat` puts sources one after another (the labeled training images, then the unlabeled ones). Reading rows
 through them gives exactly the bytes that indexing the concatenated tensor gives, so training is bit-identical.
 """
@@ -90,6 +90,17 @@ class Concat:
 def as_source(images: torch.Tensor | ImageSource) -> ImageSource:
     """``images`` as a source: a ``[N, 3, H, W] uint8`` tensor is wrapped (no copy), a source returned as it is."""
     return Rows(images) if isinstance(images, torch.Tensor) else images
+
+
+def as_tensor(images: torch.Tensor | ImageSource) -> torch.Tensor:
+    """``images`` as one ``[N, 3, H, W] uint8`` tensor, for code that needs one (the DCGAN's training): a tensor as it
+    is, a source through its own tensor view (``tensor()``: the disk cache's memory mapping, no copy)."""
+    if isinstance(images, torch.Tensor):
+        return images
+    view = getattr(images, "tensor", None)
+    if view is None:
+        raise TypeError(f"{type(images).__name__} has no tensor view")
+    return view()
 
 
 def chunks(source: ImageSource, size: int) -> Iterator[tuple[int, torch.Tensor]]:

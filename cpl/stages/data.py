@@ -69,9 +69,10 @@ def load_data(ctx: RunContext) -> None:
     ctx.progress(1.0)
 
 
-def decode(ctx: RunContext, paths) -> torch.Tensor:
-    """``[N, 3, H, W] uint8`` of the image files ``paths`` at the run's input size: decoded into memory, or with
-    ``data.cache: disk`` memory-mapped from the runs root's cache (decoded and written there on first use)."""
+def decode(ctx: RunContext, paths):
+    """``[N, 3, H, W] uint8`` of the image files ``paths`` at the run's input size: a tensor decoded into memory, or
+    with ``data.cache: disk`` an image source on the runs root's cache (decoded and written there on first use,
+    then read by row: cpl/data/image_cache.py)."""
     from cpl.data.image_cache import cached_images
     from cpl.data.images import load_images
 
@@ -156,6 +157,7 @@ def _empty(h: int, w: int) -> Unlabeled:
 
 def _gan_samples(ctx: RunContext) -> list[str]:
     """Train (or reuse) the DCGAN and sample ``unlabeled.num_images`` images; returns their files (every rank)."""
+    from cpl.data.image_source import as_tensor
     from cpl.engine import dist
     from cpl.gan import ensure_samples, list_samples
     from cpl.gan.cache import read_info
@@ -180,7 +182,7 @@ def _gan_samples(ctx: RunContext) -> list[str]:
 
     folder = None
     if ctx.is_main:
-        folder = ensure_samples(ctx.data.train_imgs, ctx.data.ds.fingerprint(), cfg.gan, n,
+        folder = ensure_samples(as_tensor(ctx.data.train_imgs), ctx.data.ds.fingerprint(), cfg.gan, n,
                                 ctx.run.cache_root / "gan", seed=cfg.gan.seed, device=ctx.device,
                                 on_progress=on_progress, should_stop=ctx.should_stop)
         info = write_gan_record(ctx.run, read_info(folder.parent) or {})

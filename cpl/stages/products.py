@@ -11,16 +11,16 @@ import torch
 
 @dataclass
 class LoadedData:
-    """Made by stage ``data``: the decoded dataset. Images are ``[N, 3, H, W] uint8`` (in memory, or memory-mapped
-    from the disk cache); ``labels`` ``[N_train]
+    """Made by stage ``data``: the decoded dataset. Images are ``[N, 3, H, W] uint8``: tensors in memory, or with
+    ``data.cache: disk`` image sources on the cache files (cpl/data/image_cache.py); ``labels`` ``[N_train]
     int64`` are the class indices 0..K-1 of every training image; ``keep`` indexes the labeled ones."""
 
     ds: object  # cpl.data.dataset.ReidDataset
     labels: np.ndarray
     keep: np.ndarray
-    train_imgs: torch.Tensor
-    query_imgs: torch.Tensor
-    gallery_imgs: torch.Tensor
+    train_imgs: object  # torch.Tensor | cpl.data.image_source.ImageSource
+    query_imgs: object
+    gallery_imgs: object
     source: str  # where the unlabeled images come from: gan | folder | holdout | none
     hidden: np.ndarray  # holdout: the indices of the training images used as unlabeled ones
     folder_files: list[str]  # folder: the image files
