@@ -88,3 +88,26 @@ def test_a_disk_cache_run_resumed_equals_the_uninterrupted_in_memory_run(tmp_pat
     full = _trainer(_cfg(), _data())
     full.fit()
     assert_same_training(full, resumed_after_first_epoch(_cfg(), lambda: _on_disk(_data(), tmp_path)))
+
+
+def test_the_stages_hand_the_trainer_the_same_images_from_the_disk_cache(tmp_path: Path) -> None:
+    """Stages data, unlabeled (a holdout: rows of the training split) and train's build with data.cache=disk: the
+    splits are cache files read by row, and the trainer's source holds the bytes of the in-memory run's."""
+    from test_controls import _context
+
+    from cpl.pseudo import get_strategy
+    from cpl.stages.data import build_unlabeled, load_data
+    from cpl.stages.train import _build
+
+    built = []
+    for cache in ("memory", "disk"):
+        ctx = _context(tmp_path, "train.method=cpl", f"data.cache={cache}")
+        load_data(ctx)
+        build_unlabeled(ctx)
+        built.append((ctx, _build(ctx, get_strategy(ctx.cfg.train))[2]))
+    (mem_ctx, mem), (disk_ctx, disk) = built
+    assert isinstance(disk_ctx.data.train_imgs, CachedImages) and isinstance(disk_ctx.data.query_imgs, CachedImages)
+    assert isinstance(mem_ctx.data.train_imgs, torch.Tensor) and disk.num_unlabeled == mem.num_unlabeled > 0
+    every = torch.arange(len(mem.images))
+    assert torch.equal(disk.images.gather(every), mem.images.gather(every))
+    assert torch.equal(as_tensor(disk_ctx.data.train_imgs), mem_ctx.data.train_imgs)  # what the DCGAN trains on
