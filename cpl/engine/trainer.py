@@ -55,7 +55,7 @@ from cpl.runs import faults
 @dataclass
 class TrainData:
     """Everything the loop trains on. The images are a source read by row (cpl/data/image_source.py): in memory or
-    the memory-mapped disk cache, never one concatenated copy; a tensor given here is wrapped, not copied."""
+    the disk cache, never one concatenated copy; a tensor given here is wrapped, not copied."""
 
     images: ImageSource  # [N_l + N_u, 3, H, W] uint8: labeled images first, then unlabeled
     labels: torch.Tensor  # [N_l] int64 in 0..K-1

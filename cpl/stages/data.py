@@ -1,5 +1,5 @@
 """Stages ``data`` and ``unlabeled``: the labeled dataset decoded (into memory, or with ``data.cache: disk`` into the
-memory-mapped cache), and the unlabeled set beside it.
+cache on disk, read back by row), and the unlabeled set beside it.
 
 ``data`` checks and decodes the dataset (any format of :data:`cpl.data.formats.FORMATS`) and decides which
 training images are labeled (all of them, or all but a holdout) and where the unlabeled images
@@ -82,9 +82,9 @@ def decode(ctx: RunContext, paths):
     return load_images(paths, h, w)
 
 
-def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs: torch.Tensor, query_imgs: torch.Tensor,
-           gallery_imgs: torch.Tensor) -> LoadedData:
-    """Which training images stay labeled, and where the unlabeled ones come from."""
+def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs, query_imgs, gallery_imgs) -> LoadedData:
+    """Which training images stay labeled, and where the unlabeled ones come from (the splits' images as
+    :func:`decode` made them)."""
     from cpl.data.holdout import holdout_split
     from cpl.data.images import list_images
 
@@ -127,7 +127,7 @@ def _dataset_record(d: LoadedData, root: Path, warnings: list[str], num_gan: int
 
 def build_unlabeled(ctx: RunContext) -> None:
     """Stage ``unlabeled``: the unlabeled images (``ctx.unlabeled``); write ``unlabeled.csv`` (+ ``gan.json``)."""
-    from cpl.data.image_source import Rows
+    from cpl.data.image_source import Rows, as_source
 
     d, cfg = ctx.data, ctx.cfg
     h, w = cfg.data.height, cfg.data.width
@@ -137,10 +137,10 @@ def build_unlabeled(ctx: RunContext) -> None:
         paths = [d.ds.train.paths[i] for i in d.hidden]
     elif d.source == "folder":
         paths = d.folder_files
-        images = Rows(decode(ctx, paths))
+        images = as_source(decode(ctx, paths))
     elif d.source == "gan" and cfg.unlabeled.num_images > 0:
         paths = _gan_samples(ctx)
-        images = Rows(decode(ctx, paths))
+        images = as_source(decode(ctx, paths))
     ctx.unlabeled = Unlabeled(images=images, paths=paths, truth=truth)
     if ctx.is_main:
         write_unlabeled_csv(ctx.run, paths, d.source, truth, d.ds.label_to_pid)

@@ -49,8 +49,8 @@ def _build(ctx: RunContext, strategy):
     except WeightsNotFound as exc:  # the weights were there at launch and are gone now
         raise RunFailed(str(exc), "install the weights or set model.pretrained=none, then resume") from None
     log.info("model: %s, %s", cfg.model.backbone, weights.describe())
-    # Rows of the decoded splits, read per batch: no copy of the training set (with data.cache=disk the pixels stay
-    # pages of the mapped cache, so host memory does not grow with the dataset).
+    # Rows of the decoded splits, read per batch: no copy of the training set (with data.cache=disk each batch is read
+    # from the cache file, so host memory does not grow with the dataset).
     labeled = Rows(d.train_imgs, d.keep)
     images = Concat([labeled, u.images]) if strategy.uses_unlabeled else labeled
     truth = torch.from_numpy(u.truth) if u.truth is not None and strategy.uses_unlabeled else None
