@@ -11,7 +11,7 @@ through them gives exactly the bytes that indexing the concatenated tensor gives
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ import torch
 CHUNK = 1024
 
 
-@runtime_checkable
 class ImageSource(Protocol):
     """``[N, 3, H, W] uint8`` images read by row."""
 
