@@ -1,28 +1,39 @@
-"""Host memory and speed of the data path on an MSMT17-sized dataset: decoding into memory vs the disk cache.
+"""Host memory and speed of the data path on an MSMT17-sized dataset: everything in memory against streaming from
+the disk cache.
 
-    python benchmarks/data_memory.py --scale 0.05          # 5 % of MSMT17 (6,322 images), a minute
-    python benchmarks/data_memory.py --scale 1 --workdir /big/disk   # MSMT17-sized: 126,441 images
+    python benchmarks/data_memory.py --scale 0.02 --steps 5 --extract 256     # 2 % of MSMT17, a few minutes
+    python benchmarks/data_memory.py --scale 1 --workdir /big/disk            # MSMT17-sized: 126,441 images
 
-Writes a synthetic dataset in the MSMT17 V1 layout (list files, train/ + test/, 15 cameras; the split sizes of
-MSMT17 times ``--scale``; JPEGs of 128 x 64 pixels, decoded and resized to 256 x 128 like the real crops), then in
-a fresh process per setting runs what the data stage does (load the dataset, decode the three splits) followed by a
-feature-extraction pass over query and gallery (cpl.engine.features.extract with a probe network that reads every
-pixel and costs nothing, so the data path is what is timed). Settings: ``data.cache: memory`` and ``data.cache:
-disk`` twice (first use decodes and writes the cache, later runs map it).
+Writes a dataset in the MSMT17 V1 layout (list files, train/ + test/, 15 cameras, MSMT17's split sizes and identity
+counts times ``--scale``: 4,101 identities, 32,621 train / 11,659 query / 82,161 gallery images at 1). Every image
+file is a hard link to one of 32 rendered 128 x 64 JPEG crops (only the layout and the sizes matter; decoding
+costs what a real crop's does), so the full size is written in about a minute. Then, in a fresh process per
+setting, it runs the stages' data path and measures each phase:
 
-Memory is reported as the process's anonymous resident memory (``RssAnon``, sampled every 20 ms; what the
-kernel cannot drop) and its peak resident set (``ru_maxrss``, which also counts pages of the mapped cache file
-while they are resident: those are page cache the kernel reclaims under pressure).
+* ``decode``: load the dataset and decode its three splits as stage ``data`` does (resized to 256 x 128);
+* ``train``: ``--steps`` training steps (``Trainer.train_epoch`` capped, baseline method, ``--backbone`` from random
+  weights, batch ``--batch``, one thread) on the training split as stage ``train`` reads it; img/s per image;
+* ``extract``: the network's features of the first ``--extract`` gallery images (img/s), then a pass over every
+  query and gallery image with a probe network that reads each pixel and costs nothing (the data path alone);
+* ``evaluate``: CMC/mAP, top-k and pair distances of random L2-normalised features of the network's size for
+  every query against every gallery image, with the dataset's identities and cameras.
+
+Settings: ``memory`` (before: every split decoded into RAM, the training set as one concatenated tensor, the whole
+query x gallery distance matrix) and ``disk`` (after: the disk cache, first use and cache present, images read by
+row from its files, evaluation over blocks of queries). A setting whose estimated memory exceeds ``--max-gib`` is
+reported as not run. Per phase: peak anonymous memory (``RssAnon`` sampled every 20 ms: what the kernel cannot
+drop) and the resident high-water mark (``VmHWM``, reset before each phase; the disk cache is read with ``pread``,
+so its pages are page cache, not part of it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import io
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,20 +44,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# MSMT17's published split sizes (Wei et al., CVPR 2018)
+# MSMT17's published split sizes and identities (Wei et al., CVPR 2018); train and val share their 1,041 identities
 MSMT17 = {"train": (30_248, 1_041), "val": (2_373, 1_041), "query": (11_659, 3_060), "gallery": (82_161, 3_060)}
 CAMERAS = 15
+SETTINGS = ("memory", "disk", "disk")  # disk twice: first use decodes and writes the cache, then it is mapped
 
 
 def write_msmt17(root: Path, scale: float, seed: int = 0) -> int:
-    """An MSMT17-V1-layout dataset of MSMT17's split sizes x ``scale`` in ``root``; returns its image count."""
+    """An MSMT17-V1-layout dataset of MSMT17's split sizes x ``scale`` in ``root``, every file a hard link to one of
+    32 rendered crops; returns its image count."""
     rng = np.random.default_rng(seed)
+    crops = root / ".crops"
+    crops.mkdir(parents=True)
     pool = []
-    for _ in range(32):  # distinct smooth pictures: decoding cost like a real crop's, written fast
+    for i in range(32):  # distinct smooth pictures: decoding costs like a real crop's
         small = rng.integers(0, 255, (8, 4, 3), dtype=np.uint8)
         buf = io.BytesIO()
         Image.fromarray(small).resize((64, 128), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=90)
-        pool.append(buf.getvalue())
+        pool.append(crops / f"{i}.jpg")
+        pool[-1].write_bytes(buf.getvalue())
     total = 0
     for split, (count, ids) in MSMT17.items():
         n, n_ids = max(2, round(count * scale)), max(2, round(ids * scale))
@@ -56,38 +72,93 @@ def write_msmt17(root: Path, scale: float, seed: int = 0) -> int:
             pid, cam = i % n_ids, 1 + (i * 7) % CAMERAS
             rel = f"{pid:04d}/{pid:04d}_{split[0]}{i:06d}_{cam:02d}_0303morning_{i % 9999:04d}_0.jpg"
             path = folder / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(pool[i % len(pool)])
+            if i < n_ids:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(pool[i % len(pool)], path)
             lines.append(f"{rel} {pid}\n")
         (root / f"list_{split}.txt").write_text("".join(lines))
         total += n
     return total
 
 
-def _rss_anon_kib() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
 
 
-def child(root: Path, cache: str, cache_dir: Path, height: int, width: int) -> dict:
-    """One setting, measured in this (fresh) process: the data stage's decode, then feature extraction."""
+class Meter:
+    """Per phase: wall seconds, peak ``RssAnon`` (sampled every 20 ms) and ``VmHWM`` (reset at the phase's start)."""
+
+    def __init__(self) -> None:
+        self.anon, self.done, self.phases = 0, threading.Event(), {}
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.02):
+            self.anon = max(self.anon, _status_kib("RssAnon"))
+
+    def phase(self, name: str, run, images: int) -> object:
+        """Run ``run()`` as phase ``name`` over ``images`` images; returns its result."""
+        # The heap an earlier phase freed goes back to the kernel (glibc keeps it otherwise, and it would count
+        # as this phase's), and "5" resets the resident high-water mark (Linux >= 4.0).
+        ctypes.CDLL(None).malloc_trim(0)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.anon = _status_kib("RssAnon")
+        t0 = time.perf_counter()
+        out = run()
+        s = time.perf_counter() - t0
+        self.anon = max(self.anon, _status_kib("RssAnon"))
+        self.phases[name] = {"s": s, "img_s": images / s if images else 0.0, "anon_mib": self.anon / 1024,
+                             "hwm_mib": _status_kib("VmHWM") / 1024}
+        return out
+
+
+def child(args: argparse.Namespace, root: Path, cache: str, cache_dir: Path) -> dict:
+    """One setting, measured in this (fresh) process."""
     import torch
     from torch import nn
 
+    from cpl.config import Config
     from cpl.data.formats import load_dataset
     from cpl.data.image_cache import cached_images
+    from cpl.data.image_source import Rows
     from cpl.data.images import load_images
     from cpl.engine.features import extract
+    from cpl.engine.trainer import TrainData, Trainer
+    from cpl.evaluation.metrics import protocol_keys
+    from cpl.models.reid import ReIDNet
+    from cpl.pseudo import get_strategy
 
     torch.set_num_threads(1)
-    peak = {"anon": _rss_anon_kib()}
-    done = threading.Event()
+    h, w = args.height, args.width
+    meter = Meter()
 
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak["anon"] = max(peak["anon"], _rss_anon_kib())
+    def decode() -> list[torch.Tensor]:
+        if cache == "disk":
+            return [cached_images(s.paths, h, w, cache_dir) for s in ds.splits]
+        return [load_images(s.paths, h, w) for s in ds.splits]
 
-    threading.Thread(target=sample, daemon=True).start()
+    ds = load_dataset(root)
+    train, query, gallery = meter.phase("decode", decode, sum(len(s) for s in ds.splits))
+    keep = np.arange(len(train))
+    # Stage train before the image source copied the labeled rows into one tensor; now it reads rows of the split.
+    images = Rows(train, keep) if cache == "disk" else train[torch.from_numpy(keep)]
+    cfg = Config()
+    cfg.data.root, cfg.data.height, cfg.data.width = str(root), h, w
+    cfg.train.method, cfg.train.batch_size, cfg.train.max_iters_per_epoch = "baseline", args.batch, args.steps
+    cfg.train.log_every = args.steps
+    labels = torch.as_tensor(ds.train_labels, dtype=torch.int64)
+    data = TrainData(images=images, labels=labels, num_labeled=len(keep), num_classes=ds.num_classes)
+    torch.manual_seed(0)
+    model = ReIDNet(args.backbone, ds.num_classes, 0.5)
+    trainer = Trainer(cfg, data, model, get_strategy(cfg.train), torch.device("cpu"))
+    meter.phase("train", lambda: trainer.train_epoch(0), args.steps * args.batch)
+    cpu = torch.device("cpu")
+    n_ex = min(args.extract, len(gallery))
+    meter.phase("extract", lambda: extract(model, Rows(gallery, torch.arange(n_ex)), cpu, batch_size=64), n_ex)
 
     class Probe(nn.Module):
         feat_dim = 3
@@ -96,37 +167,62 @@ def child(root: Path, cache: str, cache_dir: Path, height: int, width: int) -> d
             f = x.mean(dim=(2, 3))
             return f, f
 
-    def decode(paths: tuple[str, ...]) -> torch.Tensor:
-        return cached_images(paths, height, width, cache_dir) if cache == "disk" else load_images(paths, height, width)
+    meter.phase("read", lambda: [extract(Probe(), s, cpu, batch_size=256) for s in (query, gallery)],
+                len(query) + len(gallery))
+    g = torch.Generator().manual_seed(0)
+    qf, gf = (torch.nn.functional.normalize(torch.randn(len(s), model.feat_dim, generator=g), dim=1)
+              for s in (query, gallery))
+    q, gs = ds.query, ds.gallery
+    keys = protocol_keys(ds.protocol, q.paths, gs.paths, q.camids, gs.camids)
+    meter.phase("evaluate", lambda: evaluate(cache, qf, gf, q.pids, gs.pids, *keys), len(query))
+    meter.done.set()
+    return {"cache": cache, "images": len(train) + len(query) + len(gallery), "phases": meter.phases,
+            "decoded_mib": sum(int(np.prod(s.shape)) for s in (train, query, gallery)) / 2**20}
 
-    t0 = time.perf_counter()
-    ds = load_dataset(root)
-    splits = [decode(s.paths) for s in ds.splits]
-    t_decode = time.perf_counter() - t0
-    anon_decode = peak["anon"]
-    t1 = time.perf_counter()
-    feats = [extract(Probe(), imgs, torch.device("cpu"), batch_size=256)[0] for imgs in splits[1:]]
-    t_extract = time.perf_counter() - t1
-    done.set()
-    n = sum(len(s) for s in ds.splits)
-    return {"cache": cache, "images": n, "decode_s": t_decode, "decode_img_s": n / t_decode,
-            "extract_img_s": sum(len(f) for f in feats) / t_extract,
-            "peak_anon_mib_after_decode": anon_decode / 1024, "peak_anon_mib": peak["anon"] / 1024,
-            "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "decoded_mib": sum(s.numel() for s in splits) / 2**20}
+
+def evaluate(cache: str, qf, gf, q_pids, g_pids, q_keys, g_keys) -> None:
+    """The evaluate stage's scoring: before (``memory``), on the whole distance matrix; after, over query blocks."""
+    from cpl.evaluation import evaluate as protocol
+    from cpl.evaluation import topk
+    from cpl.evaluation.blocks import score
+    from cpl.evaluation.distances import distance_summary
+
+    if cache == "disk":
+        score(qf, gf, q_pids, g_pids, q_keys, g_keys, 20)
+        return
+    dist = (1.0 - qf @ gf.T).numpy()
+    protocol(dist, q_pids, g_pids, q_keys, g_keys)
+    topk(dist, 20)
+    distance_summary(dist, q_pids, g_pids, q_keys, g_keys)
+
+
+def memory_estimate_gib(root: Path, height: int, width: int) -> float:
+    """What the ``memory`` setting needs: decoded pixels, the training set's copy, and the distance matrix with
+    the masks and values taken out of it (~3x), plus ~0.5 GiB for Python and torch."""
+    from cpl.data.formats import load_dataset
+
+    train, query, gallery = (len(s) for s in load_dataset(root).splits)
+    pixels = (2 * train + query + gallery) * 3 * height * width
+    return (pixels + 3 * 4 * query * gallery) / 2**30 + 0.5
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", type=float, default=0.05, help="share of MSMT17's split sizes (1 = 126,441 images)")
+    p.add_argument("--scale", type=float, default=0.02, help="share of MSMT17's split sizes (1 = 126,441 images)")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--backbone", default="efficientnet_lite0", help="the trained network (random weights)")
+    p.add_argument("--batch", type=int, default=32, help="training batch size")
+    p.add_argument("--steps", type=int, default=50, help="training steps timed")
+    p.add_argument("--extract", type=int, default=1024, help="gallery images the network extracts features of")
+    p.add_argument("--max-gib", type=float, default=16.0, help="a setting estimated above this is not run")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, in order (memory, disk)")
     p.add_argument("--workdir", type=Path, help="where the dataset and the cache go (default: a temporary folder)")
     p.add_argument("--child", nargs=3, metavar=("ROOT", "CACHE", "CACHE_DIR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         root, cache, cache_dir = args.child
-        print(json.dumps(child(Path(root), cache, Path(cache_dir), args.height, args.width)))
+        print(json.dumps(child(args, Path(root), cache, Path(cache_dir))))
         return []
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -136,16 +232,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         t0 = time.perf_counter()
         n = write_msmt17(root, args.scale)
         print(f"MSMT17 layout x {args.scale}: {n:,} images written in {time.perf_counter() - t0:.1f} s")
-        for cache in ("memory", "disk", "disk"):
-            out = subprocess.run([sys.executable, __file__, "--height", str(args.height), "--width", str(args.width),
-                                  "--child", str(root), cache, str(cache_dir)], capture_output=True, text=True,
-                                 check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        passthrough = ["--height", str(args.height), "--width", str(args.width), "--backbone", args.backbone,
+                       "--batch", str(args.batch), "--steps", str(args.steps), "--extract", str(args.extract)]
+        for cache in args.settings.split(","):
+            need = memory_estimate_gib(root, args.height, args.width)
+            if cache == "memory" and need > args.max_gib:
+                print(f"data.cache=memory: not run, it needs about {need:.1f} GiB (--max-gib {args.max_gib:g})")
+                continue
+            out = subprocess.run([sys.executable, __file__, *passthrough, "--child", str(root), cache,
+                                  str(cache_dir)], capture_output=True, text=True, check=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"data.cache={row['cache']:6s}: decode {row['decode_img_s']:7.0f} img/s, extract "
-                  f"{row['extract_img_s']:7.0f} img/s; anonymous memory after decode "
-                  f"{row['peak_anon_mib_after_decode']:7.0f} MiB, peak {row['peak_anon_mib']:7.0f} MiB; "
-                  f"ru_maxrss {row['maxrss_mib']:7.0f} MiB (decoded pixels: {row['decoded_mib']:.0f} MiB)")
+            print(f"data.cache={cache} ({row['images']:,} images, {row['decoded_mib']:,.0f} MiB decoded), load "
+                  f"average {os.getloadavg()[0]:.2f}:")
+            for name, ph in row["phases"].items():
+                print(f"  {name:9s} {ph['s']:8.1f} s {ph['img_s']:9.1f} img/s   RssAnon peak {ph['anon_mib']:7.0f} "
+                      f"MiB   VmHWM {ph['hwm_mib']:7.0f} MiB")
     return rows
 
 

@@ -21,11 +21,16 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
+def _benchmark(path: Path):
+    """The benchmark script ``path`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load():
+    return _benchmark(BENCH)
 
 
 @pytest.mark.slow  # ~50 s: two training loops timed; the engine has its own fast tests
@@ -73,10 +78,7 @@ THREADS = BENCH.parent / "threads_load.py"
 
 
 def _load_threads():
-    spec = importlib.util.spec_from_file_location("threads_load", THREADS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _benchmark(THREADS)
 
 
 def test_threads_benchmark_load_is_always_killed_and_its_arguments_checked():
@@ -119,3 +121,36 @@ def test_threads_benchmark_quick_runs_every_variant(capsys):
     for r in rows:
         assert all(r[k] > 0 for k in ("quiet_step", "loaded_step", "quiet_extract", "loaded_extract"))
     assert "vs default" in capsys.readouterr().out
+
+
+def test_data_memory_writes_an_msmt17_layout_of_the_scaled_split_sizes(tmp_path):
+    """The MSMT17-scale benchmark's dataset: read as MSMT17 by the format table, MSMT17's split sizes and identity
+    counts times the scale, every image a hard link to one of the rendered crops."""
+    from cpl.data.formats import load_dataset, resolve
+
+    bench = _benchmark(BENCH.parent / "data_memory.py")
+    root = tmp_path / "msmt17"
+    n = bench.write_msmt17(root, 0.01)
+    assert resolve(root, "auto").name == "msmt17"
+    ds = load_dataset(root)
+    sizes = {name: round(count * 0.01) for name, (count, _) in bench.MSMT17.items()}
+    assert (len(ds.train), len(ds.query), len(ds.gallery)) == (sizes["train"] + sizes["val"], sizes["query"],
+                                                                sizes["gallery"]) and n == sum(sizes.values())
+    assert ds.num_classes == round(1_041 * 0.01)
+    assert {os.stat(p).st_nlink > 1 for p in ds.gallery.paths} == {True}
+
+
+@pytest.mark.slow  # ~1-2 min: three child processes, each trains a step and evaluates
+@pytest.mark.timeout(900)
+def test_data_memory_runs_every_setting_at_a_tiny_size(tmp_path, capsys):
+    bench = _benchmark(BENCH.parent / "data_memory.py")
+    rows = bench.main(["--scale", "0.002", "--height", "32", "--width", "16", "--backbone", "resnet18", "--batch", "4",
+                       "--steps", "1", "--extract", "8", "--workdir", str(tmp_path)])
+    assert [r["cache"] for r in rows] == ["memory", "disk", "disk"]
+    for row in rows:
+        assert list(row["phases"]) == ["decode", "train", "extract", "read", "evaluate"]
+        assert all(ph["img_s"] > 0 and ph["anon_mib"] > 0 and ph["hwm_mib"] > 0 for ph in row["phases"].values())
+    capsys.readouterr()
+    too_big = ["--scale", "0.002", "--settings", "memory", "--max-gib", "0.1", "--workdir", str(tmp_path)]
+    assert bench.main(too_big) == []
+    assert "data.cache=memory: not run" in capsys.readouterr().out

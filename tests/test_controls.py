@@ -19,6 +19,7 @@ import torch
 from test_engine import _cfg, _data, _trainer
 
 from cpl.config import ConfigError, controls, controls_of, load_config, to_dict
+from cpl.data.image_source import Rows
 from cpl.engine.optim import lr_at
 from cpl.engine.sampling import shuffled_batches
 from cpl.engine.seeding import make_generator
@@ -87,8 +88,8 @@ def _labeled_only(data: TrainData, set_aside: int) -> TrainData:
     """``data`` as stage ``train`` hands it to a labeled-only method: the labeled images alone, the source's
     images counted aside."""
     n = data.num_labeled
-    return TrainData(images=data.images[:n], labels=data.labels, num_labeled=n, num_classes=data.num_classes,
-                     num_set_aside=set_aside)
+    return TrainData(images=Rows(data.images, torch.arange(n)), labels=data.labels, num_labeled=n,
+                     num_classes=data.num_classes, num_set_aside=set_aside)
 
 
 def _steps(cfg, data) -> list[int]:
@@ -217,7 +218,8 @@ def test_the_labeled_only_control_trains_on_the_holdout_runs_labeled_rows_only(t
 
     strategy = get_strategy(control.cfg.train)
     model, _, data = _build(control, strategy)
-    assert torch.equal(data.images, c.train_imgs[c.keep]) and data.num_unlabeled == 0
+    assert torch.equal(data.images.gather(torch.arange(len(data.images))), c.train_imgs[c.keep])
+    assert data.num_unlabeled == 0
     assert data.num_set_aside == len(c.hidden)  # counted only by an epoch of the union
     trainer = Trainer(control.cfg, data, model, strategy, torch.device("cpu"))
     rows = []

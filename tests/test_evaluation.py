@@ -273,3 +273,45 @@ def test_cuda_matches_cpu():
     qc, gc = rng.integers(0, 4, 64), rng.integers(0, 4, 500)
     assert_same(evaluate(torch.from_numpy(dist).cuda(), qp, gp, qc, gc), evaluate(dist, qp, gp, qc, gc))
     np.testing.assert_array_equal(topk(torch.from_numpy(dist).cuda(), 30)[0], topk(dist, 30)[0])
+
+
+def _features(num: int, ids: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """L2-normalised 16-d features [num, 16] of ``ids`` identities (prototype + noise), their pids (junk and
+    distractors among them) and 3 cameras: distances with ties, varied match counts, and every protocol case."""
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.randint(-1, ids, (num,), generator=g)
+    protos = torch.randn(ids + 1, 16, generator=g)
+    feats = protos[pids + 1] + 0.8 * torch.randn(num, 16, generator=g)
+    feats[::7] = feats[0]  # exact ties
+    return torch.nn.functional.normalize(feats, dim=1), pids.numpy(), (torch.arange(num) % 3).numpy()
+
+
+@pytest.mark.parametrize("elements", [1, 40 * 3 + 5, 10**9])  # a query per block, uneven blocks, one block
+def test_the_blocked_evaluation_equals_the_whole_matrix_bit_for_bit(elements):
+    """Metrics, top-k lists and pair distances from blocks of queries equal those of the whole distance matrix
+    (cpl.evaluation.blocks, the evaluate stage's path): exactly, but for the non-match mean's summation order."""
+    from cpl.evaluation.blocks import cosine_blocks, score
+    from cpl.evaluation.distances import distance_summary
+
+    qf, q_pids, q_cams = _features(23, 6, 0)
+    gf, g_pids, g_cams = _features(40, 6, 1)
+    q_pids[0] = 99  # a query without a match anywhere
+    # The same distances put together (a block's product may differ from the whole one's in the last bit: BLAS
+    # picks its kernel by shape), so what is compared is the evaluation of them.
+    whole = np.concatenate(list(cosine_blocks(qf, gf, elements)))
+    assert whole.shape == (23, 40)
+    got = score(qf, gf, q_pids, g_pids, q_cams, g_cams, k=7, elements=elements)
+    want = evaluate(whole, q_pids, g_pids, q_cams, g_cams)
+    for key in ("cmc", "all_AP", "first_match"):
+        np.testing.assert_array_equal(got.metrics[key], want[key])
+    assert (got.metrics["mAP"], got.metrics["mINP"], got.metrics["num_valid"]) == (
+        want["mAP"], want["mINP"], want["num_valid"])
+    idx, dst = topk(whole, 7)
+    assert np.array_equal(got.index, idx) and np.array_equal(got.dist, dst)
+    pairs = distance_summary(whole, q_pids, g_pids, q_cams, g_cams)
+    assert set(got.pairs) == set(pairs)
+    for key, value in pairs.items():
+        if key == "nonmatch_mean":
+            assert float(got.pairs[key]) == pytest.approx(float(value), rel=1e-12)
+        else:
+            np.testing.assert_array_equal(got.pairs[key], value, err_msg=key)

@@ -13,7 +13,7 @@ from dataset_builders import jpeg, make_folders
 from test_resume import _args, _assert_same, _killed, _reference, _resume
 
 from cpl.data import image_cache
-from cpl.data.image_cache import cached_images
+from cpl.data.image_cache import CachedImages, cached_images
 from cpl.data.images import ImageError, load_images
 
 
@@ -29,14 +29,20 @@ def test_cached_pixels_equal_decoded_ones_and_are_written_once(tmp_path: Path, i
     cache = tmp_path / "cache"
     got = cached_images(images, 12, 6, cache)
     want = load_images(images, 12, 6)
-    assert got.dtype == torch.uint8 and got.shape == (15, 3, 12, 6) and torch.equal(got, want)
+    assert isinstance(got, CachedImages) and got.shape == (15, 3, 12, 6) and len(got) == 15
+    assert torch.equal(got.gather(torch.arange(15)), want) and torch.equal(got.tensor(), want)
+    idx = torch.tensor([14, 0, 3, 4, 5, 9, 9])  # runs of consecutive rows, out of order, repeated
+    assert torch.equal(got.gather(idx), want[idx]) and got.gather(idx[:0]).shape == (0, 3, 12, 6)
+    with pytest.raises(IndexError, match="outside"):
+        got.gather(torch.tensor([15]))
     [entry] = list(cache.iterdir())
     assert entry.name.endswith("-15x12x6.npy")
     stamp = entry.stat().st_mtime_ns
     again = cached_images(images, 12, 6, cache)
-    assert torch.equal(again, want) and entry.stat().st_mtime_ns == stamp and len(list(cache.iterdir())) == 1
-    again[0] = 0  # copy-on-write: the file keeps its pixels
-    assert torch.equal(cached_images(images, 12, 6, cache), want)
+    assert torch.equal(again.tensor(), want) and entry.stat().st_mtime_ns == stamp and len(list(cache.iterdir())) == 1
+    view = again.tensor()
+    view[0] = 0  # copy-on-write: the file keeps its pixels
+    assert torch.equal(cached_images(images, 12, 6, cache).gather(torch.arange(15)), want)
     assert len({p.name for p in cache.iterdir()}) == 1
     cached_images(images, 16, 8, cache)  # another size, another entry
     assert len(list(cache.iterdir())) == 2
@@ -47,7 +53,7 @@ def test_a_changed_file_gets_a_new_entry(tmp_path: Path, images: list[str]) -> N
     cached_images(images, 12, 6, cache)
     Path(images[3]).write_bytes(jpeg(99))
     got = cached_images(images, 12, 6, cache)
-    assert torch.equal(got, load_images(images, 12, 6)) and len(list(cache.iterdir())) == 2
+    assert torch.equal(got.tensor(), load_images(images, 12, 6)) and len(list(cache.iterdir())) == 2
 
 
 def test_a_bad_image_leaves_nothing_behind(tmp_path: Path, images: list[str]) -> None:
@@ -67,6 +73,7 @@ def test_disk_cache_run_killed_and_resumed_equals_the_in_memory_run(tmp_path: Pa
     run = root / "run"
     _killed(_args(root, data, run) + ["--set", "data.cache=disk"], "kill:train:epoch=1:iter=2")
     entries = list((root / "_cache" / "images").glob("*.npy"))
-    assert len(entries) == 3 and all(np.load(e, mmap_mode="r").dtype == np.uint8 for e in entries)
+    assert len(entries) == 4  # train, query, gallery and the GAN samples
+    assert all(np.load(e, mmap_mode="r").dtype == np.uint8 for e in entries)
     _resume(root, run)
     _assert_same(ref, run)

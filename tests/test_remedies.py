@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from test_engine import _data as engine_data  # the 4 × 4 labeled + 8 unlabeled images, with truth
 
 from cpl.config import Config, ConfigError, TrainConfig, load_config
+from cpl.data.image_source import Rows
 from cpl.engine.dist import DistInfo
 from cpl.engine.features import extract_shared
 from cpl.engine.losses import soft_cross_entropy
@@ -285,7 +286,8 @@ def test_a_balanced_epoch_trains_on_sinkhorns_labels_of_the_epoch_start_features
     inner = tr.strategy.epoch_targets
 
     def spy(feats, centers, valid, epoch):
-        ref, _ = extract(tr.model, tr.images[16:], torch.device("cpu"), batch_size=256)
+        unlabeled = Rows(tr.images, torch.arange(16, len(tr.images)))
+        ref, _ = extract(tr.model, unlabeled, torch.device("cpu"), batch_size=256)
         starts.append((feats.clone(), ref, centers.clone(), valid.clone()))
         return inner(feats, centers, valid, epoch)
 

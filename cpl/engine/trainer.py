@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cpl.config import AugmentConfig, Config
+from cpl.data.image_source import ImageSource, Rows, as_source, on_device
 from cpl.data.transforms import AugmentParams, augment, draw_params
 from cpl.engine import dist, sampling
 from cpl.engine.centers import Centers
@@ -53,9 +54,10 @@ from cpl.runs import faults
 
 @dataclass
 class TrainData:
-    """Everything the loop trains on, decoded once and held in memory."""
+    """Everything the loop trains on. The images are a source read by row (cpl/data/image_source.py): in memory or
+    the disk cache, never one concatenated copy; a tensor given here is wrapped, not copied."""
 
-    images: torch.Tensor  # [N_l + N_u, 3, H, W] uint8: labeled images first, then unlabeled
+    images: ImageSource  # [N_l + N_u, 3, H, W] uint8: labeled images first, then unlabeled
     labels: torch.Tensor  # [N_l] int64 in 0..K-1
     num_labeled: int
     num_classes: int  # K real identities
@@ -64,10 +66,13 @@ class TrainData:
     # an epoch of train.epoch_length=union counts them.
     num_set_aside: int = 0
 
+    def __post_init__(self) -> None:
+        self.images = as_source(self.images)
+
     @property
     def num_unlabeled(self) -> int:
         """N_u: the images after the labeled ones."""
-        return self.images.shape[0] - self.num_labeled
+        return len(self.images) - self.num_labeled
 
 
 @dataclass
@@ -106,7 +111,7 @@ class TrainState:
 class Batch:
     """This rank's slice of one global mini-batch, on the device (b images)."""
 
-    idx: torch.Tensor  # [b] int64 rows of the image tensor: < N_l labeled, else unlabeled
+    idx: torch.Tensor  # [b] int64 rows of the image source: < N_l labeled, else unlabeled
     x: torch.Tensor  # [b, 3, H, W] float32, augmented
     labeled: torch.Tensor  # [b] bool
     y: torch.Tensor  # [b] int64 identity in 0..K-1, -1 for an unlabeled image
@@ -220,7 +225,7 @@ class Trainer:
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
             net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = torch.compile(net) if t.compile else net
-        self.images = data.images.to(device)
+        self.images = on_device(data.images, device)
         self.labels = data.labels.to(device)
         self.truth = data.unlabeled_truth.to(device) if data.unlabeled_truth is not None else None
         self.state = TrainState(Centers(t, data.num_classes, model.feat_dim, cfg.seed, device))
@@ -290,7 +295,7 @@ class Trainer:
         return len(self.epoch_batches(epoch, make_generator(self.cfg.seed, "epoch", epoch)))
 
     def epoch_batches(self, epoch: int, gen: torch.Generator) -> list[torch.Tensor]:
-        """The global batches of ``epoch`` (index tensors into the image tensor), drawn from ``gen``: one pass
+        """The global batches of ``epoch`` (index tensors into the image source), drawn from ``gen``: one pass
         over the shuffled images, or BoT's P×K identity batches plus unlabeled images."""
         t, data = self.cfg.train, self.data
         if t.sampler == "pk":
@@ -305,7 +310,7 @@ class Trainer:
 
     def num_train_images(self, epoch: int) -> int:
         """Images an epoch draws from: L ∪ U once the strategy is active, L alone before (warm-up)."""
-        return self.data.images.shape[0] if self.strategy.active(epoch) else self.data.num_labeled
+        return len(self.data.images) if self.strategy.active(epoch) else self.data.num_labeled
 
     def num_epoch_images(self, epoch: int) -> int:
         """Images an epoch counts (its steps are this // batch size), by ``train.epoch_length``: those it draws
@@ -313,7 +318,7 @@ class Trainer:
         control sets aside (``union``, in every epoch, warm-up included)."""
         d = self.data
         return {"trained": self.num_train_images(epoch), "labeled": d.num_labeled,
-                "union": d.images.shape[0] + d.num_set_aside}[self.cfg.train.epoch_length]
+                "union": len(d.images) + d.num_set_aside}[self.cfg.train.epoch_length]
 
     def fit(self) -> TrainState:
         """Train from ``state.epoch`` to ``train.epochs``; returns the final state."""
@@ -375,7 +380,8 @@ class Trainer:
         s, n_l = self.strategy, self.data.num_labeled
         if not (s.active(epoch) and self.data.num_unlabeled and s.needs_set_features):
             return None
-        feats = extract_shared(self.model, self.images[n_l:], self.device, self.info.rank, self.info.world_size,
+        unlabeled = Rows(self.images, torch.arange(n_l, len(self.images)))
+        feats = extract_shared(self.model, unlabeled, self.device, self.info.rank, self.info.world_size,
                                batch_size=self.cfg.eval.batch_size, dtype=amp_dtype(self.cfg, self.device))
         center_set = self.state.center_set
         return s.epoch_targets(feats, center_set.constant(), center_set.valid, epoch)
@@ -400,7 +406,7 @@ class Trainer:
         lo, hi = info.rank * b_local, (info.rank + 1) * b_local
         idx, params = idx[lo:hi], params.slice(lo, hi)
         idx_d = idx.to(dev, non_blocking=True)
-        x = augment(self.images[idx_d], params, cfg.augment.pad)
+        x = augment(self.images.gather(idx_d).to(dev, non_blocking=True), params, cfg.augment.pad)
         if t.channels_last and dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         lab = idx_d < n_l

@@ -79,9 +79,67 @@ def evaluate(
 
     if not bool((g_pids_t != -1).any()):
         raise ValueError("no query has a valid match in the gallery")
-    groups = _identity_groups(dist, q_pids_t, q_cams_t, g_pids_t, g_cams_t)
-    ranks, counts = _match_ranks(dist, g_pids_t != -1, *groups)
+    return _summary(*_block_ranks(dist, q_pids_t, q_cams_t, g_pids_t, g_cams_t), max_rank)
 
+
+class BlockEvaluation:
+    """:func:`evaluate` of a ``[Q, G]`` distance matrix that is never whole: its row blocks are fed one at a time
+    (:meth:`add`), so memory holds one block (MSMT17's 11,659 x 82,161 float32 matrix alone is 3.8 GB). Only the
+    ranks of each query's matches are kept, and the result is :func:`evaluate`'s on the whole matrix, bit for bit:
+    a query's ranks depend on its own row only, and the summary runs once over all of them.
+
+    q_pids, q_camids: [Q] int; g_pids, g_camids: [G] int, as for :func:`evaluate`.
+    """
+
+    def __init__(self, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any):
+        self.q_pids, self.q_cams = np.asarray(q_pids), np.asarray(q_camids)
+        num_q, num_g = len(self.q_pids), len(np.asarray(g_pids))
+        cpu = torch.device("cpu")
+        label_vector(self.q_cams, num_q, "q_camids", cpu)
+        self.g_pids = label_vector(g_pids, num_g, "g_pids", cpu)
+        self.g_cams = label_vector(g_camids, num_g, "g_camids", cpu)
+        if not bool((self.g_pids != -1).any()):
+            raise ValueError("no query has a valid match in the gallery")
+        self.next_row = 0
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, block: Any) -> None:
+        """The distances of the next queries: ``block`` [R, G] float (numpy or tensor, CPU or CUDA), the rows
+        after those added so far."""
+        dist = float_matrix(block, "block")
+        rows = slice(self.next_row, self.next_row + dist.shape[0])
+        if rows.stop > len(self.q_pids) or dist.shape[1] != len(self.g_pids):
+            raise ValueError(f"block of shape {tuple(dist.shape)} at row {rows.start} does not fit the "
+                             f"{len(self.q_pids)} x {len(self.g_pids)} matrix")
+        dev = dist.device
+        self.parts.append(_block_ranks(dist, label_vector(self.q_pids[rows], dist.shape[0], "q_pids", dev),
+                                       label_vector(self.q_cams[rows], dist.shape[0], "q_camids", dev),
+                                       self.g_pids.to(dev), self.g_cams.to(dev)))
+        self.next_row = rows.stop
+
+    def result(self, max_rank: int = 50) -> dict:
+        """:func:`evaluate`'s dict, once every row has been added."""
+        if max_rank < 1:
+            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+        if self.next_row != len(self.q_pids):
+            raise ValueError(f"{self.next_row} of {len(self.q_pids)} query rows added")
+        if not self.parts:
+            raise ValueError("no query has a valid match in the gallery")
+        width = max(r.shape[1] for r, _ in self.parts)  # the widest block's: the padding evaluate() has
+        ranks = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for r, _ in self.parts])
+        return _summary(ranks, torch.cat([c for _, c in self.parts]), max_rank)
+
+
+def _block_ranks(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, g_pids: torch.Tensor,
+                 g_cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based rank of every valid match of the queries of ``dist`` [Q, G]: ([Q, P] int64, counts [Q] int64)."""
+    groups = _identity_groups(dist, q_pids, q_cams, g_pids, g_cams)
+    return _match_ranks(dist, g_pids != -1, *groups)
+
+
+def _summary(ranks: torch.Tensor, counts: torch.Tensor, max_rank: int) -> dict:
+    """:func:`evaluate`'s dict from the ranks [Q, P] of every query's matches and their counts [Q]."""
+    device = ranks.device
     valid = counts > 0
     num_valid = int(valid.sum())
     if num_valid == 0:

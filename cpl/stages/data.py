@@ -1,4 +1,5 @@
-"""Stages ``data`` and ``unlabeled``: the labeled dataset decoded into memory, and the unlabeled set beside it.
+"""Stages ``data`` and ``unlabeled``: the labeled dataset decoded (into memory, or with ``data.cache: disk`` into the
+cache on disk, read back by row), and the unlabeled set beside it.
 
 ``data`` checks and decodes the dataset (any format of :data:`cpl.data.formats.FORMATS`) and decides which
 training images are labeled (all of them, or all but a holdout) and where the unlabeled images
@@ -30,8 +31,6 @@ def load_data(ctx: RunContext) -> None:
     from cpl.config import format_options, unused_format_options
     from cpl.data.check import check_dataset, raise_if_invalid
     from cpl.data.formats import SYNTHETIC, load_dataset, resolve
-    from cpl.data.image_cache import cached_images
-    from cpl.data.images import load_images
 
     cfg = ctx.cfg
     ctx.progress(0.0, "checking the dataset")
@@ -56,15 +55,10 @@ def load_data(ctx: RunContext) -> None:
     h, w = cfg.data.height, cfg.data.width
     ctx.progress(0.2, f"decoding {len(ds.train) + len(ds.query) + len(ds.gallery)} images")
 
-    def decode(paths: tuple[str, ...]) -> torch.Tensor:
-        if cfg.data.cache == "disk":
-            return cached_images(paths, h, w, ctx.run.cache_root / "images")
-        return load_images(paths, h, w)
-
-    train_imgs = decode(ds.train.paths)
+    train_imgs = decode(ctx, ds.train.paths)
     ctx.progress(0.6)
-    query_imgs = decode(ds.query.paths)
-    gallery_imgs = query_imgs if ds.gallery.paths == ds.query.paths else decode(ds.gallery.paths)
+    query_imgs = decode(ctx, ds.query.paths)
+    gallery_imgs = query_imgs if ds.gallery.paths == ds.query.paths else decode(ctx, ds.gallery.paths)
     labels = np.asarray(ds.train_labels, dtype=np.int64)
     faults.point("data")
     ctx.data = _split(ctx, ds, labels, train_imgs, query_imgs, gallery_imgs)
@@ -75,9 +69,22 @@ def load_data(ctx: RunContext) -> None:
     ctx.progress(1.0)
 
 
-def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs: torch.Tensor, query_imgs: torch.Tensor,
-           gallery_imgs: torch.Tensor) -> LoadedData:
-    """Which training images stay labeled, and where the unlabeled ones come from."""
+def decode(ctx: RunContext, paths):
+    """``[N, 3, H, W] uint8`` of the image files ``paths`` at the run's input size: a tensor decoded into memory, or
+    with ``data.cache: disk`` an image source on the runs root's cache (decoded and written there on first use,
+    then read by row: cpl/data/image_cache.py)."""
+    from cpl.data.image_cache import cached_images
+    from cpl.data.images import load_images
+
+    h, w = ctx.cfg.data.height, ctx.cfg.data.width
+    if ctx.cfg.data.cache == "disk":
+        return cached_images(paths, h, w, ctx.run.cache_root / "images")
+    return load_images(paths, h, w)
+
+
+def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs, query_imgs, gallery_imgs) -> LoadedData:
+    """Which training images stay labeled, and where the unlabeled ones come from (the splits' images as
+    :func:`decode` made them)."""
     from cpl.data.holdout import holdout_split
     from cpl.data.images import list_images
 
@@ -120,20 +127,20 @@ def _dataset_record(d: LoadedData, root: Path, warnings: list[str], num_gan: int
 
 def build_unlabeled(ctx: RunContext) -> None:
     """Stage ``unlabeled``: the unlabeled images (``ctx.unlabeled``); write ``unlabeled.csv`` (+ ``gan.json``)."""
-    from cpl.data.images import load_images
+    from cpl.data.image_source import Rows, as_source
 
     d, cfg = ctx.data, ctx.cfg
     h, w = cfg.data.height, cfg.data.width
     images, paths, truth = _empty(h, w).images, [], None
-    if d.source == "holdout":
-        images, truth = d.train_imgs[d.hidden], d.labels[d.hidden]
+    if d.source == "holdout":  # rows of the training images, not a copy of them
+        images, truth = Rows(d.train_imgs, d.hidden), d.labels[d.hidden]
         paths = [d.ds.train.paths[i] for i in d.hidden]
     elif d.source == "folder":
         paths = d.folder_files
-        images = load_images(paths, h, w)
+        images = as_source(decode(ctx, paths))
     elif d.source == "gan" and cfg.unlabeled.num_images > 0:
         paths = _gan_samples(ctx)
-        images = load_images(paths, h, w)
+        images = as_source(decode(ctx, paths))
     ctx.unlabeled = Unlabeled(images=images, paths=paths, truth=truth)
     if ctx.is_main:
         write_unlabeled_csv(ctx.run, paths, d.source, truth, d.ds.label_to_pid)
@@ -143,11 +150,14 @@ def build_unlabeled(ctx: RunContext) -> None:
 
 
 def _empty(h: int, w: int) -> Unlabeled:
-    return Unlabeled(images=torch.zeros(0, 3, h, w, dtype=torch.uint8), paths=[], truth=None)
+    from cpl.data.image_source import Rows
+
+    return Unlabeled(images=Rows(torch.zeros(0, 3, h, w, dtype=torch.uint8)), paths=[], truth=None)
 
 
 def _gan_samples(ctx: RunContext) -> list[str]:
     """Train (or reuse) the DCGAN and sample ``unlabeled.num_images`` images; returns their files (every rank)."""
+    from cpl.data.image_source import as_tensor
     from cpl.engine import dist
     from cpl.gan import ensure_samples, list_samples
     from cpl.gan.cache import read_info
@@ -172,7 +182,7 @@ def _gan_samples(ctx: RunContext) -> list[str]:
 
     folder = None
     if ctx.is_main:
-        folder = ensure_samples(ctx.data.train_imgs, ctx.data.ds.fingerprint(), cfg.gan, n,
+        folder = ensure_samples(as_tensor(ctx.data.train_imgs), ctx.data.ds.fingerprint(), cfg.gan, n,
                                 ctx.run.cache_root / "gan", seed=cfg.gan.seed, device=ctx.device,
                                 on_progress=on_progress, should_stop=ctx.should_stop)
         info = write_gan_record(ctx.run, read_info(folder.parent) or {})

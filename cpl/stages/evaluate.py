@@ -37,7 +37,7 @@ def evaluate(ctx: RunContext) -> None:
     from cpl.engine.features import extract
     from cpl.evaluation import evaluate as protocol
     from cpl.evaluation import rerank_features, topk
-    from cpl.evaluation.distances import distance_summary
+    from cpl.evaluation.blocks import score
     from cpl.evaluation.metrics import protocol_keys
 
     cfg, d, t = ctx.cfg, ctx.data, ctx.trained
@@ -49,14 +49,14 @@ def evaluate(ctx: RunContext) -> None:
     faults.point("eval")
     ctx.progress(0.5, "evaluating")
     q, g = d.ds.query, d.ds.gallery
-    dist_qg = (1.0 - qf @ gf.T).numpy()  # cosine distance; same ranking as Euclidean on unit vectors
     q_keys, g_keys = protocol_keys(d.ds.protocol, q.paths, g.paths, q.camids, g.camids)
-    base = protocol(dist_qg, q.pids, g.pids, q_keys, g_keys)
+    # The cosine distances a block of queries at a time: never the whole matrix (MSMT17: 3.8 GB).
+    scores = score(qf, gf, q.pids, g.pids, q_keys, g_keys, cfg.eval.topk)
+    base = scores.metrics
     results = metrics(base)
-    idx, dst = topk(dist_qg, min(cfg.eval.topk, len(gf)))
-    retrieval = {"index": idx, "dist": dst, "ap": np.asarray(base["all_AP"], dtype=np.float32),
+    retrieval = {"index": scores.index, "dist": scores.dist, "ap": np.asarray(base["all_AP"], dtype=np.float32),
                  "first_match": base["first_match"].astype(np.int32)}
-    if cfg.eval.rerank:
+    if cfg.eval.rerank:  # its result is the whole re-ranked matrix (MSMT17: 3.8 GB); not by blocks yet
         ctx.progress(0.6, "re-ranking")
         faults.point("rerank")
         rr = rerank_features(qf.numpy(), gf.numpy(), k1=cfg.eval.k1, k2=cfg.eval.k2,
@@ -77,6 +77,6 @@ def evaluate(ctx: RunContext) -> None:
                    labeled_train_images=len(d.keep), train_steps=t.trainer.clock.start(cfg.train.epochs))
     write_json(ctx.run.results, results)
     write_npz(ctx.run.retrieval, **retrieval)
-    write_npz(ctx.run.distances, **distance_summary(dist_qg, q.pids, g.pids, q_keys, g_keys))  # the protocol's pairs
+    write_npz(ctx.run.distances, **scores.pairs)  # the protocol's pairs
     ctx.evaluated = Evaluated(query=qf, gallery=gf, results=results)
     ctx.progress(1.0)

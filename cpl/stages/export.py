@@ -16,6 +16,7 @@ from cpl.stages.evaluate import extract_options
 
 def export(ctx: RunContext) -> None:
     """Stage ``export``."""
+    from cpl.data.image_source import Rows
     from cpl.engine.features import extract
 
     cfg, run, d, u, t, e = ctx.cfg, ctx.run, ctx.data, ctx.unlabeled, ctx.trained, ctx.evaluated
@@ -23,7 +24,7 @@ def export(ctx: RunContext) -> None:
     ex = extract_options(ctx)
     model = t.trainer.model
     # Labeled training images only: in holdout mode the hidden ones are the unlabeled set.
-    tf, _ = extract(model, d.train_imgs[d.keep], **ex)
+    tf, _ = extract(model, Rows(d.train_imgs, d.keep), **ex)
     uf, ul = extract(model, u.images, with_logits=True, **ex) if len(u.images) else (torch.zeros(0, tf.shape[1]), None)
     centers = t.trainer.state.centers.detach().float().cpu()
     valid = t.trainer.state.center_valid.cpu()

@@ -11,15 +11,16 @@ import torch
 
 @dataclass
 class LoadedData:
-    """Made by stage ``data``: the decoded dataset. Images are ``[N, 3, H, W] uint8``; ``labels`` ``[N_train]
+    """Made by stage ``data``: the decoded dataset. Images are ``[N, 3, H, W] uint8``: tensors in memory, or with
+    ``data.cache: disk`` image sources on the cache files (cpl/data/image_cache.py); ``labels`` ``[N_train]
     int64`` are the class indices 0..K-1 of every training image; ``keep`` indexes the labeled ones."""
 
     ds: object  # cpl.data.dataset.ReidDataset
     labels: np.ndarray
     keep: np.ndarray
-    train_imgs: torch.Tensor
-    query_imgs: torch.Tensor
-    gallery_imgs: torch.Tensor
+    train_imgs: object  # torch.Tensor | cpl.data.image_source.ImageSource
+    query_imgs: object
+    gallery_imgs: object
     source: str  # where the unlabeled images come from: gan | folder | holdout | none
     hidden: np.ndarray  # holdout: the indices of the training images used as unlabeled ones
     folder_files: list[str]  # folder: the image files
@@ -27,10 +28,11 @@ class LoadedData:
 
 @dataclass
 class Unlabeled:
-    """Made by stage ``unlabeled`` (empty when the run has none): ``images`` ``[M, 3, H, W] uint8``, their files,
-    and (holdout only) their true class ``truth`` ``[M] int64``."""
+    """Made by stage ``unlabeled`` (empty when the run has none): ``images`` ``[M, 3, H, W] uint8`` (a source read by
+    row, cpl/data/image_source.py: the holdout's are rows of the training images), their files, and (holdout only)
+    their true class ``truth`` ``[M] int64``."""
 
-    images: torch.Tensor
+    images: object  # cpl.data.image_source.ImageSource
     paths: list[str]
     truth: np.ndarray | None
 

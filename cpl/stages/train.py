@@ -34,6 +34,7 @@ def _state_bytes(state: dict) -> int:
 
 def _build(ctx: RunContext, strategy):
     """The network (identical initial weights on every rank and every resume) and its training data."""
+    from cpl.data.image_source import Concat, Rows
     from cpl.engine.trainer import TrainData
     from cpl.models.reid import build_model
     from cpl.models.weights import WeightsNotFound
@@ -48,8 +49,10 @@ def _build(ctx: RunContext, strategy):
     except WeightsNotFound as exc:  # the weights were there at launch and are gone now
         raise RunFailed(str(exc), "install the weights or set model.pretrained=none, then resume") from None
     log.info("model: %s, %s", cfg.model.backbone, weights.describe())
-    labeled = d.train_imgs[d.keep]
-    images = torch.cat([labeled, u.images]) if strategy.uses_unlabeled else labeled
+    # Rows of the decoded splits, read per batch: no copy of the training set (with data.cache=disk each batch is read
+    # from the cache file, so host memory does not grow with the dataset).
+    labeled = Rows(d.train_imgs, d.keep)
+    images = Concat([labeled, u.images]) if strategy.uses_unlabeled else labeled
     truth = torch.from_numpy(u.truth) if u.truth is not None and strategy.uses_unlabeled else None
     # A labeled-only control still counts its source's images into an epoch of train.epoch_length=union.
     set_aside = 0 if strategy.uses_unlabeled else source_images(d, cfg.unlabeled.num_images)
