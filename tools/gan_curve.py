@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print("\n| DCGAN epochs | steps | Fréchet distance | real-vs-real floor | training time (s) |\n| --- | --- | --- | --- | --- |")
+    print("\n| DCGAN epochs | steps | Fréchet distance | real-vs-real floor | training time (s) |")
+    print("| --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['epochs']} | {r['steps']} | {r['fd']} | {r['fd_floor']} | {r['train_s']} |")
     return 0
