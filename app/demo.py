@@ -3,10 +3,10 @@
 When the app first sees a runs root with no runs, it starts, from one config (``cpl/configs/demo.yaml``, or
 ``$CPL_DEMO_CONFIG``) on the embedded synthetic dataset:
 
-* ``gan``: CPL on DCGAN images, the papers' setting (the GAN page's samples and their pseudo-labels). A GAN image
-  has no true identity, so this run alone cannot say whether a label is right;
-* ``heldout``: CPL with real training images whose labels are hidden as the unlabeled set (``holdout``): every
-  pseudo-label is scored against the hidden identity (``pl_acc``), against a chance of 1 / K;
+* ``gan``: CPL on DCGAN images, the papers' setting, labeling them by :data:`CPL_REMEDY` (the GAN page's samples and
+  their pseudo-labels). A GAN image has no true identity, so this run alone cannot say whether a label is right;
+* ``heldout``: CPL (the same labeling rule) with real training images whose labels are hidden as the unlabeled set
+  (``holdout``): every pseudo-label is scored against the hidden identity (``pl_acc``), against a chance of 1 / K;
 * ``control``: the baseline on exactly the labeled rows the ``heldout`` run keeps (the labeled-only control), so
   ``heldout`` minus ``control`` is what the pseudo-labels added;
 * ``reference``: the baseline on every labeled image, the ``gan`` run's reference: ``gan`` minus ``reference`` is

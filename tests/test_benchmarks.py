@@ -154,3 +154,12 @@ def test_data_memory_runs_every_setting_at_a_tiny_size(tmp_path, capsys):
     too_big = ["--scale", "0.002", "--settings", "memory", "--max-gib", "0.1", "--workdir", str(tmp_path)]
     assert bench.main(too_big) == []
     assert "data.cache=memory: not run" in capsys.readouterr().out
+
+
+def test_batch_gather_benchmark_gathers_the_same_bytes_three_ways(capsys):
+    """benchmarks/batch_gather.py: the reference (one concatenated tensor), the in-memory source and the disk cache
+    gather equal batches (the script asserts it per batch) and each gets a positive time."""
+    ms = _benchmark(BENCH.parent / "batch_gather.py").main(["--batches", "3", "--labeled", "20", "--unlabeled", "7",
+                                                            "--height", "16", "--width", "8", "--batch", "8"])
+    assert set(ms) == {"reference", "memory", "disk"} and all(v > 0 for v in ms.values())
+    assert "x the reference" in capsys.readouterr().out

@@ -109,3 +109,19 @@ def test_list_samples(tmp_path: Path) -> None:
     assert len(list_samples(tmp_path, 6)) == 6
     with pytest.raises(ValueError, match="holds 6 GAN samples, 7 were asked"):
         list_samples(tmp_path, 7)
+
+
+def test_draw_gives_the_pixels_sample_to_folder_writes(tmp_path: Path) -> None:
+    """cpl.gan.sample.draw (the quality figure of tools/gan_curve.py) holds, in memory, exactly the images the
+    sampler writes as PNG files, and leaves the generator's running statistics untouched."""
+    from cpl.gan.sample import draw
+
+    g = _generator()
+    before = copy.deepcopy(g.state_dict())
+    sample_to_folder(g, 70, tmp_path, seed=3, device=CPU)  # 70: a partial last chunk of 64
+    files = list_samples(tmp_path, 70)
+    want = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    got = draw(g, 70, seed=3, device=CPU)
+    assert got.shape == (70, 3, *want.shape[1:3]) and got.dtype == torch.uint8
+    assert np.array_equal(got.permute(0, 2, 3, 1).numpy(), want)
+    assert all(torch.equal(v, before[k]) for k, v in g.state_dict().items())

@@ -23,31 +23,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cpl.config import format_options, load_config
-from cpl.data.formats import load_dataset, resolve
+from cpl.config import load_config
 from cpl.data.images import load_images
 from cpl.engine.threads import configured_threads
 from cpl.gan import ensure_samples, gan_key
 from cpl.gan.cache import TRAIN
 from cpl.gan.quality import gan_quality
-from cpl.gan.sample import sample_z
-from cpl.gan.train import train_gan
+from cpl.gan.sample import draw
+from cpl.gan.train import steps_per_epoch, train_gan
 from cpl.runs.rundir import CACHE_DIR
+from cpl.stages.data import open_dataset
 
 SHEET = (4, 8)  # rows x columns of the sample sheet
 QUALITY_SAMPLES = 1000
-
-
-def _samples(g: torch.nn.Module, n: int, seed: int, device: torch.device) -> torch.Tensor:
-    """``n`` samples ``[n, 3, S, S] uint8`` drawn as the run's sampler draws them (BN on the batch statistics)."""
-    net = g.train()
-    out = []
-    with torch.no_grad():
-        for start in range(0, n, 64):
-            z = sample_z(seed, range(start, min(n, start + 64)), g.z_dim).to(device)
-            out.append(((net(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
-    g.eval()
-    return torch.cat(out)
 
 
 def _sheet(images: torch.Tensor, path: Path) -> None:
@@ -75,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
 
-    fmt = resolve(cfg.data.root, cfg.data.kind).name
-    ds = load_dataset(cfg.data.root, fmt, format_options(cfg.data, fmt), max_train=cfg.data.max_train_images,
-                      max_query=cfg.data.max_query_images, max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
+    ds = open_dataset(cfg)  # the run's listing: the same fingerprint, hence the same GAN cache key
     images = load_images(ds.train.paths, cfg.data.height, cfg.data.width)
     last = dataclasses.replace(cfg.gan, epochs=counts[-1])
     cache_root = Path(args.runs_root) / CACHE_DIR / "gan"
@@ -89,14 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             g = train_gan(images, dataclasses.replace(cfg.gan, epochs=e), work, seed=cfg.gan.seed, device=device)
             spent += time.monotonic() - t0
-            fake = _samples(g, QUALITY_SAMPLES, cfg.gan.seed, device)
+            fake = draw(g, QUALITY_SAMPLES, seed=cfg.gan.seed, device=device)
             q = gan_quality(images, fake, device, seed=cfg.gan.seed)
             _sheet(fake, out / f"samples-e{e}.png")
-            steps = e * (len(images) // cfg.gan.batch_size)
-            if cfg.gan.max_steps_per_epoch:
-                steps = e * min(len(images) // cfg.gan.batch_size, cfg.gan.max_steps_per_epoch)
-            rows.append({"epochs": e, "steps": steps, "fd": round(q["fd"], 1), "fd_floor": round(q["fd_floor"], 1),
-                         "train_s": round(spent, 1)})
+            rows.append({"epochs": e, "steps": e * steps_per_epoch(len(images), cfg.gan), "fd": round(q["fd"], 1),
+                         "fd_floor": round(q["fd_floor"], 1), "train_s": round(spent, 1)})
             print(f"epochs {e}: FD {q['fd']:.1f} (floor {q['fd_floor']:.1f}), {spent:.0f} s of training", flush=True)
         # Save the last generator and its samples where runs look for them (the checkpoint is already there).
         ensure_samples(images, ds.fingerprint(), last, cfg.unlabeled.num_images, cache_root, seed=cfg.gan.seed,

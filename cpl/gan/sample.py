@@ -96,6 +96,23 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def _sampler(generator: Generator, device: torch.device) -> Generator:
+    """A copy in train mode: BN normalises with the chunk's own statistics (the LSRO sampler) and the caller's
+    generator (and its running statistics) stays untouched."""
+    return copy.deepcopy(generator).to(device).train()
+
+
+@torch.no_grad()
+def draw(generator: Generator, n: int, *, seed: int, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+    """Samples 0..n-1 in memory, ``[n, 3, S, S] uint8`` on the CPU: the pixels :func:`sample_to_folder` writes for
+    the same seed and batch size (for a quality figure without the files)."""
+    net = _sampler(generator, device)
+    chunks = [_to_uint8(net(sample_z(seed, range(s, s + batch_size), generator.z_dim).to(device)))
+              for s in range(0, n, batch_size)]
+    pixels = np.concatenate(chunks)[:n] if chunks else np.zeros((0, 1, 1, 3), np.uint8)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+
 def _write_png(path: Path, pixels: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buf, format="PNG")
@@ -136,9 +153,7 @@ def sample_to_folder(
     if not missing:
         return 0
 
-    # A copy in train mode: BN normalises with the chunk's own statistics and the caller's
-    # generator (and its running statistics) stays untouched.
-    net = copy.deepcopy(generator).to(device).train()
+    net = _sampler(generator, device)
     wanted = set(missing)
     written = 0
     last_report = time.monotonic()

@@ -134,7 +134,7 @@ def train_gan(
     :class:`~cpl.engine.control.NonFiniteLoss` (stage ``"gan"``) naming the epoch and step.
     """
     n = images.shape[0]
-    steps = _steps_per_epoch(n, cfg)
+    steps = steps_per_epoch(n, cfg)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     g, d, opt_g, opt_d = _build(cfg, seed, device)
@@ -193,7 +193,7 @@ def train_gan(
     return g.eval()
 
 
-def _steps_per_epoch(n: int, cfg: GanConfig) -> int:
+def steps_per_epoch(n: int, cfg: GanConfig) -> int:
     """Full batches of ``cfg.batch_size`` in ``n`` images, capped by ``cfg.max_steps_per_epoch`` (0: no cap)."""
     if n < cfg.batch_size:
         raise ValueError(f"GAN training needs at least gan.batch_size={cfg.batch_size} images, got {n}")

@@ -30,7 +30,7 @@ def load_data(ctx: RunContext) -> None:
     """Stage ``data``: check, decode and split the dataset (``ctx.data``); write ``dataset.json``."""
     from cpl.config import format_options, unused_format_options
     from cpl.data.check import check_dataset, raise_if_invalid
-    from cpl.data.formats import SYNTHETIC, load_dataset, resolve
+    from cpl.data.formats import SYNTHETIC, resolve
 
     cfg = ctx.cfg
     ctx.progress(0.0, "checking the dataset")
@@ -50,8 +50,7 @@ def load_data(ctx: RunContext) -> None:
     raise_if_invalid(report)
     for w in report.warnings:
         log.warning("dataset: %s", w)
-    ds = load_dataset(root, fmt, options, max_train=cfg.data.max_train_images, max_query=cfg.data.max_query_images,
-                      max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
+    ds = open_dataset(cfg, fmt)
     h, w = cfg.data.height, cfg.data.width
     ctx.progress(0.2, f"decoding {len(ds.train) + len(ds.query) + len(ds.gallery)} images")
 
@@ -67,6 +66,18 @@ def load_data(ctx: RunContext) -> None:
         write_json(ctx.run.dataset, _dataset_record(ctx.data, root, report.warnings, cfg.unlabeled.num_images,
                                                         cfg.uses_unlabeled))
     ctx.progress(1.0)
+
+
+def open_dataset(cfg, fmt: str | None = None):
+    """The run's dataset as stage ``data`` lists it, no image decoded (a :class:`cpl.data.dataset.ReidDataset`): format
+    ``fmt`` (default: ``data.kind``, recognised by layout for ``auto``), its ``data.<format>`` options, the split caps
+    and the seed. Tools that must see the same images as a run (its GAN cache key is their fingerprint) call it too."""
+    from cpl.config import format_options
+    from cpl.data.formats import load_dataset, resolve
+
+    fmt = fmt or resolve(cfg.data.root, cfg.data.kind).name
+    return load_dataset(cfg.data.root, fmt, format_options(cfg.data, fmt), max_train=cfg.data.max_train_images,
+                        max_query=cfg.data.max_query_images, max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
 
 
 def decode(ctx: RunContext, paths):
