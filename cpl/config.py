@@ -80,7 +80,7 @@ class DataConfig:
     max_train_images: int = 0  # 0 = all; caps keep --fast-dev-run small
     max_query_images: int = 0
     max_gallery_images: int = 0
-    # memory: every split decoded into RAM | disk: decoded once into <runs root>/_cache/images and memory-mapped
+    # memory: every split decoded into RAM | disk: decoded once into <runs root>/_cache/images and read by row
     # (cpl/data/image_cache.py; the same pixels, so the same training, without holding the dataset in RAM)
     cache: str = "memory"
 

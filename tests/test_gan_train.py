@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cpl.config import GanConfig
+from cpl.data.image_source import Concat, Rows
 from cpl.engine.checkpoints import list_checkpoints as _list
 from cpl.engine.checkpoints import load_latest
 from cpl.engine.control import NonFiniteLoss, Stopped
@@ -61,6 +62,15 @@ def test_prepare_images_resizes_once_to_square_uint8(images: torch.Tensor) -> No
     assert torch.all(flat == 200)  # bilinear resizing keeps a constant image constant
     with pytest.raises(ValueError, match="uint8"):
         prepare_images(images.float(), 64, CPU)
+
+
+def test_prepare_images_reads_an_image_source_by_chunk_to_the_same_pixels(images: torch.Tensor) -> None:
+    # The DCGAN of a data.cache=disk run reads the split by row, never as one tensor; the pixels must not change.
+    keep = torch.tensor([5, 3, 30, 0, 7, 7, 12])
+    source = Concat([Rows(images, keep), Rows(images[20:])])
+    want = prepare_images(torch.cat([images[keep], images[20:]]), 64, CPU)
+    got = prepare_images(source, 64, CPU, chunk=4)  # chunks straddle the two parts
+    assert got.shape == (19, 3, 64, 64) and torch.equal(got, want)
 
 
 def test_training_learns_and_reports_progress(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def test_cached_pixels_equal_decoded_ones_and_are_written_once(tmp_path: Path, i
     got = cached_images(images, 12, 6, cache)
     want = load_images(images, 12, 6)
     assert isinstance(got, CachedImages) and got.shape == (15, 3, 12, 6) and len(got) == 15
-    assert torch.equal(got.gather(torch.arange(15)), want) and torch.equal(got.tensor(), want)
+    assert torch.equal(got.gather(torch.arange(15)), want)
     idx = torch.tensor([14, 0, 3, 4, 5, 9, 9])  # runs of consecutive rows, out of order, repeated
     assert torch.equal(got.gather(idx), want[idx]) and got.gather(idx[:0]).shape == (0, 3, 12, 6)
     with pytest.raises(IndexError, match="outside"):
@@ -39,9 +39,10 @@ def test_cached_pixels_equal_decoded_ones_and_are_written_once(tmp_path: Path, i
     assert entry.name.endswith("-15x12x6.npy")
     stamp = entry.stat().st_mtime_ns
     again = cached_images(images, 12, 6, cache)
-    assert torch.equal(again.tensor(), want) and entry.stat().st_mtime_ns == stamp and len(list(cache.iterdir())) == 1
-    view = again.tensor()
-    view[0] = 0  # copy-on-write: the file keeps its pixels
+    assert torch.equal(again.gather(torch.arange(15)), want) and entry.stat().st_mtime_ns == stamp
+    assert len(list(cache.iterdir())) == 1
+    read = again.gather(torch.arange(15))
+    read[0] = 0  # a read is a copy: the file keeps its pixels
     assert torch.equal(cached_images(images, 12, 6, cache).gather(torch.arange(15)), want)
     assert len({p.name for p in cache.iterdir()}) == 1
     cached_images(images, 16, 8, cache)  # another size, another entry
@@ -53,7 +54,7 @@ def test_a_changed_file_gets_a_new_entry(tmp_path: Path, images: list[str]) -> N
     cached_images(images, 12, 6, cache)
     Path(images[3]).write_bytes(jpeg(99))
     got = cached_images(images, 12, 6, cache)
-    assert torch.equal(got.tensor(), load_images(images, 12, 6)) and len(list(cache.iterdir())) == 2
+    assert torch.equal(got.gather(torch.arange(15)), load_images(images, 12, 6)) and len(list(cache.iterdir())) == 2
 
 
 def test_a_bad_image_leaves_nothing_behind(tmp_path: Path, images: list[str]) -> None:

@@ -6,9 +6,9 @@ chunk), and every run that needs the same files at the same size reads that file
 :class:`CachedImages` is an image source (:mod:`cpl.data.image_source`) that reads the rows asked for with
 ``pread``: the file's pages live in the kernel's page cache, which it drops under memory pressure, and never in
 the process's resident set, so host memory no longer grows with the dataset (a memory mapping would count every
-page it touched as resident). Code that needs the whole split as one tensor (the DCGAN) gets the file
-memory-mapped (:meth:`CachedImages.tensor`). The pixels are the bytes :func:`cpl.data.images.load_images`
-produces, so training is bit-identical to ``data.cache: memory``.
+page it touched as resident). The DCGAN reads it too, a chunk at a time, keeping only its 64 × 64 copy.
+The pixels are the bytes :func:`cpl.data.images.load_images` produces, so training is bit-identical to
+``data.cache: memory``.
 
 The key covers each file's path, size and modification time and the output size; a changed file makes a new
 entry. Writers use a private temporary name and an atomic rename, so concurrent runs never see half a file.
@@ -104,13 +104,6 @@ class CachedImages:
             if got <= 0:
                 raise OSError(f"{self.path}: ends before byte {at + len(view)}; the cache entry is damaged")
             view, at = view[got:], at + got
-
-    def tensor(self) -> torch.Tensor:
-        """The whole file as one ``[N, 3, H, W] uint8`` tensor, memory-mapped copy-on-write (writing to it never
-        changes the file), for code that needs a tensor (the DCGAN's training)."""
-        import torch
-
-        return torch.from_numpy(np.load(self.path, mmap_mode="c"))
 
 
 def cached_images(paths: Sequence[str | os.PathLike], height: int, width: int, folder: str | os.PathLike, *,

@@ -91,17 +91,6 @@ def as_source(images: torch.Tensor | ImageSource) -> ImageSource:
     return Rows(images) if isinstance(images, torch.Tensor) else images
 
 
-def as_tensor(images: torch.Tensor | ImageSource) -> torch.Tensor:
-    """``images`` as one ``[N, 3, H, W] uint8`` tensor, for code that needs one (the DCGAN's training): a tensor as it
-    is, a source through its own tensor view (``tensor()``: the disk cache's memory mapping, no copy)."""
-    if isinstance(images, torch.Tensor):
-        return images
-    view = getattr(images, "tensor", None)
-    if view is None:
-        raise TypeError(f"{type(images).__name__} has no tensor view")
-    return view()
-
-
 def chunks(source: ImageSource, size: int) -> Iterator[tuple[int, torch.Tensor]]:
     """``(start, images [<= size, 3, H, W] uint8)`` for consecutive rows of ``source``: reading a source in order
     holds one chunk at a time."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from cpl.config import GanConfig
+from cpl.data.image_source import ImageSource
 from cpl.engine.control import Stopped
 from cpl.gan.dcgan import Generator
 from cpl.gan.sample import read_manifest, sample_to_folder, samples_ready
@@ -97,7 +98,7 @@ def _load_generator(
 
 
 def _train(
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     dataset_fingerprint: str,
     cfg: GanConfig,
     key_dir: Path,
@@ -114,7 +115,7 @@ def _train(
     info = {
         "key": key_dir.name, "fingerprint": dataset_fingerprint, "seed": seed, "config": dataclasses.asdict(cfg),
         "state": "training", "epochs": cfg.epochs, "epochs_done": base.get("epochs_done", 0),
-        "train_time_s": base.get("train_time_s", 0.0), "num_images": int(images.shape[0]),
+        "train_time_s": base.get("train_time_s", 0.0), "num_images": len(images),
         "created": base.get("created", now), "updated": now, "finished": None, "device": str(device),
         "torch": torch.__version__, "generator_sha256": None,
     }
@@ -147,7 +148,7 @@ def _train(
 
 
 def ensure_samples(
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     dataset_fingerprint: str,
     cfg: GanConfig,
     n: int,
@@ -160,12 +161,12 @@ def ensure_samples(
 ) -> Path:
     """Return ``<cache_root>/<key>/samples`` holding at least ``n`` DCGAN samples and their manifest.
 
-    Trains the GAN on ``images`` ``[N, 3, H, W] uint8`` unless a finished one is cached (resuming a
-    partial training), then draws the missing samples. An exclusive lock on the key folder makes a
-    concurrent caller wait and then reuse the result. ``on_progress`` receives the ``gan`` records
-    of :func:`cpl.gan.train.train_gan` and the ``sampling`` records of
-    :func:`cpl.gan.sample.sample_to_folder`; :class:`Stopped` is raised when ``should_stop()`` turns
-    True (also while waiting for the lock).
+    Trains the GAN on ``images`` ``[N, 3, H, W] uint8`` (a tensor or an image source, read by row) unless a
+    finished one is cached (resuming a partial training), then draws the missing samples. An exclusive lock on
+    the key folder makes a concurrent caller wait and then reuse the result. ``on_progress`` receives the ``gan``
+    records of :func:`cpl.gan.train.train_gan` and the ``sampling`` records of
+    :func:`cpl.gan.sample.sample_to_folder`; :class:`Stopped` is raised when ``should_stop()`` turns True (also
+    while waiting for the lock).
     """
     key_dir = Path(cache_root) / gan_key(dataset_fingerprint, cfg, seed)
     samples_dir = key_dir / SAMPLES
@@ -191,7 +192,7 @@ def ensure_samples(
     return samples_dir
 
 
-def _ensure_quality(key_dir: Path, images: torch.Tensor, seed: int, device: torch.device) -> None:
+def _ensure_quality(key_dir: Path, images: torch.Tensor | ImageSource, seed: int, device: torch.device) -> None:
     """Add the GAN's Fréchet distance and its real-vs-real floor to gan.json once (see cpl.gan.quality)."""
     from cpl.data.images import load_images
     from cpl.gan.quality import gan_quality

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
+from cpl.data.image_source import ImageSource, as_source
 from cpl.engine.seeding import make_generator
 
 FEATURE_SPACE = "efficientnet_lite0 (ImageNet) stage-5 features, globally averaged (112-d), images at 128x128"
@@ -70,20 +71,22 @@ def lite0_features(images: torch.Tensor, device: torch.device, batch_size: int =
     return torch.cat(out).numpy() if out else np.zeros((0, 112))
 
 
-def gan_quality(real: torch.Tensor, fake: torch.Tensor, device: torch.device, max_images: int = 1000,
-                seed: int = 0) -> dict:
+def gan_quality(real: torch.Tensor | ImageSource, fake: torch.Tensor, device: torch.device,
+                max_images: int = 1000, seed: int = 0) -> dict:
     """FD of the GAN samples against the real images, and the real-vs-real floor.
 
-    real [N, 3, H, W], fake [M, 3, h, w] uint8. The real images are split into two disjoint random halves A
-    and B of n = min(N // 2, M, max_images // 2) images each: ``fd`` = FD(A, n fake images), ``fd_floor`` =
-    FD(A, B). Returns the two numbers, n and the feature space.
+    real [N, 3, H, W] uint8 (a tensor or an image source: only the 2n rows compared are read), fake
+    [M, 3, h, w] uint8. The real images are split into two disjoint random halves A and B of
+    n = min(N // 2, M, max_images // 2) images each: ``fd`` = FD(A, n fake images), ``fd_floor`` = FD(A, B).
+    Returns the two numbers, n and the feature space.
     """
     n = min(len(real) // 2, len(fake), max_images // 2)
     if n < 2:
         raise ValueError(f"GAN quality needs at least 4 real and 2 generated images, got {len(real)} and {len(fake)}")
     perm = torch.randperm(len(real), generator=make_generator(seed, "gan-quality"))
-    fa = lite0_features(real[perm[:n]], device)
-    fb = lite0_features(real[perm[n:2 * n]], device)
+    real = as_source(real)
+    fa = lite0_features(real.gather(perm[:n]), device)
+    fb = lite0_features(real.gather(perm[n:2 * n]), device)
     ff = lite0_features(fake[:n], device)
     return {"fd": frechet_distance(fa, ff), "fd_floor": frechet_distance(fa, fb), "n": int(n),
             "feature_space": FEATURE_SPACE}

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cpl.config import GanConfig
+from cpl.data.image_source import ImageSource, as_source, chunks
 from cpl.engine.checkpoints import save_checkpoint
 from cpl.engine.control import LoopControl, Precision, capture, restore, resume_latest
 from cpl.engine.seeding import make_generator
@@ -44,20 +45,23 @@ class GanStepStats:
         return dict(zip(names, torch.stack([getattr(self, k) for k in names]).float().cpu().tolist()))
 
 
-def prepare_images(images: torch.Tensor, size: int, device: torch.device, chunk: int = 256) -> torch.Tensor:
-    """Resize ``[N, 3, H, W] uint8`` images to ``[N, 3, size, size] uint8`` on ``device``.
+def prepare_images(images: torch.Tensor | ImageSource, size: int, device: torch.device,
+                   chunk: int = 256) -> torch.Tensor:
+    """Resize ``[N, 3, H, W] uint8`` images (a tensor or an image source, read ``chunk`` rows at a time) to
+    ``[N, 3, size, size] uint8`` on ``device``.
 
     Bilinear with antialiasing, done once; the result stays uint8 so all of Market-1501 at 128×128
-    fits in ~0.6 GB of device memory.
+    fits in ~0.6 GB of device memory, and a training set streamed from the disk cache is never held whole at its
+    full size (MSMT17's 32,621 images: 0.4 GB at 64×64 instead of 3.2 GB at 256×128).
     """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+    if isinstance(images, torch.Tensor) and (images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3):
         raise ValueError(f"GAN training images must be [N, 3, H, W] uint8, got {tuple(images.shape)} {images.dtype}")
-    out = torch.empty((images.shape[0], 3, size, size), dtype=torch.uint8, device=device)
-    for i in range(0, images.shape[0], chunk):
-        x = images[i : i + chunk].to(device).float()
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=device)
+    for i, part in chunks(as_source(images), chunk):
+        x = part.to(device).float()
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i : i + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+        out[i : i + len(part)] = x.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -111,7 +115,7 @@ def train_step(
 
 
 def train_gan(
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     cfg: GanConfig,
     work_dir: Path,
     *,
@@ -133,7 +137,7 @@ def train_gan(
     last step of each epoch (epoch 0-based; step = steps done in that epoch). Raises
     :class:`~cpl.engine.control.NonFiniteLoss` (stage ``"gan"``) naming the epoch and step.
     """
-    n = images.shape[0]
+    n = len(images)
     steps = steps_per_epoch(n, cfg)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

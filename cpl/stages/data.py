@@ -168,7 +168,6 @@ def _empty(h: int, w: int) -> Unlabeled:
 
 def _gan_samples(ctx: RunContext) -> list[str]:
     """Train (or reuse) the DCGAN and sample ``unlabeled.num_images`` images; returns their files (every rank)."""
-    from cpl.data.image_source import as_tensor
     from cpl.engine import dist
     from cpl.gan import ensure_samples, list_samples
     from cpl.gan.cache import read_info
@@ -193,7 +192,7 @@ def _gan_samples(ctx: RunContext) -> list[str]:
 
     folder = None
     if ctx.is_main:
-        folder = ensure_samples(as_tensor(ctx.data.train_imgs), ctx.data.ds.fingerprint(), cfg.gan, n,
+        folder = ensure_samples(ctx.data.train_imgs, ctx.data.ds.fingerprint(), cfg.gan, n,
                                 ctx.run.cache_root / "gan", seed=cfg.gan.seed, device=ctx.device,
                                 on_progress=on_progress, should_stop=ctx.should_stop)
         info = write_gan_record(ctx.run, read_info(folder.parent) or {})
