@@ -69,7 +69,10 @@ def write_msmt17(root: Path, scale: float, seed: int = 0) -> int:
         folder = root / ("train" if split in ("train", "val") else "test")
         lines = []
         for i in range(n):
-            pid, cam = i % n_ids, 1 + (i * 7) % CAMERAS
+            # Every identity's images go round the cameras (query and gallery from different starting ones), so a
+            # query has cross-camera matches whatever the identity count (i % CAMERAS would not when it divides it).
+            pid = i % n_ids
+            cam = 1 + (pid + i // n_ids + (7 if split == "gallery" else 0)) % CAMERAS
             rel = f"{pid:04d}/{pid:04d}_{split[0]}{i:06d}_{cam:02d}_0303morning_{i % 9999:04d}_0.jpg"
             path = folder / rel
             if i < n_ids:
@@ -150,7 +153,7 @@ def child(args: argparse.Namespace, root: Path, cache: str, cache_dir: Path) -> 
     cfg.data.root, cfg.data.height, cfg.data.width = str(root), h, w
     cfg.train.method, cfg.train.batch_size, cfg.train.max_iters_per_epoch = "baseline", args.batch, args.steps
     cfg.train.log_every = args.steps
-    labels = torch.as_tensor(ds.train_labels, dtype=torch.int64)
+    labels = torch.tensor(ds.train_labels, dtype=torch.int64)
     data = TrainData(images=images, labels=labels, num_labeled=len(keep), num_classes=ds.num_classes)
     torch.manual_seed(0)
     model = ReIDNet(args.backbone, ds.num_classes, 0.5)
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"data.cache=memory: not run, it needs about {need:.1f} GiB (--max-gib {args.max_gib:g})")
                 continue
             out = subprocess.run([sys.executable, __file__, *passthrough, "--child", str(root), cache,
-                                  str(cache_dir)], capture_output=True, text=True, check=True,
+                                  str(cache_dir)], stdout=subprocess.PIPE, text=True, check=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
