@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app import launching
@@ -115,3 +116,40 @@ def test_a_folder_sweeps_reference_drops_the_folder() -> None:
     assert (matched.unlabeled.source, matched.unlabeled.folder, matched.unlabeled.num_images) == ("folder", "/imgs",
                                                                                                   50)
     assert cell_config(spec, Cell("cpl", 50, 0)).unlabeled.num_images == 50
+
+
+@pytest.mark.parametrize("source", ["folder", "holdout"])
+def test_both_stages_of_a_source_write_what_it_planned(tmp_path: Path, source: str) -> None:
+    import csv
+    import json
+
+    from test_controls import _context
+
+    from cpl.stages.data import load_data
+    from cpl.stages.unlabeled import build_unlabeled
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.new("RGB", (20, 40), (40 * i, 90, 200 - 40 * i)).save(images / f"u{i}.png")
+    sets = {"folder": [f"unlabeled.folder={images}", "unlabeled.num_images=4"], "holdout": []}[source]
+    ctx = _context(tmp_path, "train.method=cpl", f"unlabeled.source={source}", *sets)
+    load_data(ctx)
+    planned = ctx.data.num_unlabeled
+    assert planned == (4 if source == "folder" else len(ctx.data.hidden)) and planned > 0
+    assert len(ctx.data.keep) == len(ctx.data.labels) - (planned if source == "holdout" else 0)
+    record = json.loads(ctx.run.dataset.read_text())
+    assert (record["unlabeled_source"], record["unlabeled_images"], record["unlabeled_trained"]) == (source, planned,
+                                                                                                    True)
+    build_unlabeled(ctx)
+    u = ctx.unlabeled
+    pixels = u.images.gather(torch.arange(len(u.images)))
+    assert pixels.shape == (planned, 3, 32, 16) and pixels.dtype == torch.uint8 and len(u.paths) == planned
+    rows = list(csv.DictReader(ctx.run.unlabeled.open()))
+    assert [r["source"] for r in rows] == [source] * planned
+    if source == "holdout":  # the hidden rows themselves, with their true classes
+        assert np.array_equal(u.truth, ctx.data.labels[ctx.data.hidden])
+        assert torch.equal(pixels, ctx.data.train_imgs[torch.from_numpy(ctx.data.hidden)])
+    else:
+        assert u.truth is None and u.paths == [str(images / f"u{i}.png") for i in range(4)]
+        assert len(torch.unique(pixels[:, 0, 16, 8])) == 4  # four different images, decoded
