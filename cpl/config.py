@@ -455,8 +455,7 @@ def validate(cfg: Config) -> None:
            c.data.synthetic.cameras)
 
     u = c.unlabeled
-    _check(u.source in SOURCES, "unlabeled.source", f"must be one of {', '.join(SOURCES)}",
-           u.source)
+    _check(u.source in SOURCES, "unlabeled.source", f"must be one of {', '.join(SOURCES)}", u.source)
     _check(0 <= u.num_images <= 1_000_000, "unlabeled.num_images", "must be between 0 and 1,000,000",
            u.num_images)
     _check(0.0 < u.holdout_fraction < 1.0, "unlabeled.holdout_fraction", "must be strictly between 0 and 1",
