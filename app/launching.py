@@ -20,6 +20,7 @@ import pandas as pd
 from cpl.config import Config, ConfigError, fast_dev_run, load_config, packaged_configs_dir
 from cpl.data import formats
 from cpl.data.check import CheckReport
+from cpl.data.unlabeled_sources import DRAWN, NONE, SOURCES
 from cpl.remedy_table import PLAIN, Variant, format_variants, variant_from_dict
 from cpl.runs.atomic import write_json
 from cpl.runs.launch import cpl_command, launch_resume, prepare_run, spawn
@@ -31,20 +32,13 @@ from .safety import safe_data_dir
 
 CONFIGS_DIR = packaged_configs_dir()  # cpl/configs in the installed package (the checkout's configs/ links there)
 
-SOURCE_INFO = {
-    "gan": "images drawn from a DCGAN trained on the labeled training images (the papers' setting)",
-    "holdout": "real training images with their labels hidden: pseudo-labels can be scored right or wrong",
-    "folder": "any folder of person images under a data root",
-}
+# The sources a method with unlabeled images can train on (cpl/data/unlabeled_sources.py).
+SOURCE_INFO = {s.name: s.description for s in SOURCES.values() if s.name != NONE}
 
-# What a labeled-only method (baseline, center) does with each source: it never trains on the images.
-CONTROL_SOURCE_INFO = {
-    "none": "an ordinary reference: every labeled image",
-    "holdout": "the labeled-only control: exactly the labeled rows a holdout run of the same seed keeps, the held-out "
-               "ones never trained on",
-    "gan": "counted only, by an epoch length of union: the step-matched control for a run with these GAN images",
-    "folder": "counted only, by an epoch length of union: the step-matched control for a run with these images",
-}
+# What a labeled-only method (baseline, center) does with each source: it never trains on the images. In order: the
+# ordinary reference, the labeled-only control, then the step-matched ones.
+CONTROL_SOURCE_INFO = {s.name: s.control for s in sorted(SOURCES.values(),
+                                                         key=lambda s: (s.name != NONE, not s.hides_labeled))}
 
 # train.epoch_length: what an epoch counts (docs/methods.md, "Controls").
 EPOCH_LENGTH_INFO = {
@@ -250,12 +244,10 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
     if not sweep:
         out += [f"train.method={c.method}", f"seed={c.seed}"]
     out.append(f"unlabeled.source={c.source}")
-    if c.source == "gan" and not sweep:
+    source = SOURCES[c.source]
+    if source.num_images == DRAWN and not sweep:  # the form asks for the count only where it is drawn
         out.append(f"unlabeled.num_images={c.num_images}")
-    if c.source == "holdout":
-        out.append(f"unlabeled.holdout_fraction={c.holdout_fraction}")
-    if c.source == "folder":
-        out.append(f"unlabeled.folder={_quote(str(c.folder or ''))}")
+    out += [f"unlabeled.{key}={source_option(c, key)}" for key in source.options]
     if c.epoch_length != base.train.epoch_length:
         out.append(f"train.epoch_length={c.epoch_length}")
     out += [f"train.center_weight={c.center_weight}", f"train.center_alpha={c.center_alpha}",
@@ -268,6 +260,12 @@ def overrides_for(choices: RunChoices, base: Config, *, sweep: bool = False) -> 
     out += [f"model.backbone={c.backbone}", f"model.pretrained={_quote(c.pretrained)}", f"device={c.device}"]
     out += trick_overrides(c.tricks, base) + trick_overrides(c.remedies, base)
     return out + [x.strip() for x in c.extra if x.strip()]
+
+
+def source_option(choices: RunChoices, key: str) -> str:
+    """The override value of the ``unlabeled.*`` option ``key`` (an option of a source's ``options``) in the form."""
+    values = {"holdout_fraction": str(choices.holdout_fraction), "folder": _quote(str(choices.folder or ""))}
+    return values[key]
 
 
 def trick_overrides(tricks: dict[str, object], base: Config) -> list[str]:

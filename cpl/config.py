@@ -22,6 +22,7 @@ import yaml
 from cpl import PROG
 from cpl.backbones import BACKBONES
 from cpl.data.formats import AUTO, FORMATS, KINDS
+from cpl.data.unlabeled_sources import DRAWN, NONE, SOURCES, hides_labeled, unused_option
 from cpl.methods import (
     CENTER_LABEL_METHODS,
     CENTER_LOSS_METHODS,
@@ -36,7 +37,6 @@ class ConfigError(ValueError):
     """A configuration problem a user can act on; the message names the key."""
 
 
-UNLABELED_SOURCES = ("gan", "folder", "holdout", "none")
 IMAGE_CACHES = ("memory", "disk")
 
 
@@ -87,9 +87,10 @@ class DataConfig:
 
 @dataclass
 class UnlabeledConfig:
-    """``unlabeled.*``: where the unlabeled images come from (gan | folder | holdout | none) and how many."""
+    """``unlabeled.*``: where the unlabeled images come from (a source of cpl.data.unlabeled_sources.SOURCES: gan |
+    folder | holdout | none) and how many."""
 
-    source: str = "gan"  # gan | folder | holdout | none
+    source: str = "gan"  # gan | folder | holdout | none (cpl/data/unlabeled_sources.py)
     num_images: int = 24000  # GAN samples to draw (source gan) or cap on folder images
     folder: str = ""  # source folder: any folder of images
     holdout_fraction: float = 0.5  # source holdout: share of each identity's train images hidden
@@ -240,15 +241,15 @@ class Config:
     @property
     def uses_unlabeled(self) -> bool:
         """Whether the run trains on unlabeled images: its method needs them and a source is set."""
-        return needs_unlabeled(self.train.method) and self.unlabeled.source != "none"
+        return needs_unlabeled(self.train.method) and self.unlabeled.source != NONE
 
     @property
     def sets_aside_unlabeled(self) -> bool:
         """Whether a labeled-only method still reads its unlabeled source without training on it: ``holdout``
         hides the same rows as a holdout run (the labeled-only control), and ``train.epoch_length=union``
         counts the source's images into its epochs (the step-matched control)."""
-        return not needs_unlabeled(self.train.method) and self.unlabeled.source != "none" and (
-            self.unlabeled.source == "holdout" or self.train.epoch_length == "union")
+        return not needs_unlabeled(self.train.method) and self.unlabeled.source != NONE and (
+            hides_labeled(self.unlabeled.source) or self.train.epoch_length == "union")
 
 
 #: The short names :func:`controls` gives, with what a table or page calls them.
@@ -262,7 +263,7 @@ def controls(cfg: Config) -> list[str]:
     labeled-only method whose epochs count the unlabeled images it does not train on; ``labeled-epochs``, a run
     with unlabeled images whose epochs count the labeled images only (its baseline's step budget)."""
     t, labeled_only = cfg.train, not needs_unlabeled(cfg.train.method)
-    on = [("labeled-only", labeled_only and cfg.unlabeled.source == "holdout"),
+    on = [("labeled-only", labeled_only and hides_labeled(cfg.unlabeled.source)),
           ("step-matched", labeled_only and t.epoch_length == "union"),
           ("labeled-epochs", cfg.uses_unlabeled and t.epoch_length == "labeled")]
     return [name for name, used in on if used]
@@ -454,15 +455,19 @@ def validate(cfg: Config) -> None:
            c.data.synthetic.cameras)
 
     u = c.unlabeled
-    _check(u.source in UNLABELED_SOURCES, "unlabeled.source", f"must be one of {', '.join(UNLABELED_SOURCES)}",
-           u.source)
+    _check(u.source in SOURCES, "unlabeled.source", f"must be one of {', '.join(SOURCES)}", u.source)
     _check(0 <= u.num_images <= 1_000_000, "unlabeled.num_images", "must be between 0 and 1,000,000",
            u.num_images)
     _check(0.0 < u.holdout_fraction < 1.0, "unlabeled.holdout_fraction", "must be strictly between 0 and 1",
            u.holdout_fraction)
-    if u.source == "folder":
-        _check(bool(u.folder), "unlabeled.folder", "must name a folder of images when unlabeled.source is folder",
-               u.folder)
+    for key in SOURCES[u.source].required:
+        _check(bool(getattr(u, key)), f"unlabeled.{key}",
+               f"must name a folder of images when unlabeled.source is {u.source}", getattr(u, key))
+    unused = unused_option(u.source, dataclasses.asdict(u), dataclasses.asdict(UnlabeledConfig()))
+    if unused:
+        key, owner = unused
+        raise ConfigError(f"unlabeled.{key}: only used when unlabeled.source is {owner}, got "
+                          f"unlabeled.source={u.source!r}; remove the setting")
 
     g = c.gan
     _check(g.image_size in (64, 128), "gan.image_size", "must be 64 or 128", g.image_size)
@@ -562,7 +567,7 @@ def _validate_epoch_length(c: Config) -> None:
                f"labeled has no effect without unlabeled images to train on (method {t.method}, unlabeled.source "
                f"{u.source}): such an epoch already counts the labeled images; leave it at trained", t.epoch_length)
         return
-    counted = u.source != "none" and (u.source != "gan" or u.num_images > 0)
+    counted = u.source != NONE and (SOURCES[u.source].num_images != DRAWN or u.num_images > 0)
     _check(counted, "train.epoch_length",
            f"union counts the unlabeled images of unlabeled.source, and {u.source} with num_images "
            f"{u.num_images} has none; set the source (and unlabeled.num_images) of the run to match", t.epoch_length)

@@ -10,18 +10,20 @@ files as soon as they exist (the app shows them while later stages run) and repo
 from __future__ import annotations
 
 from cpl.config import Config
+from cpl.data.unlabeled_sources import SOURCES
 from cpl.runs.rundir import RunDir
 from cpl.runs.state import Stage
 from cpl.stages.context import RunFailed, StageSpec
-from cpl.stages.data import build_unlabeled, load_data
+from cpl.stages.data import load_data
 from cpl.stages.evaluate import evaluate
 from cpl.stages.export import export
 from cpl.stages.runner import StopFlag, run_stages, stage_durations, summary_line
 from cpl.stages.train import train
+from cpl.stages.unlabeled import build_unlabeled
 
 
 def _uses_gan(cfg: Config) -> bool:
-    return cfg.uses_unlabeled and cfg.unlabeled.source == "gan"
+    return cfg.uses_unlabeled and SOURCES[cfg.unlabeled.source].generates
 
 
 STAGES: tuple[StageSpec, ...] = (

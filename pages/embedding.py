@@ -25,6 +25,7 @@ from plotly.colors import qualitative
 from app import readers
 from app.gallery import AMBER, BLUE, GREEN, NEUTRAL, RED, Card, grid
 from app.nav import run_page
+from cpl.data.unlabeled_sources import SOURCES
 from cpl.runs.rundir import RunDir
 from cpl.runs.status import ACTIVE, read_status
 
@@ -229,7 +230,8 @@ def _gap_note(run: RunDir, counts: np.ndarray) -> None:
                    "`unlabeled.npy` or `centers.npy` is missing or damaged.")
         return
     source = (readers.config(run).get("unlabeled") or {}).get("source") or "unlabeled"
-    text, island = gap_text(*found, "GAN" if source == "gan" else f"unlabeled ({source})")
+    generated = source in SOURCES and SOURCES[source].generates
+    text, island = gap_text(*found, "GAN" if generated else f"unlabeled ({source})")
     if island:
         st.info(text, icon=":material/landscape:")
     else:

@@ -18,6 +18,7 @@ from cpl.backbones import BACKBONES
 from cpl.config import Config, ConfigError, dump_yaml, remedies, tricks
 from cpl.data.check import CheckReport, check_dataset
 from cpl.data.formats import FORMATS, PROTOCOLS
+from cpl.data.unlabeled_sources import DRAWN, SOURCES, hides_labeled
 from cpl.methods import BASELINE, METHOD_NAMES, METHODS, needs_unlabeled, uses_center_loss
 from cpl.models.weights import resolve as resolve_weights
 from cpl.remedy_table import PLAIN, Remedy, Variant, acting_remedies, format_variants, parse_variants
@@ -101,22 +102,23 @@ def settings_section(base: Config, key: str, mode: str,
     with left:
         st.markdown("**Unlabeled images**")
         if uses_unlabeled:
-            sources = ["gan", "holdout", "folder"]
+            sources = list(SOURCE_INFO)
             source = st.radio("Source", sources, horizontal=True, key=k("source"),
                               index=sources.index(base.unlabeled.source) if base.unlabeled.source in sources else 0,
                               help="; ".join(f"**{s}**: {d}" for s, d in SOURCE_INFO.items()))
         else:
             source = control_source(method, k)
         num_images, fraction, folder = base.unlabeled.num_images, base.unlabeled.holdout_fraction, None
-        if source == "gan" and mode == "run":
+        options = SOURCES[source].options
+        if SOURCES[source].num_images == DRAWN and mode == "run":
             num_images = int(st.number_input("GAN images", min_value=1, max_value=1_000_000, step=500,
                                              value=max(1, base.unlabeled.num_images), key=k("num-images"),
                                              help="DCGAN samples drawn once and shared through the GAN cache; "
                                                   "the papers use 12,000-36,000 on Market-1501."))
-        if source == "holdout":
+        if "holdout_fraction" in options:
             fraction = st.slider("Share of each identity's training images held out", 0.1, 0.9,
                                  value=float(base.unlabeled.holdout_fraction), step=0.05, key=k("fraction"))
-        if source == "folder":
+        if "folder" in options:
             name = st.text_input("Image folder, relative to a data root", key=k("folder"),
                                  placeholder="e.g. market1501/bounding_box_test")
             folder = safe_data_dir(name, roots) if name else None
@@ -442,7 +444,7 @@ else:
     st.caption(f"{len(cells)} runs, one after the other (cells already finished are kept when a sweep is resumed)."
                + (" With the holdout source every cell uses the same held-out images: the counts only label rows, "
                   "and baseline/center are the labeled-only control (trained on the labeled rows the others keep)."
-                  if choices.source == "holdout" else ""))
+                  if hides_labeled(choices.source) else ""))
     if st.button("Launch sweep", type="primary", disabled=not ready or not cells, icon=":material/rocket_launch:",
                  key="launch-sweep"):
         try:

@@ -22,6 +22,7 @@ from app.launching import start_sweep
 from app.nav import select_run
 from app.safety import safe_sweep
 from cpl.data.formats import PROTOCOLS, protocol_of
+from cpl.data.unlabeled_sources import DRAWN, NONE, SOURCES
 from cpl.methods import needs_unlabeled
 from cpl.remedy_table import PLAIN
 from cpl.runs.launch import delete, launch_cancel, launch_resume
@@ -51,10 +52,11 @@ def _when(ts) -> str:
 def _unlabeled(run: RunDir, method: str | None) -> str:
     unl = readers.as_dict(readers.config(run).get("unlabeled"))
     source = unl.get("source")
-    if not needs_unlabeled(method) or not source or source == "none":
-        return "none"
+    if not needs_unlabeled(method) or not source or source == NONE:
+        return NONE
     count = readers.number(unl.get("num_images"))
-    return (f"gan × {int(count):,}" if count is not None else "gan") if source == "gan" else str(source)
+    drawn = source in SOURCES and SOURCES[source].num_images == DRAWN
+    return f"{source} × {int(count):,}" if drawn and count is not None else str(source)
 
 
 def _weights_text(w: dict | None) -> str:

@@ -93,8 +93,9 @@ def test_the_stages_hand_the_trainer_the_same_images_from_the_disk_cache(tmp_pat
     from test_controls import _context
 
     from cpl.pseudo import get_strategy
-    from cpl.stages.data import build_unlabeled, load_data
+    from cpl.stages.data import load_data
     from cpl.stages.train import _build
+    from cpl.stages.unlabeled import build_unlabeled
 
     built = []
     for cache in ("memory", "disk"):

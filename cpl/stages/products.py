@@ -21,9 +21,10 @@ class LoadedData:
     train_imgs: object  # torch.Tensor | cpl.data.image_source.ImageSource
     query_imgs: object
     gallery_imgs: object
-    source: str  # where the unlabeled images come from: gan | folder | holdout | none
+    source: str  # where the unlabeled images come from: a name of cpl.data.unlabeled_sources.SOURCES
     hidden: np.ndarray  # holdout: the indices of the training images used as unlabeled ones
     folder_files: list[str]  # folder: the image files
+    num_unlabeled: int  # the images the source provides (a GAN's before they are drawn); 0 without one
 
 
 @dataclass

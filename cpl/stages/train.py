@@ -38,7 +38,6 @@ def _build(ctx: RunContext, strategy):
     from cpl.engine.trainer import TrainData
     from cpl.models.reid import build_model
     from cpl.models.weights import WeightsNotFound
-    from cpl.stages.data import source_images
 
     cfg, d, u = ctx.cfg, ctx.data, ctx.unlabeled
     k = d.ds.num_classes
@@ -55,7 +54,7 @@ def _build(ctx: RunContext, strategy):
     images = Concat([labeled, u.images]) if strategy.uses_unlabeled else labeled
     truth = torch.from_numpy(u.truth) if u.truth is not None and strategy.uses_unlabeled else None
     # A labeled-only control still counts its source's images into an epoch of train.epoch_length=union.
-    set_aside = 0 if strategy.uses_unlabeled else source_images(d, cfg.unlabeled.num_images)
+    set_aside = 0 if strategy.uses_unlabeled else d.num_unlabeled
     data = TrainData(images=images, labels=torch.from_numpy(d.labels[d.keep]), num_labeled=len(d.keep),
                      num_classes=k, unlabeled_truth=truth, num_set_aside=set_aside)
     return model, weights, data

@@ -10,9 +10,19 @@ from pathlib import Path
 import yaml
 
 from cpl import PROG
-from cpl.config import Config, ConfigError, apply_overrides, fast_dev_run, from_dict, load_config, to_dict
+from cpl.config import (
+    Config,
+    ConfigError,
+    UnlabeledConfig,
+    apply_overrides,
+    fast_dev_run,
+    from_dict,
+    load_config,
+    to_dict,
+)
 from cpl.data.dataset import DatasetError
 from cpl.data.formats import AUTO, resolve
+from cpl.data.unlabeled_sources import NONE, SOURCES, hides_labeled
 from cpl.methods import BASELINE, METHOD_NAMES, has_own_zero_row, needs_unlabeled
 from cpl.models.weights import resolve as resolve_weights
 from cpl.remedy_table import PLAIN, Variant, variant_from_dict, variant_label
@@ -169,9 +179,12 @@ def cell_config(spec: dict, cell: Cell):
         # epoch_length=labeled is for its runs with unlabeled images (a labeled-only epoch already counts that)
         data["train"].update(warmup_epochs=-1, unlabeled_ramp_epochs=0, unlabeled_weight=-1.0,
                              epoch_length="union" if cell.gan_images else "trained")
-        if not cell.gan_images and unlabeled["source"] != "holdout":
-            unlabeled["source"] = "none"
-    if unlabeled["source"] in ("gan", "folder"):
+        if not cell.gan_images and not hides_labeled(unlabeled["source"]):
+            # an ordinary reference; the source's own settings leave with it (source none refuses them)
+            defaults = UnlabeledConfig()
+            unlabeled.update({key: getattr(defaults, key) for key in SOURCES[unlabeled["source"]].options},
+                             source=NONE)
+    if SOURCES[unlabeled["source"]].num_images:  # drawn, or a cap on the files listed
         unlabeled["num_images"] = cell.gan_images
     return from_dict(apply_overrides(data, list(variant_of(spec, cell.variant).settings)))
 

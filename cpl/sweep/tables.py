@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from cpl.config import CONTROLS
+from cpl.data.unlabeled_sources import hides_labeled
 from cpl.methods import BASELINE, has_own_zero_row, needs_unlabeled
 from cpl.remedy_table import PLAIN, variant_from_dict, variant_label
 from cpl.runs.atomic import write_text
@@ -143,8 +144,9 @@ def sweep_source(spec: dict) -> str:
 
 def zero_row_label(source: str) -> str:
     """The label of a table's 0-unlabeled-images row: the baseline, or, when the sweep's unlabeled source is
-    ``holdout``, the labeled-only control (the baseline trained on the labeled rows the holdout runs keep)."""
-    return f"0 ({CONTROLS['labeled-only']})" if source == "holdout" else "0 (baseline)"
+    ``holdout`` (a source that hides labeled rows), the labeled-only control (the baseline trained on the labeled rows
+    the holdout runs keep)."""
+    return f"0 ({CONTROLS['labeled-only']})" if hides_labeled(source) else "0 (baseline)"
 
 
 def table_columns(agg: list[dict], methods: list[str]) -> list[tuple[str, str]]:
