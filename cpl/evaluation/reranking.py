@@ -162,9 +162,10 @@ def rerank_feature_blocks(
 
 
 def _blocks(q: torch.Tensor, g: torch.Tensor, k1: int, k2: int, lambda_value: float,
-            rows: int) -> Iterator[np.ndarray]:
-    """The re-ranked distances by blocks of at most ``rows`` queries, none straddling the neighbour search's
-    query spans (a span's distances are recomputed whole: a block that covers it does it once)."""
+            step: int) -> Iterator[np.ndarray]:
+    """The re-ranked distances by blocks of at most ``step`` queries, none straddling the neighbour search's query
+    spans. A block recomputes the products of its whole span, so blocks smaller than the spans (an ``elements``
+    below :data:`BLOCK_ELEMENTS`, which sizes the spans) repeat that work; by default each span is one block."""
     num = q.shape[0] + g.shape[0]
     found = feature_neighbors(q, g, list_length(num, k1, k2), decision_cuts(num, k1, k2))
     top = found.row_max
@@ -175,8 +176,8 @@ def _blocks(q: torch.Tensor, g: torch.Tensor, k1: int, k2: int, lambda_value: fl
 
     jaccard = Jaccard(found.knn, found.knn_d2 / scale[:, None], pair_v, q.shape[0], k1, k2)
     for s, e in found.query_spans():
-        for start in range(s, e, rows):
-            stop = min(start + rows, e)
+        for start in range(s, e, step):
+            stop = min(start + step, e)
             orig = found.qg_rows(start, stop).div_(scale[start:stop, None])
             jaccard.apply(orig, start, lambda_value)
             yield orig.cpu().numpy()
