@@ -16,14 +16,16 @@ setting, it runs the stages' data path and measures each phase:
 * ``extract``: the network's features of the first ``--extract`` gallery images (img/s), then a pass over every
   query and gallery image with a probe network that reads each pixel and costs nothing (the data path alone);
 * ``evaluate``: CMC/mAP, top-k and pair distances of random L2-normalised features of the network's size for
-  every query against every gallery image, with the dataset's identities and cameras.
+  every query against every gallery image, with the dataset's identities and cameras;
+* ``rerank``: k-reciprocal re-ranking (``eval.rerank``, the reference's k1 = 20, k2 = 6, lambda = 0.3) of the same
+  features, then CMC/mAP and top-k of the re-ranked distances.
 
 Settings: ``memory`` (before: every split decoded into RAM, the training set as one concatenated tensor, the whole
-query x gallery distance matrix) and ``disk`` (after: the disk cache, first use and cache present, images read by
-row from its files, evaluation over blocks of queries). A setting whose estimated memory exceeds ``--max-gib`` is
-reported as not run. Per phase: peak anonymous memory (``RssAnon`` sampled every 20 ms: what the kernel cannot
-drop) and the resident high-water mark (``VmHWM``, reset before each phase; the disk cache is read with ``pread``,
-so its pages are page cache, not part of it).
+query x gallery distance matrix, the whole re-ranked matrix) and ``disk`` (after: the disk cache, first use and
+cache present, images read by row from its files, evaluation and re-ranking over blocks of queries). A setting
+whose estimated memory exceeds ``--max-gib`` is reported as not run. Per phase: peak anonymous memory (``RssAnon``
+sampled every 20 ms: what the kernel cannot drop) and the resident high-water mark (``VmHWM``, reset before each
+phase; the disk cache is read with ``pread``, so its pages are page cache, not part of it).
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def child(args: argparse.Namespace, root: Path, cache: str, cache_dir: Path) -> 
     q, gs = ds.query, ds.gallery
     keys = protocol_keys(ds.protocol, q.paths, gs.paths, q.camids, gs.camids)
     meter.phase("evaluate", lambda: evaluate(cache, qf, gf, q.pids, gs.pids, *keys), len(query))
+    meter.phase("rerank", lambda: rerank(cache, qf, gf, q.pids, gs.pids, *keys), len(query))
     meter.done.set()
     return {"cache": cache, "images": len(train) + len(query) + len(gallery), "phases": meter.phases,
             "decoded_mib": sum(int(np.prod(s.shape)) for s in (train, query, gallery)) / 2**20}
@@ -199,9 +202,25 @@ def evaluate(cache: str, qf, gf, q_pids, g_pids, q_keys, g_keys) -> None:
     distance_summary(dist, q_pids, g_pids, q_keys, g_keys)
 
 
+def rerank(cache: str, qf, gf, q_pids, g_pids, q_keys, g_keys) -> None:
+    """The evaluate stage's re-ranking: before (``memory``), the whole re-ranked matrix into the metrics and top-k;
+    after, its blocks of queries into the same ranking, one block at a time."""
+    from cpl.evaluation import evaluate as protocol
+    from cpl.evaluation import rerank_feature_blocks, rerank_features, topk
+    from cpl.evaluation.blocks import rank
+
+    if cache == "disk":
+        rank(rerank_feature_blocks(qf, gf), q_pids, g_pids, q_keys, g_keys, 20)
+        return
+    rr = rerank_features(qf, gf)
+    protocol(rr, q_pids, g_pids, q_keys, g_keys)
+    topk(rr, 20)
+
+
 def memory_estimate_gib(root: Path, height: int, width: int) -> float:
     """What the ``memory`` setting needs: decoded pixels, the training set's copy, and the distance matrix with
-    the masks and values taken out of it (~3x), plus ~0.5 GiB for Python and torch."""
+    the masks and values taken out of it (~3x; the re-ranked matrix, in its own phase, needs no more), plus ~0.5 GiB
+    for Python and torch."""
     from cpl.data.formats import load_dataset
 
     train, query, gallery = (len(s) for s in load_dataset(root).splits)

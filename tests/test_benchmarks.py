@@ -140,7 +140,7 @@ def test_data_memory_writes_an_msmt17_layout_of_the_scaled_split_sizes(tmp_path)
     assert {os.stat(p).st_nlink > 1 for p in ds.gallery.paths} == {True}
 
 
-@pytest.mark.slow  # ~1-2 min: three child processes, each trains a step and evaluates
+@pytest.mark.slow  # ~1-2 min: three child processes, each trains a step, evaluates and re-ranks
 @pytest.mark.timeout(900)
 def test_data_memory_runs_every_setting_at_a_tiny_size(tmp_path, capsys):
     bench = _benchmark(BENCH.parent / "data_memory.py")
@@ -148,7 +148,7 @@ def test_data_memory_runs_every_setting_at_a_tiny_size(tmp_path, capsys):
                        "--steps", "1", "--extract", "8", "--workdir", str(tmp_path)])
     assert [r["cache"] for r in rows] == ["memory", "disk", "disk"]
     for row in rows:
-        assert list(row["phases"]) == ["decode", "train", "extract", "read", "evaluate"]
+        assert list(row["phases"]) == ["decode", "train", "extract", "read", "evaluate", "rerank"]
         assert all(ph["img_s"] > 0 and ph["anon_mib"] > 0 and ph["hwm_mib"] > 0 for ph in row["phases"].values())
     capsys.readouterr()
     too_big = ["--scale", "0.002", "--settings", "memory", "--max-gib", "0.1", "--workdir", str(tmp_path)]

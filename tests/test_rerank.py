@@ -209,3 +209,48 @@ def test_cuda_matches_cpu():
     q, g = feats[:60], feats[60:]
     qg, qq, gg = (torch.from_numpy(euclid(a, b)) for a, b in ((q, g), (q, q), (g, g)))
     np.testing.assert_allclose(rerank(qg.cuda(), qq.cuda(), gg.cuda()), rerank(qg, qq, gg), atol=1e-5)
+
+
+@pytest.mark.parametrize("span_elements", [None, 40 * 6])  # one query span; spans of 6 queries
+@pytest.mark.parametrize("elements", [1, 40 * 5, 40 * 7 + 3, 10**9])  # 1, 5, 7 (neither divides 23) or all rows
+def test_the_blocks_put_together_are_the_whole_result_exactly(monkeypatch, span_elements, elements):
+    """rerank_feature_blocks yields row blocks of the budget's size that, put together, are rerank_features'
+    result bit for bit, whether a block is a whole query span of the neighbour search or a part of one."""
+    from cpl.evaluation.reranking import rerank_feature_blocks
+
+    if span_elements is not None:
+        monkeypatch.setattr(neighbors, "BLOCK_ELEMENTS", span_elements)
+    feats = clustered(np.random.default_rng(12), 63, 8, ids=6)
+    qf, gf = feats[:23], feats[23:]
+    blocks = list(rerank_feature_blocks(qf, gf, 12, 4, 0.4, elements=elements))
+    rows = min(23, max(1, elements // 40), 6 if span_elements else 23)
+    spans = [(s, min(s + 6, 23)) for s in range(0, 23, 6)] if span_elements else [(0, 23)]
+    sizes = [min(rows, e - s) for a, e in spans for s in range(a, e, rows)]
+    assert [b.shape for b in blocks] == [(n, 40) for n in sizes] and (len(blocks) > 1 or elements == 10**9)
+    assert all(b.dtype == np.float32 for b in blocks)
+    whole = rerank_features(qf, gf, 12, 4, 0.4)
+    assert np.array_equal(np.concatenate(blocks), whole)
+    # Smaller spans change which float32 products are computed, not the result beyond rounding.
+    ref = transcription(euclid(qf, gf), euclid(qf, qf), euclid(gf, gf), 12, 4, 0.4)
+    np.testing.assert_allclose(whole, ref, rtol=0, atol=1e-5)
+
+
+def test_blocks_check_their_arguments_on_the_call():
+    from cpl.evaluation.reranking import rerank_feature_blocks
+
+    qf = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="lambda"):
+        rerank_feature_blocks(qf, qf, lambda_value=-1)
+    with pytest.raises(ValueError, match="feature size"):
+        rerank_feature_blocks(qf, qf[:, :2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_blocks_put_together_are_the_whole_result():
+    from cpl.evaluation.reranking import rerank_feature_blocks
+
+    feats = torch.from_numpy(clustered(np.random.default_rng(6), 300, 32, ids=20)).cuda()
+    qf, gf = feats[:60], feats[60:]
+    blocks = list(rerank_feature_blocks(qf, gf, elements=240 * 7))
+    assert len(blocks) == 9
+    assert np.array_equal(np.concatenate(blocks), rerank_features(qf, gf))

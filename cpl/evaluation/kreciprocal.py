@@ -41,22 +41,80 @@ def jaccard_rerank(
 ) -> torch.Tensor:
     """Final re-ranked query x gallery distances, written into ``orig_qg``.
 
+    knn, knn_v, pair_v, k1, k2: as for :class:`Jaccard`. orig_qg: [nq, ng] float32, the
+    normalised squared query-gallery distances; overwritten with
+    (1 - lambda) * jaccard + lambda * orig and returned.
+    """
+    Jaccard(knn, knn_v, pair_v, orig_qg.shape[0], k1, k2).apply(orig_qg, 0, lambda_value)
+    return orig_qg
+
+
+class Jaccard:
+    """The Jaccard distances of queries to the gallery, applied to any block of query rows.
+
     knn: [N, L] int64, each row's nearest images (itself included), L >= min(N, max(k1 + 1, k2));
       rows 0..nq-1 are the queries, the rest the gallery. Only sets are read: for each cut
       c in {k1 + 1, round(k1 / 2) + 1, k2}, the first c entries must be the row's c nearest
       (ties broken by index); the order inside them does not matter.
     knn_v: [N, L] float32, the normalised squared distance of each listed neighbour.
     pair_v(rows, cols): the same normalised distance for arbitrary pairs ([M] int64 each -> [M]).
-    orig_qg: [nq, ng] float32, the normalised squared query-gallery distances; overwritten with
-      (1 - lambda) * jaccard + lambda * orig and returned.
+
+    Holds the sparse encoding V (O(N x L) entries), grouped for the overlap sums: gallery entries by
+    column, query entries by row. A query row's result depends on that row's entries alone, so any
+    split of the queries into blocks gives the same values, bit for bit.
     """
-    num = knn.shape[0]
-    nq = orig_qg.shape[0]
-    rows, cols, vals = _encode(knn, knn_v, pair_v, k1)
-    if k2 != 1:
-        rows, cols, vals = _expand_query(knn[:, : min(k2, num)], rows, cols, vals, num)
-    _jaccard_into(orig_qg, rows, cols, vals, nq, lambda_value)
-    return orig_qg
+
+    def __init__(self, knn: torch.Tensor, knn_v: torch.Tensor, pair_v: PairValues, nq: int, k1: int,
+                 k2: int) -> None:
+        num = knn.shape[0]
+        rows, cols, vals = _encode(knn, knn_v, pair_v, k1)
+        if k2 != 1:
+            rows, cols, vals = _expand_query(knn[:, : min(k2, num)], rows, cols, vals, num)
+        self.nq, self.num_g = nq, num - nq
+        # Gallery entries grouped by column: for a query entry in column j, its partners are the
+        # gallery entries of column j.
+        is_g = rows >= nq
+        g_rows, g_cols, g_vals = rows[is_g] - nq, cols[is_g], vals[is_g]
+        order = torch.sort(g_cols, stable=True).indices
+        self.g_rows, self.g_vals = g_rows[order], g_vals[order]
+        self.col_count = torch.bincount(g_cols, minlength=num)
+        self.col_start = self.col_count.cumsum(0) - self.col_count
+        self.q_rows, self.q_cols, self.q_vals = rows[~is_g], cols[~is_g], vals[~is_g]
+        self.partners = self.col_count[self.q_cols]
+        # Per query row: where its pairs and its entries end (cumulative counts).
+        self.row_end = torch.zeros(nq, dtype=torch.int64, device=rows.device).index_add_(
+            0, self.q_rows, self.partners).cumsum(0)
+        self.entry_end = torch.bincount(self.q_rows, minlength=nq).cumsum(0)
+
+    def apply(self, orig: torch.Tensor, first: int, lambda_value: float) -> None:
+        """orig <- (1 - lambda) * (1 - m / (2 - m)) + lambda * orig, m = sum_j min(V_q, V_g).
+
+        orig: [R, ng] float32, the normalised squared distances of queries first..first+R-1, in place.
+        Its rows are handled in chunks: the pairs sharing a column are summed into a dense
+        [rows, ng] block (an index_add, no sorting), then one fused pass applies the formula.
+        """
+        device, num_g = self.q_rows.device, self.num_g
+        stop = first + orig.shape[0]
+        max_rows = max(1, _DENSE_CHUNK // max(1, num_g))
+        start = first
+        while start < stop:
+            # Query rows in groups whose pair count and dense block fit the chunk budgets.
+            budget_end = (self.row_end[start - 1] if start else 0) + _PAIR_CHUNK
+            last = int(torch.searchsorted(self.row_end, budget_end, right=True))
+            last = min(max(start + 1, last), start + max_rows, stop)
+            entries = slice(int(self.entry_end[start - 1]) if start else 0, int(self.entry_end[last - 1]))
+            n = self.partners[entries]
+            # Per pair: the query entry's values repeated, and the partner's position in g_*.
+            g_entry = (self.col_start[self.q_cols[entries]] - (n.cumsum(0) - n)).repeat_interleave(n)
+            g_entry += torch.arange(g_entry.numel(), device=device)
+            target = ((self.q_rows[entries] - start) * num_g).repeat_interleave(n) + self.g_rows[g_entry]
+            shared = torch.minimum(self.q_vals[entries].repeat_interleave(n), self.g_vals[g_entry])
+            overlap = torch.zeros(last - start, num_g, dtype=self.q_vals.dtype, device=device)
+            overlap.view(-1).index_add_(0, target, shared)
+            # (1 - m / (2 - m)) * (1 - lambda) + orig * lambda, the reference's expression.
+            jaccard = torch.div(overlap, overlap.neg().add_(2.0)).neg_().add_(1.0)
+            orig[start - first : last - first].mul_(lambda_value).add_(jaccard.mul_(1.0 - lambda_value))
+            start = last
 
 
 def _reciprocal(knn: torch.Tensor, k: int, rows: torch.Tensor) -> torch.Tensor:
@@ -157,53 +215,3 @@ def _expand_query(
         torch.from_numpy(product.col.astype(np.int64)).to(device),
         torch.from_numpy(product.data / np.float32(k2)).to(device),
     )
-
-
-def _jaccard_into(
-    orig_qg: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    vals: torch.Tensor,
-    nq: int,
-    lambda_value: float,
-) -> None:
-    """orig_qg <- (1 - lambda) * (1 - m / (2 - m)) + lambda * orig_qg, m = sum_j min(V_q, V_g).
-
-    Query rows are handled in chunks: the pairs sharing a column are summed into a dense
-    [rows, ng] block (an index_add, no sorting), then one fused pass applies the formula.
-    """
-    device = rows.device
-    num_g = orig_qg.shape[1]
-    # Gallery entries grouped by column: for a query entry in column j, its partners are the
-    # gallery entries of column j.
-    is_g = rows >= nq
-    g_rows, g_cols, g_vals = rows[is_g] - nq, cols[is_g], vals[is_g]
-    order = torch.sort(g_cols, stable=True).indices
-    g_rows, g_cols, g_vals = g_rows[order], g_cols[order], g_vals[order]
-    col_count = torch.bincount(g_cols, minlength=nq + num_g)
-    col_start = col_count.cumsum(0) - col_count
-
-    q_rows, q_cols, q_vals = rows[~is_g], cols[~is_g], vals[~is_g]
-    partners = col_count[q_cols]
-    # Query rows in groups whose pair count and dense block fit the chunk budgets.
-    row_end = torch.zeros(nq, dtype=torch.int64, device=device).index_add_(0, q_rows, partners).cumsum(0)
-    entry_end = torch.bincount(q_rows, minlength=nq).cumsum(0)
-    max_rows = max(1, _DENSE_CHUNK // max(1, num_g))
-    first = 0
-    while first < nq:
-        budget_end = (row_end[first - 1] if first else 0) + _PAIR_CHUNK
-        last = int(torch.searchsorted(row_end, budget_end, right=True))
-        last = min(max(first + 1, last), first + max_rows, nq)
-        entries = slice(int(entry_end[first - 1]) if first else 0, int(entry_end[last - 1]))
-        n = partners[entries]
-        # Per pair: the query entry's values repeated, and the partner's position in g_*.
-        g_entry = (col_start[q_cols[entries]] - (n.cumsum(0) - n)).repeat_interleave(n)
-        g_entry += torch.arange(g_entry.numel(), device=device)
-        target = ((q_rows[entries] - first) * num_g).repeat_interleave(n) + g_rows[g_entry]
-        shared = torch.minimum(q_vals[entries].repeat_interleave(n), g_vals[g_entry])
-        overlap = torch.zeros(last - first, num_g, dtype=vals.dtype, device=device)
-        overlap.view(-1).index_add_(0, target, shared)
-        # (1 - m / (2 - m)) * (1 - lambda) + orig * lambda, the reference's expression.
-        jaccard = torch.div(overlap, overlap.neg().add_(2.0)).neg_().add_(1.0)
-        orig_qg[first:last].mul_(lambda_value).add_(jaccard.mul_(1.0 - lambda_value))
-        first = last

@@ -1,9 +1,13 @@
 """Exact nearest-neighbour lists of all N = queries + gallery features, without an N x N matrix.
 
 The squared distances are produced block by block (float32 GEMM, n_i + n_j - 2 x_i.x_j) and
-only what re-ranking reads is kept: each row's best few candidates, each row's largest distance,
-and the query x gallery block (which is the output's size anyway). Distance matrices are
-symmetric, so each block above the diagonal serves its rows and, transposed, its columns.
+only what re-ranking reads is kept: each row's best few candidates and each row's largest
+distance. Distance matrices are symmetric, so each block above the diagonal serves its rows and,
+transposed, its columns. The query x gallery distances are not kept (MSMT17: 3.8 GB): a span of
+queries has them recomputed when re-ranking reaches it (:meth:`FeatureNeighbors.qg_rows`), by the
+same float32 expression on blocks of the same shapes, so they are bit-identical to the screening's
+(BLAS results can depend on the matrix shape). Query spans are sized so that one span's row of
+blocks is at most :data:`cpl.evaluation.blocks.BLOCK_ELEMENTS`.
 
 float32 GEMM is not exact, so the lists are verified: re-ranking only asks which images are
 inside the first k of a row for a few cut positions k (k1 + 1, round(k1 / 2) + 1, k2), never the
@@ -26,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+from cpl.evaluation.blocks import BLOCK_ELEMENTS
 
 ERROR_FACTOR = 2.0
 _MERGE_EVERY = 6  # per-block candidate pieces of a row block gathered before they are merged
@@ -71,7 +77,7 @@ class FeatureNeighbors:
     knn: [N, L + 1] int64 neighbours of each row (itself included), exact as sets at every cut
       (the extra column is the first image after the list, kept for its distance).
     knn_d2: [N, L + 1] their squared distances; row_max: [N] each row's largest squared distance.
-    qg_d2: [nq, ng] squared query x gallery distances.
+    x: the features as contiguous float32; spans: the row ranges the screening's blocks were cut by.
     """
 
     feats: Stacked
@@ -79,7 +85,36 @@ class FeatureNeighbors:
     knn: torch.Tensor
     knn_d2: torch.Tensor
     row_max: torch.Tensor
-    qg_d2: torch.Tensor
+    x: Stacked
+    spans: list[tuple[int, int]]
+
+    @property
+    def qg_d2(self) -> torch.Tensor:
+        """[nq, ng] float32 squared query x gallery distances, all of them (see :meth:`qg_rows`)."""
+        return self.qg_rows(0, self.x.split)
+
+    def query_spans(self) -> list[tuple[int, int]]:
+        """The screening's spans of query rows (start, stop)."""
+        return [(s, e) for s, e in self.spans if e <= self.x.split]
+
+    def qg_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Squared distances of queries start..stop-1 to the gallery, [stop - start, ng] float32, clamped at 0.
+
+        Recomputed on the screening's blocks: each query span overlapping the rows is multiplied whole with each
+        gallery span, so every value is the one the screening saw. Cheapest for whole query spans.
+        """
+        nq, x = self.x.split, self.x
+        out = torch.empty(stop - start, x.num - nq, device=self.norm.device)
+        gallery = [(s, e) for s, e in self.spans if s >= nq]
+        with _full_fp32_matmul():
+            for i0, i1 in self.query_spans():
+                a, b = max(i0, start), min(i1, stop)
+                if a >= b:
+                    continue
+                for js, je in gallery:
+                    d2 = _block_d2(x, self.norm, i0, i1, js, je)
+                    out[a - start : b - start, js - nq : je - nq] = d2[a - i0 : b - i0].clamp_(min=0.0)
+        return out
 
     def pair_d2(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Squared distances of arbitrary pairs ([M] int64 each -> [M] float32).
@@ -113,9 +148,17 @@ def _full_fp32_matmul() -> Iterator[None]:
 
 
 def _spans(nq: int, num: int, size: int) -> list[tuple[int, int]]:
-    """Row ranges of at most ``size``, never straddling the query/gallery boundary."""
-    out = [(s, min(s + size, nq)) for s in range(0, nq, size)]
+    """Row ranges of at most ``size``, never straddling the query/gallery boundary; a query span's row of the
+    query x gallery matrix is at most BLOCK_ELEMENTS (what re-ranking holds at a time)."""
+    q_size = min(size, max(1, BLOCK_ELEMENTS // max(1, num - nq)))
+    out = [(s, min(s + q_size, nq)) for s in range(0, nq, q_size)]
     return out + [(s, min(s + size, num)) for s in range(nq, num, size)]
+
+
+def _block_d2(x: Stacked, norm: torch.Tensor, i0: int, i1: int, js: int, je: int) -> torch.Tensor:
+    """Squared distances of rows i0..i1-1 to rows js..je-1, [i1 - i0, je - js] float32 (n_i + n_j - 2 x_i.x_j)."""
+    d2 = torch.addmm(norm[i0:i1, None], x.rows(i0, i1), x.rows(js, je).T, alpha=-2.0)
+    return d2.add_(norm[None, js:je])
 
 
 def feature_neighbors(
@@ -135,7 +178,7 @@ def feature_neighbors(
     keep = min(length + 1, num)  # one more than the list, to see the gap after the last cut
     x = feats.map(lambda t: t.float().contiguous())
     with _full_fp32_matmul():
-        cand_d, cand_i, row_max, qg_d2 = _screen(x, norm, spans, keep)
+        cand_d, cand_i, row_max = _screen(x, norm, spans, keep)
         cand_d, order = cand_d.sort(dim=1)
         cand_i = cand_i.gather(1, order)
         tol_unit = ERROR_FACTOR * math.sqrt(dim) * 2.0**-24
@@ -150,31 +193,26 @@ def feature_neighbors(
         step = max(1, (1 << 23) // num)  # a [step, N] float32 block of 32 MB at most
         for s in range(0, rows.numel(), step):
             _exact_rows(feats, x, spans, norm, tol_unit, rows[s : s + step], cand_d, cand_i, row_max)
-    return FeatureNeighbors(feats, norm, cand_i, cand_d, row_max, qg_d2)
+    return FeatureNeighbors(feats, norm, cand_i, cand_d, row_max, x, spans)
 
 
 def _screen(
     x: Stacked, norm: torch.Tensor, spans: list[tuple[int, int]], keep: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass over the blocks on and above the diagonal of the squared-distance matrix.
 
-    Returns each row's ``keep`` smallest squared distances (unsorted) and their columns, each
-    row's largest squared distance, and the query x gallery block (clamped at 0).
+    Returns each row's ``keep`` smallest squared distances (unsorted) and their columns, and each
+    row's largest squared distance.
     """
-    nq, num = x.split, x.num
-    device = norm.device
-    row_max = torch.zeros(num, device=device)
-    qg_d2 = torch.empty(nq, num - nq, device=device)
+    num = x.num
+    row_max = torch.zeros(num, device=norm.device)
     pieces: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in spans]
     for bj, (js, je) in enumerate(spans):
         for bi in range(bj + 1):
             i0, i1 = spans[bi]
-            d2 = torch.addmm(norm[i0:i1, None], x.rows(i0, i1), x.rows(js, je).T, alpha=-2.0)
-            d2.add_(norm[None, js:je])
+            d2 = _block_d2(x, norm, i0, i1, js, je)
             if bi == bj:
                 d2.fill_diagonal_(0.0)
-            if i1 <= nq <= js:
-                qg_d2[i0:i1, js - nq : je - nq].copy_(d2).clamp_(min=0.0)
             pieces[bi].append(_smallest(d2, keep, js))
             torch.maximum(row_max[i0:i1], d2.amax(dim=1), out=row_max[i0:i1])
             if bi != bj:
@@ -185,7 +223,7 @@ def _screen(
                 if len(pieces[b]) >= _MERGE_EVERY:
                     pieces[b] = [_merge(pieces[b], keep)]
     merged = [_merge(p, keep) for p in pieces]
-    return torch.cat([m[0] for m in merged]), torch.cat([m[1] for m in merged]), row_max, qg_d2
+    return torch.cat([m[0] for m in merged]), torch.cat([m[1] for m in merged]), row_max
 
 
 def _smallest(d2: torch.Tensor, keep: int, col0: int) -> tuple[torch.Tensor, torch.Tensor]:

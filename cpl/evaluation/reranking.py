@@ -14,13 +14,15 @@ Deliberate differences, both documented in docs/performance.md:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
 from cpl.evaluation._tensors import float_matrix, smallest_k
-from cpl.evaluation.kreciprocal import half_k, jaccard_rerank
+from cpl.evaluation.blocks import BLOCK_ELEMENTS
+from cpl.evaluation.kreciprocal import Jaccard, half_k, jaccard_rerank
 from cpl.evaluation.neighbors import feature_neighbors
 
 
@@ -128,23 +130,54 @@ def rerank_features(
     qf: [nq, D], gf: [ng, D] float features (numpy arrays or torch tensors; CUDA tensors are
     processed on their GPU). Equal to ``rerank(e(qf, gf), e(qf, qf), e(gf, gf))`` with e the
     plain Euclidean distance: neighbour sets are exact (see cpl.evaluation.neighbors for how the
-    float32 search is verified), distances agree to float32 rounding. Returns [nq, ng] float32.
+    float32 search is verified), distances agree to float32 rounding. Returns [nq, ng] float32,
+    the blocks of :func:`rerank_feature_blocks` put together.
+    """
+    blocks = list(rerank_feature_blocks(qf, gf, k1, k2, lambda_value))
+    return np.concatenate(blocks) if blocks else np.zeros((0, len(gf)), np.float32)
+
+
+def rerank_feature_blocks(
+    qf: Any,
+    gf: Any,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    elements: int = BLOCK_ELEMENTS,
+) -> Iterator[np.ndarray]:
+    """:func:`rerank_features`' result as consecutive row blocks ``[<= elements / ng, ng] float32`` (numpy), never
+    the whole [nq, ng] matrix (MSMT17: 3.8 GB).
+
+    What the whole computation keeps is O(N x L): the neighbour lists, each row's largest distance and the sparse
+    encoding. A block's original distances are recomputed when it is produced, exactly as the neighbour search
+    computed them, and its Jaccard distances depend on its own rows only, so the values do not depend on
+    ``elements``. Arguments are checked on the call, before the first block.
     """
     _check_params(k1, k2, lambda_value)
     q = float_matrix(qf, "qf")
     g = float_matrix(gf, "gf", q.device)
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"qf and gf differ in feature size: {q.shape[1]} vs {g.shape[1]}")
+    return _blocks(q, g, k1, k2, lambda_value, max(1, elements // max(1, g.shape[0])))
+
+
+def _blocks(q: torch.Tensor, g: torch.Tensor, k1: int, k2: int, lambda_value: float,
+            step: int) -> Iterator[np.ndarray]:
+    """The re-ranked distances by blocks of at most ``step`` queries, none straddling the neighbour search's query
+    spans. A block recomputes the products of its whole span, so blocks smaller than the spans (an ``elements``
+    below :data:`BLOCK_ELEMENTS`, which sizes the spans) repeat that work; by default each span is one block."""
     num = q.shape[0] + g.shape[0]
     found = feature_neighbors(q, g, list_length(num, k1, k2), decision_cuts(num, k1, k2))
     top = found.row_max
     scale = torch.where(top > 0, top, 1.0)
-    knn_v = found.knn_d2 / scale[:, None]
-    orig_qg = found.qg_d2.div_(scale[: q.shape[0], None])
 
     def pair_v(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return found.pair_d2(rows, cols) / scale[rows]
 
-    final = jaccard_rerank(found.knn, knn_v, pair_v, orig_qg, k1, k2, lambda_value)
-    return final.cpu().numpy()
-
+    jaccard = Jaccard(found.knn, found.knn_d2 / scale[:, None], pair_v, q.shape[0], k1, k2)
+    for s, e in found.query_spans():
+        for start in range(s, e, step):
+            stop = min(start + step, e)
+            orig = found.qg_rows(start, stop).div_(scale[start:stop, None])
+            jaccard.apply(orig, start, lambda_value)
+            yield orig.cpu().numpy()

@@ -35,10 +35,9 @@ def extract_options(ctx: RunContext) -> dict:
 def evaluate(ctx: RunContext) -> None:
     """Stage ``evaluate`` (``ctx.evaluated``)."""
     from cpl.engine.features import extract
-    from cpl.evaluation import evaluate as protocol
-    from cpl.evaluation import rerank_features, topk
-    from cpl.evaluation.blocks import score
+    from cpl.evaluation.blocks import rank, score
     from cpl.evaluation.metrics import protocol_keys
+    from cpl.evaluation.reranking import rerank_feature_blocks
 
     cfg, d, t = ctx.cfg, ctx.data, ctx.trained
     ctx.progress(0.0, "extracting features")
@@ -56,16 +55,15 @@ def evaluate(ctx: RunContext) -> None:
     results = metrics(base)
     retrieval = {"index": scores.index, "dist": scores.dist, "ap": np.asarray(base["all_AP"], dtype=np.float32),
                  "first_match": base["first_match"].astype(np.int32)}
-    if cfg.eval.rerank:  # its result is the whole re-ranked matrix (MSMT17: 3.8 GB); not by blocks yet
+    if cfg.eval.rerank:  # by blocks of queries too, the re-ranked matrix never whole
         ctx.progress(0.6, "re-ranking")
         faults.point("rerank")
-        rr = rerank_features(qf.numpy(), gf.numpy(), k1=cfg.eval.k1, k2=cfg.eval.k2,
-                             lambda_value=cfg.eval.lambda_value)
-        rr_res = protocol(rr, q.pids, g.pids, q_keys, g_keys)
-        results["rerank"] = metrics(rr_res)
-        ridx, rdst = topk(rr, min(cfg.eval.topk, len(gf)))
-        retrieval.update(rr_index=ridx, rr_dist=rdst, rr_ap=np.asarray(rr_res["all_AP"], dtype=np.float32),
-                         rr_first_match=rr_res["first_match"].astype(np.int32))
+        rr = rank(rerank_feature_blocks(qf.numpy(), gf.numpy(), k1=cfg.eval.k1, k2=cfg.eval.k2,
+                                        lambda_value=cfg.eval.lambda_value), q.pids, g.pids, q_keys, g_keys,
+                  cfg.eval.topk)
+        results["rerank"] = metrics(rr.metrics)
+        retrieval.update(rr_index=rr.index, rr_dist=rr.dist, rr_ap=np.asarray(rr.metrics["all_AP"], dtype=np.float32),
+                         rr_first_match=rr.metrics["first_match"].astype(np.int32))
     ctx.record({"type": "eval", "time": time.time(), **{k: v for k, v in results.items() if k != "rerank"},
                 **{f"rerank_{k}": v for k, v in results.get("rerank", {}).items()}})
     results.update(protocol=d.ds.protocol, method=cfg.train.method,
