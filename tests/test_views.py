@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpl.evaluation.distances import auc, distance_summary, pair_masks
+from cpl.evaluation.distances import PairDistances, auc, distance_summary, pair_masks
 from cpl.views.order import query_order
 
 
@@ -67,6 +67,25 @@ def test_distance_summary_histograms_and_roc():
     assert float(s["match_mean"]) == pytest.approx(dist[match].mean(), rel=1e-6)
     with pytest.raises(ValueError, match="matching and non-matching"):
         distance_summary(dist, q_pids, np.full(60, -1), q_cams, g_cams)
+
+
+def test_distance_summary_auc_counts_ties_exactly_over_blocks():
+    # Distances on a coarse grid tie across matches and non-matches, within and across the blocks the pairs are
+    # counted in: the AUC must still be the Mann-Whitney count of the pairs of the whole matrix, exactly.
+    rng = np.random.default_rng(2)
+    q_pids, q_cams = rng.integers(1, 4, 30), rng.integers(0, 3, 30)
+    g_pids, g_cams = rng.integers(-1, 4, 50), rng.integers(0, 3, 50)
+    dist = (rng.integers(0, 5, (30, 50)) / 4).astype(np.float32)
+    match, non = pair_masks(q_pids, g_pids, q_cams, g_cams)
+    pairs = PairDistances(q_pids, g_pids, q_cams, g_cams, bins=20)
+    for step in (pairs.first, pairs.second):
+        for start in range(0, 30, 7):
+            step(dist[start:start + 7])
+    s = pairs.result()
+    assert float(s["auc"]) == auc(dist[match], dist[non])
+    pos, neg = dist[match], dist[non]
+    brute = ((pos[:, None] < neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    assert float(s["auc"]) == pytest.approx(brute, abs=1e-12) and 0 < (pos[:, None] == neg[None, :]).sum()
 
 
 def test_visrank_command_writes_chosen_rows_and_refuses_bad_ones(app_run, tmp_path, capsys):
