@@ -18,7 +18,9 @@ from cpl import PROG
 from cpl.runs import faults
 from cpl.runs.atomic import write_json
 from cpl.stages.context import RunContext, RunFailed
+from cpl.stages.decoding import decode
 from cpl.stages.products import LoadedData
+from cpl.stages.unlabeled import BUILDS, empty_unlabeled
 
 log = logging.getLogger(PROG)
 
@@ -28,7 +30,6 @@ def load_data(ctx: RunContext) -> None:
     from cpl.config import format_options, unused_format_options
     from cpl.data.check import check_dataset, raise_if_invalid
     from cpl.data.formats import SYNTHETIC, resolve
-    from cpl.stages.unlabeled import empty_unlabeled
 
     cfg = ctx.cfg
     ctx.progress(0.0, "checking the dataset")
@@ -77,24 +78,10 @@ def open_dataset(cfg, fmt: str | None = None):
                         max_query=cfg.data.max_query_images, max_gallery=cfg.data.max_gallery_images, seed=cfg.seed)
 
 
-def decode(ctx: RunContext, paths):
-    """``[N, 3, H, W] uint8`` of the image files ``paths`` at the run's input size: a tensor decoded into memory, or
-    with ``data.cache: disk`` an image source on the runs root's cache (decoded and written there on first use,
-    then read by row: cpl/data/image_cache.py)."""
-    from cpl.data.image_cache import cached_images
-    from cpl.data.images import load_images
-
-    h, w = ctx.cfg.data.height, ctx.cfg.data.width
-    if ctx.cfg.data.cache == "disk":
-        return cached_images(paths, h, w, ctx.run.cache_root / "images")
-    return load_images(paths, h, w)
-
-
 def _split(ctx: RunContext, ds, labels: np.ndarray, train_imgs, query_imgs, gallery_imgs) -> LoadedData:
     """Which training images stay labeled, and where the unlabeled ones come from (the splits' images as
     :func:`decode` made them): the plan of the run's unlabeled source."""
     from cpl.data.unlabeled_sources import NONE
-    from cpl.stages.unlabeled import BUILDS
 
     cfg = ctx.cfg
     # A labeled-only method reads its source only as a control: holdout hides the rows a holdout run hides, and

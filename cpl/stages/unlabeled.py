@@ -21,7 +21,7 @@ from cpl.config import Config
 from cpl.data.unlabeled_sources import NONE
 from cpl.runs.artifacts import write_gan_record, write_unlabeled_csv
 from cpl.stages.context import RunContext, RunFailed
-from cpl.stages.data import decode
+from cpl.stages.decoding import decode
 from cpl.stages.products import Unlabeled
 
 log = logging.getLogger(PROG)
@@ -105,7 +105,8 @@ def _build_folder(ctx: RunContext) -> Unlabeled:
 
 
 def _decoded(ctx: RunContext, paths: list[str]) -> Unlabeled:
-    """The image files ``paths`` decoded like the dataset's images (:func:`cpl.stages.data.decode`), no true class."""
+    """The image files ``paths`` decoded like the dataset's images (:func:`cpl.stages.decoding.decode`), no true
+    class."""
     from cpl.data.image_source import as_source
 
     return Unlabeled(images=as_source(decode(ctx, paths)), paths=paths, truth=None)
