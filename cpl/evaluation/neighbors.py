@@ -88,11 +88,6 @@ class FeatureNeighbors:
     x: Stacked
     spans: list[tuple[int, int]]
 
-    @property
-    def qg_d2(self) -> torch.Tensor:
-        """[nq, ng] float32 squared query x gallery distances, all of them (see :meth:`qg_rows`)."""
-        return self.qg_rows(0, self.x.split)
-
     def query_spans(self) -> list[tuple[int, int]]:
         """The screening's spans of query rows (start, stop)."""
         return [(s, e) for s, e in self.spans if e <= self.x.split]
